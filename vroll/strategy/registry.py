@@ -1,0 +1,64 @@
+"""Which strategies exist, what each can do, and `build_strategy` to start one for a role."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+from vroll.config.schema import RoleConfig
+
+
+@dataclass(frozen=True)
+class StrategyInfo:
+    name: str
+    kinds: frozenset[str]  # "generate", "forward", "train"
+    implemented: bool
+
+
+def _info(name, kinds, implemented=False):
+    return name, StrategyInfo(name, frozenset(kinds), implemented)
+
+
+STRATEGIES: dict[str, StrategyInfo] = dict(
+    [
+        _info("vllm", {"generate", "forward"}, implemented=True),
+        _info("hf_infer", {"generate", "forward"}),
+        _info("sglang", {"generate", "forward"}),
+        _info("megatron_infer", {"forward"}),
+        _info("deepspeed_infer", {"forward"}),
+        _info("megatron_train", {"train", "forward"}),
+        _info("deepspeed_train", {"train", "forward"}),
+        _info("fsdp2_train", {"train", "forward"}),
+    ]
+)
+
+# What each role needs from its strategy, by the role's key (rewards share "rewards").
+ROLE_NEEDS = {"actor_infer": "generate", "actor_train": "train", "reference": "forward", "rewards": "forward"}
+
+
+class StrategyNotAvailable(RuntimeError):
+    """The configuration names a strategy vroll knows but cannot run (yet, or on this platform)."""
+
+
+def closest(name: str, options) -> str:
+    match = difflib.get_close_matches(name, list(options), n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def build_strategy(role: RoleConfig, seed: int | None = None):
+    """Start the backend a role names. Fails clearly for strategies that are not implemented."""
+    name = role.strategy_args.strategy_name if role.strategy_args else None
+    info = STRATEGIES.get(name)
+    if info is None:
+        raise StrategyNotAvailable(f"{role.name}: unknown strategy {name!r}{closest(str(name), STRATEGIES)}")
+    if not info.implemented:
+        ready = sorted(n for n, i in STRATEGIES.items() if i.implemented)
+        raise StrategyNotAvailable(
+            f"{role.name}.strategy_args.strategy_name: strategy {name!r} is not implemented in vroll yet "
+            f"(implemented: {', '.join(ready)})"
+        )
+    if name == "vllm":
+        from vroll.strategy.vllm_strategy import VllmStrategy
+
+        return VllmStrategy(role, seed=seed)
+    raise AssertionError(f"strategy {name} marked implemented but not wired")

@@ -1,0 +1,62 @@
+"""`generating_args` to vLLM sampling parameters. Every value is set explicitly, so nothing comes
+from the model's generation_config.json (a source of train/infer mismatch)."""
+
+from __future__ import annotations
+
+import hashlib
+
+from vroll.config.schema import GeneratingArgs
+
+
+def sampling_params(g: GeneratingArgs, seed: int | None = None):
+    from vllm import SamplingParams
+
+    return SamplingParams(
+        n=g.num_return_sequences,
+        max_tokens=g.max_new_tokens,
+        min_tokens=g.min_new_tokens,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        top_k=g.top_k if g.top_k > 0 else 0,  # vLLM: 0 disables top-k
+        min_p=0.0,
+        presence_penalty=0.0,
+        frequency_penalty=0.0,
+        repetition_penalty=g.repetition_penalty,
+        stop=list(g.stop_strings),
+        stop_token_ids=list(g.stop_token_ids),
+        ignore_eos=g.ignore_eos,
+        logprobs=0 if g.logprobs else None,  # 0: just the sampled token's log-probability
+        seed=seed,
+        skip_special_tokens=True,
+    )
+
+
+def beam_search_params(g: GeneratingArgs):
+    from vllm.sampling_params import BeamSearchParams
+
+    return BeamSearchParams(
+        beam_width=g.num_beams,
+        max_tokens=g.max_new_tokens,
+        ignore_eos=g.ignore_eos,
+        temperature=g.temperature,
+        length_penalty=g.length_penalty,
+    )
+
+
+def describe(g: GeneratingArgs, logprobs_mode: str) -> str:
+    """The effective sampling values, for the log."""
+    if g.num_beams > 1:
+        return (f"beam search: beams={g.num_beams} return={g.num_return_sequences} max_tokens={g.max_new_tokens} "
+                f"length_penalty={g.length_penalty} temperature={g.temperature}")
+    return (f"sampling: n={g.num_return_sequences} max_tokens={g.max_new_tokens} min_tokens={g.min_new_tokens} "
+            f"temperature={g.temperature} top_p={g.top_p} top_k={g.top_k if g.top_k > 0 else 'off'} "
+            f"repetition_penalty={g.repetition_penalty} stop={g.stop_strings} stop_token_ids={g.stop_token_ids} "
+            f"ignore_eos={g.ignore_eos} logprobs={'sampled token, ' + logprobs_mode if g.logprobs else 'off'}")
+
+
+def request_seed(base_seed: int, call: int, index: int) -> int:
+    """A seed per prompt: reproducible across runs, independent of batching and of how prompts are
+    split between engines, and different for every call and prompt (vLLM adds the sample's index
+    for the n samples of one prompt, so those differ too)."""
+    digest = hashlib.blake2b(f"{base_seed}:{call}:{index}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little") & 0x3FFFFFFF
