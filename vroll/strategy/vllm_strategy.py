@@ -54,6 +54,7 @@ class VllmStrategy:
     """Builds the engine from `model_args` and `strategy_config`; generates and scores."""
 
     def __init__(self, role: RoleConfig, seed: int | None = None):
+        self._llm = None
         vllm_compat.check_vllm_version()
         if len(role.device_mapping) > 1 and len(role.device_mapping) > _devices_per_engine(role):
             raise NotImplementedError(
@@ -72,7 +73,7 @@ class VllmStrategy:
         from vllm import LLM
 
         started = time.perf_counter()
-        self.llm = LLM(**kwargs)
+        self._llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.weight_version = 0
@@ -80,6 +81,12 @@ class VllmStrategy:
         self._described: set[str] = set()
         log.info("%s: vLLM engine ready in %.1f s (model %s, max_model_len %d, platform %s)",
                  self.name, time.perf_counter() - started, kwargs["model"], self.max_model_len, self.platform)
+
+    @property
+    def llm(self):
+        if self._llm is None:
+            raise RuntimeError(f"{self.name}: the vLLM engine is closed")
+        return self._llm
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Any], generating_args: GeneratingArgs | None = None,
@@ -162,7 +169,7 @@ class VllmStrategy:
     # -- life cycle -------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the engine and free its memory; safe to call twice."""
-        llm = self.__dict__.pop("llm", None)
+        llm, self._llm = self._llm, None
         if llm is not None:
             vllm_compat.shutdown_engine(llm)
             log.info("%s: vLLM engine closed", self.name)

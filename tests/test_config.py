@@ -1,0 +1,197 @@
+"""Loading, interpolation, overrides and every validation rule (no engine is started here)."""
+
+import copy
+
+import pytest
+
+from conftest import REPO, engine_config, write_yaml
+from vroll.config import ConfigError, load_config
+
+GUIDE = f"{REPO}/examples/guide_actor_infer.yaml"
+WHOLE = f"{REPO}/examples/rlvr_megatron.yaml"
+
+
+def problems(tmp_path, data, overrides=(), platform=None) -> list[str]:
+    path = write_yaml(tmp_path / "c.yaml", data)
+    with pytest.raises(ConfigError) as e:
+        load_config(path, list(overrides), platform=platform)
+    return [str(i) for i in e.value.issues]
+
+
+def base(**strategy_config):
+    return engine_config("some/model", **strategy_config)
+
+
+def test_guide_example_resolves_device_mapping_and_interpolations():
+    cfg = load_config(GUIDE, platform="cuda")
+    role = cfg.actor_infer
+    assert role.device_mapping == list(range(12))
+    assert role.generating_args.max_new_tokens == 4096 == cfg.response_length
+    assert role.generating_args.num_return_sequences == 8
+    assert role.model_args.model_name_or_path == "Qwen/Qwen2.5-7B"  # defaulted from `pretrain`
+    assert role.strategy_args.strategy_config == {"gpu_memory_utilization": 0.8, "block_size": 16, "max_model_len": 8000}
+
+
+def test_whole_file_with_other_roles_loads():
+    cfg = load_config(WHOLE, platform="cuda")
+    assert set(cfg.roles()) == {"actor_infer", "actor_train", "reference", "rewards.math_rule", "rewards.reward_model"}
+    assert cfg.actor_train.strategy_args.strategy_name == "megatron_train"
+    assert cfg.rewards["reward_model"].model_args.model_name_or_path == "Qwen/Qwen2.5-7B-RM"
+
+
+def test_unimplemented_strategy_fails_when_used_not_when_loaded():
+    from vroll.strategy import StrategyNotAvailable, build_strategy
+
+    cfg = load_config(WHOLE, platform="cuda")
+    with pytest.raises(StrategyNotAvailable, match="reference.strategy_args.strategy_name: strategy 'megatron_infer' "
+                                                   "is not implemented"):
+        build_strategy(cfg.reference)
+
+
+def test_overrides_and_interpolation_follow_them():
+    cfg = load_config(GUIDE, ["response_length=64", "actor_infer.device_mapping=list(range(2,4))"], platform="cuda")
+    assert cfg.actor_infer.generating_args.max_new_tokens == 64
+    assert cfg.actor_infer.device_mapping == [2, 3]
+
+
+def test_block_size_is_checked_against_the_platform():
+    cfg = load_config(GUIDE, platform="cuda")
+    assert cfg.actor_infer.strategy_args.strategy_config["block_size"] == 16
+    with pytest.raises(ConfigError) as e:
+        load_config(GUIDE, platform="cpu")
+    msg = str(e.value)
+    assert "actor_infer.strategy_args.strategy_config.block_size: 16 is not allowed on the CPU backend" in msg
+    assert "multiple of 32" in msg and "use 32 or 64" in msg
+
+
+def test_unknown_keys_suggest_the_closest_name(tmp_path):
+    data = base()
+    data["actor_infer"]["generating_args"]["top_pp"] = 0.9
+    data["actor_infer"]["strategy_args"]["strategy_config"]["gpu_memory_utilisation"] = 0.5
+    data["respones_length"] = 3
+    found = problems(tmp_path, data)
+    assert any(p.startswith("actor_infer.generating_args.top_pp: unknown key (did you mean 'top_p'?)") for p in found)
+    assert any(p.startswith("respones_length: unknown key (did you mean 'response_length'?)") for p in found)
+    # strategy_config is checked against the installed vLLM's engine arguments
+    data["respones_length"] = None
+    del data["respones_length"]
+    del data["actor_infer"]["generating_args"]["top_pp"]
+    found = problems(tmp_path, data)
+    assert found == ["actor_infer.strategy_args.strategy_config.gpu_memory_utilisation: unknown vLLM engine argument "
+                     "(did you mean 'gpu_memory_utilization'?)"]
+
+
+def test_all_problems_are_collected_at_once(tmp_path):
+    data = base()
+    g = data["actor_infer"]["generating_args"]
+    g.update(top_p=1.5, temperature=-1, max_new_tokens=0)
+    data["actor_infer"]["model_args"]["dtype"] = "float8"
+    data["actor_infer"]["infer_batch_size"] = 0
+    found = problems(tmp_path, data)
+    assert len(found) == 5, found
+    joined = "\n".join(found)
+    assert "actor_infer.generating_args.top_p: 1.5 is not allowed: input should be less than or equal to 1" in joined
+    assert "actor_infer.generating_args.temperature: -1 is not allowed" in joined
+    assert "actor_infer.generating_args.max_new_tokens: 0 is not allowed" in joined
+    assert "actor_infer.model_args.dtype: 'float8' is not allowed: input should be 'bf16', 'fp16' or 'fp32'" in joined
+    assert "actor_infer.infer_batch_size: 0 is not allowed" in joined
+
+
+def test_beam_search_cannot_return_more_than_num_beams(tmp_path):
+    data = base()
+    data["actor_infer"]["generating_args"].update(num_beams=2, num_return_sequences=3, top_p=0.9)
+    found = problems(tmp_path, data)
+    assert ("actor_infer.generating_args.num_return_sequences: 3 is more than num_beams=2: beam search returns at "
+            "most num_beams sequences") in found
+    assert any(p.startswith("actor_infer.generating_args.top_p: 0.9 is not supported with beam search") for p in found)
+
+
+def test_device_mapping_must_divide_into_engines(tmp_path):
+    data = base(tensor_parallel_size=2)
+    data["actor_infer"]["device_mapping"] = "list(range(0,3))"
+    found = problems(tmp_path, data)
+    assert found == ["actor_infer.device_mapping: 3 devices cannot be split into engines of 2 "
+                     "(tensor_parallel_size x pipeline_parallel_size): use a multiple"]
+
+
+def test_device_mapping_rejects_duplicates_and_unparsable_text(tmp_path):
+    data = base()
+    data["actor_infer"]["device_mapping"] = [0, 1, 1]
+    assert problems(tmp_path, data) == ["actor_infer.device_mapping: [0, 1, 1] names devices [1] more than once; "
+                                        "each id may appear once per role"]
+    data["actor_infer"]["device_mapping"] = "list(range(0,4)) + [__import__('os')]"
+    (p,) = problems(tmp_path, data)
+    assert p.startswith("actor_infer.device_mapping: cannot parse") and "list(range(start, stop[, step]))" in p
+
+
+def test_engine_argument_values_are_type_and_range_checked(tmp_path):
+    data = base(gpu_memory_utilization=1.5, enforce_eager="yes", sleep_level=3, logprobs_mode="softmax")
+    found = problems(tmp_path, data)
+    path = "actor_infer.strategy_args.strategy_config"
+    assert f"{path}.gpu_memory_utilization: 1.5 is not allowed: a fraction in (0, 1]" in found
+    assert f"{path}.enforce_eager: 'yes' is not allowed: expected bool" in found
+    assert any(p.startswith(f"{path}.sleep_level: 3 is not allowed: use 1") for p in found)
+    assert any(p.startswith(f"{path}.logprobs_mode: 'softmax' is not allowed: expected one of 'raw_logits'")
+               for p in found)
+
+
+def test_keys_vroll_sets_itself_are_refused_in_strategy_config(tmp_path):
+    found = problems(tmp_path, base(dtype="half", model="x"))
+    assert "actor_infer.strategy_args.strategy_config.dtype: is set by vroll from model_args.dtype; set it there " \
+           "instead" in found
+    assert len(found) == 2
+
+
+def test_max_new_tokens_must_leave_room_in_max_model_len(tmp_path):
+    data = base(max_model_len=64)
+    data["actor_infer"]["generating_args"]["max_new_tokens"] = 64
+    assert problems(tmp_path, data) == ["actor_infer.generating_args.max_new_tokens: 64 leaves no room for a prompt "
+                                        "within strategy_config.max_model_len=64"]
+
+
+def test_strategy_names_are_checked_per_role(tmp_path):
+    data = base()
+    data["actor_infer"]["strategy_args"]["strategy_name"] = "vlm"
+    (p,) = problems(tmp_path, data)
+    assert p.startswith("actor_infer.strategy_args.strategy_name: unknown strategy 'vlm' (did you mean 'vllm'?)")
+    data["actor_infer"]["strategy_args"]["strategy_name"] = "megatron_train"
+    (p,) = problems(tmp_path, data)
+    assert p.startswith("actor_infer.strategy_args.strategy_name: 'megatron_train' cannot serve this role "
+                        "(it needs a 'generate' strategy")
+
+
+def test_missing_model_and_missing_strategy(tmp_path):
+    data = base()
+    del data["pretrain"]
+    del data["actor_infer"]["strategy_args"]
+    found = problems(tmp_path, data)
+    assert "actor_infer.model_args.model_name_or_path: is not set, and there is no top-level `pretrain` to " \
+           "default to" in found
+    assert "actor_infer.strategy_args.strategy_name: is required (e.g. vllm, hf_infer)" in found
+
+
+def test_unresolvable_interpolations_are_named(tmp_path):
+    data = base()
+    data["actor_infer"]["generating_args"]["max_new_tokens"] = "${response_lenght}"
+    (p,) = problems(tmp_path, data)
+    assert p.startswith("actor_infer.generating_args.max_new_tokens: cannot resolve '${response_lenght}'")
+
+
+def test_bad_yaml_missing_file_and_bad_override(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("actor_infer: [unclosed\n")
+    with pytest.raises(ConfigError, match="cannot parse YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="override 'seed' is not of the form key.path=value"):
+        load_config(GUIDE, ["seed"])
+
+
+def test_config_errors_do_not_modify_input(tmp_path):
+    data = base()
+    snapshot = copy.deepcopy(data)
+    data["actor_infer"]["generating_args"]["top_k"] = -5
+    problems(tmp_path, data)
+    data["actor_infer"]["generating_args"]["top_k"] = snapshot["actor_infer"]["generating_args"].get("top_k", -1)
+    assert load_config(write_yaml(tmp_path / "ok.yaml", data)).actor_infer.generating_args.top_k == -1

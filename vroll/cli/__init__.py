@@ -1,0 +1,1 @@
+"""The `vroll` command line."""

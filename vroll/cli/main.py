@@ -1,0 +1,149 @@
+"""`vroll validate | generate | tiny-model`. User mistakes print a message and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+EXIT_USAGE = 2
+log = logging.getLogger("vroll")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    # Overrides may stand anywhere after the config path: collect stray key=value words too.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if "=" not in a or a.startswith("-")]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # user mistakes are known types; anything else is a bug and shows a traceback
+        if not is_user_error(e):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def is_user_error(e: Exception) -> bool:
+    from vroll.cli.prompts_io import InputError
+    from vroll.config.errors import ConfigError
+    from vroll.strategy.prompts import PromptError
+    from vroll.strategy.registry import StrategyNotAvailable
+    from vroll.strategy.vllm_compat import UnsupportedVllm
+    from vroll.strategy.vllm_strategy import ModelNotFound
+
+    return isinstance(e, (ConfigError, InputError, PromptError, StrategyNotAvailable, UnsupportedVllm, ModelNotFound,
+                          NotImplementedError))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vroll", description="RL post-training with vLLM rollouts, configured in YAML.")
+    p.add_argument("-v", "--verbose", action="store_true", help="show vLLM's own log messages")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a config and print it resolved")
+    v.add_argument("config")
+    v.add_argument("overrides", nargs="*", help="key.path=value")
+    v.add_argument("--platform", choices=["auto", "cpu", "cuda", "none"], default="auto",
+                   help="also check what this platform cannot run (auto: the installed vLLM's)")
+    v.set_defaults(func=cmd_validate)
+
+    g = sub.add_parser("generate", help="generate samples for a prompt file with a role's engine")
+    g.add_argument("config")
+    g.add_argument("overrides", nargs="*", help="key.path=value")
+    g.add_argument("--input", required=True, help="JSONL: one of prompt / messages / prompt_token_ids per line")
+    g.add_argument("--output", required=True, help="JSONL results, one line per prompt")
+    g.add_argument("--role", default="actor_infer", help="the role whose engine generates (default actor_infer)")
+    g.add_argument("--overflow", choices=["error", "skip", "truncate"], default=None,
+                   help="prompts that cannot fit max_model_len (default: strategy_config.prompt_overflow)")
+    g.set_defaults(func=cmd_generate)
+
+    t = sub.add_parser("tiny-model", help="build the offline tiny model (reused when already built)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--force", action="store_true", help="rebuild even when present")
+    t.set_defaults(func=cmd_tiny_model)
+    return p
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    if not verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+
+
+def platform_of(choice: str) -> str | None:
+    if choice == "none":
+        return None
+    if choice != "auto":
+        return choice
+    from vroll.strategy.vllm_compat import current_platform_name
+
+    return current_platform_name()
+
+
+def cmd_validate(args) -> int:
+    from omegaconf import OmegaConf
+
+    from vroll.config import load_config
+
+    platform = platform_of(args.platform)
+    cfg = load_config(args.config, args.overrides, platform=platform)
+    print(OmegaConf.to_yaml(cfg.model_dump(mode="json", exclude_none=True)), end="")
+    print(f"# valid{f' for platform {platform}' if platform else ''}: {args.config}", file=sys.stderr)
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from vroll.cli.prompts_io import read_prompts, write_jsonl
+    from vroll.config import ConfigError, Issue, load_config
+    from vroll.strategy import build_strategy
+    from vroll.strategy.vllm_compat import current_platform_name
+
+    cfg = load_config(args.config, args.overrides, platform=current_platform_name())
+    role = cfg.roles().get(args.role)
+    if role is None:
+        raise ConfigError([Issue(args.role, f"no such role in the file (roles: {', '.join(cfg.roles())})")], args.config)
+    prompts = read_prompts(args.input)  # all input problems before the engine starts
+    with build_strategy(role, seed=cfg.seed) as strategy:
+        started = time.perf_counter()
+        results = strategy.generate(prompts, prompt_overflow=args.overflow, use_tqdm=sys.stderr.isatty())
+        elapsed = time.perf_counter() - started
+    write_jsonl(args.output, (r.to_json() for r in results))
+    print_summary(results, elapsed, args.output)
+    return 0
+
+
+def print_summary(results, elapsed: float, output: str) -> None:
+    samples = sum(len(r.samples) for r in results)
+    tokens = sum(len(s.token_ids) for r in results for s in r.samples)
+    skipped = sum(r.status == "skipped" for r in results)
+    truncated = sum(r.status == "truncated" for r in results)
+    print(f"prompts: {len(results)}  samples: {samples}  generated tokens: {tokens}  "
+          f"time: {elapsed:.2f} s  tokens/s: {tokens / max(elapsed, 1e-9):.0f}")
+    if skipped or truncated:
+        print(f"skipped: {skipped}  truncated: {truncated}")
+    print(f"results: {output}")
+
+
+def cmd_tiny_model(args) -> int:
+    from vroll.models.tiny import TinySpec, build_tiny_model
+
+    out = build_tiny_model(args.out, TinySpec(seed=args.seed), force=args.force)
+    print(f"tiny model: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
