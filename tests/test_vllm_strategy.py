@@ -1,0 +1,237 @@
+"""The vllm strategy on the real engine (CPU build), checked against transformers on the same weights."""
+
+import pytest
+import torch
+
+from conftest import engine_config, write_yaml
+from vroll.config import load_config
+from vroll.config.schema import GeneratingArgs
+from vroll.strategy import build_strategy
+from vroll.strategy.prompts import PromptError
+
+PROMPTS = ["What is 12+7?", "What is 45-18? The answer is", "What is 6*7?", "hello there"]
+
+
+def start(tmp_path, model, seed=None, **strategy_config):
+    data = engine_config(model, **strategy_config)
+    if seed is not None:
+        data["seed"] = seed
+    cfg = load_config(write_yaml(tmp_path / "engine.yaml", data), platform="cpu")
+    return build_strategy(cfg.actor_infer, seed=cfg.seed)
+
+
+@pytest.fixture(scope="module")
+def strategy(tiny_model, tmp_path_factory):
+    s = start(tmp_path_factory.mktemp("engine"), tiny_model)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model)
+
+
+def hf_greedy(model, ids, max_new_tokens, **kw):
+    from transformers import GenerationConfig
+
+    # Explicit settings: the folder's generation_config.json asks for sampling (as real models do).
+    gc = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
+                          eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id, **kw)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), generation_config=gc, attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    return out[0, len(ids):].tolist()
+
+
+def hf_token_logprobs(model, prompt_ids, response_ids, temperature=1.0):
+    ids = torch.tensor([prompt_ids + response_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(prompt_ids) - 1:-1].float() / temperature
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response_ids)[:, None])[:, 0]
+
+
+def test_greedy_equals_transformers_token_for_token(strategy, hf):
+    model, tok = hf
+    g = GeneratingArgs(max_new_tokens=24, temperature=0.0)
+    results = strategy.generate(PROMPTS, g)
+    assert [r.index for r in results] == list(range(len(PROMPTS)))
+    for text, r in zip(PROMPTS, results):
+        ids = tok(text)["input_ids"]
+        assert r.prompt_token_ids == ids and r.prompt == text
+        (sample,) = r.samples
+        assert sample.token_ids == hf_greedy(model, ids, 24)
+        assert sample.finish_reason in ("stop", "length")
+
+
+def test_generation_config_of_the_model_is_not_inherited(strategy, tiny_model):
+    # The folder ships temperature 0.7 / top_k 20 / repetition_penalty 1.05: a temperature-0 request
+    # that inherited the penalty would differ from plain greedy (checked against transformers above).
+    import json
+
+    shipped = json.load(open(f"{tiny_model}/generation_config.json"))
+    assert shipped["repetition_penalty"] == 1.05
+    r = strategy.generate(["What is 12+7?"], GeneratingArgs(max_new_tokens=8, temperature=0.0))
+    r2 = strategy.generate(["What is 12+7?"], GeneratingArgs(max_new_tokens=8, temperature=0.0, repetition_penalty=1.05))
+    assert r[0].samples[0].token_ids != r2[0].samples[0].token_ids or len(set(r[0].samples[0].token_ids)) == 8
+
+
+def test_n_samples_per_prompt_differ(strategy):
+    g = GeneratingArgs(max_new_tokens=12, temperature=1.0, num_return_sequences=4)
+    results = strategy.generate(PROMPTS[:3], g)
+    for r in results:
+        assert len(r.samples) == 4
+        assert len({tuple(s.token_ids) for s in r.samples}) == 4
+
+
+def test_sampling_is_reproducible_across_runs(tiny_model, tmp_path):
+    g = GeneratingArgs(max_new_tokens=12, temperature=1.0, top_p=0.95, num_return_sequences=2)
+
+    def run(seed):
+        with start(tmp_path, tiny_model, seed=seed) as s:  # a fresh engine each time
+            return [[smp.token_ids for smp in r.samples] for r in s.generate(PROMPTS, g)]
+
+    first = run(7)
+    assert run(7) == first
+    assert run(8) != first
+
+
+def test_beam_search_returns_best_beams_like_transformers(strategy, hf):
+    model, tok = hf
+    g = GeneratingArgs(max_new_tokens=6, temperature=0.0, num_beams=3, num_return_sequences=2, ignore_eos=True,
+                       logprobs=True)
+    (r,) = strategy.generate(["What is 6*7?"], g)
+    assert len(r.samples) == 2
+    ids = tok("What is 6*7?")["input_ids"]
+    from transformers import GenerationConfig
+
+    gc = GenerationConfig(do_sample=False, num_beams=3, num_return_sequences=2, max_new_tokens=6, min_new_tokens=6,
+                          length_penalty=1.0, early_stopping=True, repetition_penalty=1.0,
+                          eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id)
+    with torch.no_grad():
+        ref = model.generate(torch.tensor([ids]), generation_config=gc)[:, len(ids):].tolist()
+    assert r.samples[0].token_ids == ref[0]
+    scores = [sum(s.logprobs) for s in r.samples]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_chat_messages_and_token_ids_are_prompts_too(strategy, hf):
+    model, tok = hf
+    messages = [{"role": "user", "content": "What is 6*7?"}]
+    chat_ids = tok(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+                   add_special_tokens=False)["input_ids"]
+    g = GeneratingArgs(max_new_tokens=10, temperature=0.0)
+    by_chat, by_ids, by_dict = strategy.generate([messages, chat_ids, {"prompt_token_ids": chat_ids}], g)
+    assert by_chat.prompt_token_ids == chat_ids
+    assert by_chat.prompt.endswith("<|im_start|>assistant\n")
+    assert by_chat.samples[0].token_ids == by_ids.samples[0].token_ids == by_dict.samples[0].token_ids
+    assert by_ids.samples[0].token_ids == hf_greedy(model, chat_ids, 10)
+
+
+def test_stop_strings_and_stop_token_ids(strategy, tok_and_greedy):
+    tok, ids = tok_and_greedy
+    g = GeneratingArgs(max_new_tokens=20, temperature=0.0, stop_token_ids=[ids[5]])
+    (r,) = strategy.generate(["What is 12+7?"], g)
+    assert r.samples[0].token_ids == ids[:ids.index(ids[5]) + 1]
+    assert r.samples[0].finish_reason == "stop"
+    # a stop string taken from the greedy text: the returned text ends just before it
+    full = tok.decode(ids)
+    k = next(k for k in range(4, len(ids)) if tok.decode(ids[k:k + 1]).isalnum()
+             and full.find(tok.decode(ids[k:k + 1])) == len(tok.decode(ids[:k])))
+    stop = tok.decode(ids[k:k + 1])
+    g = GeneratingArgs(max_new_tokens=20, temperature=0.0, stop_strings=[stop])
+    (r,) = strategy.generate(["What is 12+7?"], g)
+    assert r.samples[0].text == full[:full.find(stop)]
+    assert r.samples[0].finish_reason == "stop"
+
+
+@pytest.fixture(scope="module")
+def tok_and_greedy(strategy, hf):
+    model, tok = hf
+    (r,) = strategy.generate(["What is 12+7?"], GeneratingArgs(max_new_tokens=20, temperature=0.0, ignore_eos=True))
+    return tok, r.samples[0].token_ids
+
+
+def test_sampled_token_logprobs_match_transformers(strategy, hf):
+    model, _ = hf
+    g = GeneratingArgs(max_new_tokens=16, temperature=0.8, num_return_sequences=2, logprobs=True)
+    for r in strategy.generate(PROMPTS[:2], g):
+        for s in r.samples:
+            ref = hf_token_logprobs(model, r.prompt_token_ids, s.token_ids)  # raw: before temperature
+            assert torch.allclose(torch.tensor(s.logprobs), ref, atol=1e-3), (s.logprobs, ref)
+
+
+def test_processed_logprobs_mode_applies_temperature(tiny_model, hf, tmp_path):
+    model, _ = hf
+    with start(tmp_path, tiny_model, logprobs_mode="processed_logprobs") as s:
+        g = GeneratingArgs(max_new_tokens=12, temperature=0.7, logprobs=True)
+        (r,) = s.generate(["What is 12+7?"], g)
+    ref = hf_token_logprobs(model, r.prompt_token_ids, r.samples[0].token_ids, temperature=0.7)
+    assert torch.allclose(torch.tensor(r.samples[0].logprobs), ref, atol=1e-3)
+
+
+def test_forward_only_logprobs_match_transformers(strategy, hf):
+    model, tok = hf
+    seqs = [tok(p)["input_ids"] for p in PROMPTS]
+    got = strategy.compute_logprobs(seqs)  # micro-batches of infer_batch_size (1 here)
+    for seq, lp in zip(seqs, got):
+        ref = hf_token_logprobs(model, seq[:1], seq[1:])
+        assert torch.allclose(torch.tensor(lp), ref, atol=1e-3)
+
+
+def test_prompts_that_cannot_fit(strategy):
+    long = list(range(10, 10 + 250))  # 250 tokens + 16 new > max_model_len 256
+    g = GeneratingArgs(max_new_tokens=16, temperature=0.0)
+    with pytest.raises(PromptError, match=r"prompt 1 has 250 tokens \+ max_new_tokens 16 > max_model_len 256"):
+        strategy.generate(["What is 1+1?", long], g)
+    skipped = strategy.generate(["What is 1+1?", long], g, prompt_overflow="skip")
+    assert [r.status for r in skipped] == ["ok", "skipped"] and skipped[1].samples == []
+    cut = strategy.generate(["What is 1+1?", long], g, prompt_overflow="truncate")
+    assert cut[1].status == "truncated" and cut[1].prompt_token_ids == long[-240:]
+    assert len(cut[1].samples) == 1
+
+
+def test_malformed_prompts_name_their_index(strategy):
+    with pytest.raises(PromptError, match="prompt 1: token ids .* outside the vocabulary"):
+        strategy.generate(["ok", [1, 10**6]])
+    with pytest.raises(PromptError, match="prompt 0: expected text, chat messages or token ids"):
+        strategy.generate([3.5])
+
+
+def test_padded_batch_for_a_trainer(strategy):
+    g = GeneratingArgs(max_new_tokens=8, temperature=1.0, num_return_sequences=2, logprobs=True)
+    results = strategy.generate(PROMPTS[:3], g)
+    batch = strategy.to_batch(results)
+    assert batch["input_ids"].shape[0] == 6
+    for row, (r, s) in enumerate((r, s) for r in results for s in r.samples):
+        mask = batch["attention_mask"][row].bool()
+        assert batch["input_ids"][row][mask].tolist() == r.prompt_token_ids + s.token_ids
+        resp = batch["response_mask"][row].bool()
+        assert batch["input_ids"][row][resp].tolist() == s.token_ids
+        assert torch.allclose(batch["logprobs"][row, :len(s.token_ids)], torch.tensor(s.logprobs))
+        assert batch["prompt_index"][row] == r.index
+
+
+def test_results_carry_the_weight_version(strategy):
+    (r,) = strategy.generate(["hi"], GeneratingArgs(max_new_tokens=2))
+    assert r.weight_version == strategy.weight_version == 0
+
+
+def test_closed_strategy_refuses_work(tiny_model, tmp_path):
+    s = start(tmp_path, tiny_model)
+    s.close()
+    s.close()  # idempotent
+    with pytest.raises(RuntimeError, match="engine is closed"):
+        s.generate(["hi"])
+
+
+def test_vllm_version_is_checked():
+    from vroll.strategy.vllm_compat import UnsupportedVllm, check_vllm_version
+
+    assert check_vllm_version().startswith("0.32")
+    with pytest.raises(UnsupportedVllm, match=r"vLLM 0.31.2 is installed, but vroll supports vllm"):
+        check_vllm_version("0.31.2")
+    with pytest.raises(UnsupportedVllm, match="vLLM is not installed"):
+        check_vllm_version("")
