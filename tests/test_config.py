@@ -195,3 +195,19 @@ def test_config_errors_do_not_modify_input(tmp_path):
     problems(tmp_path, data)
     data["actor_infer"]["generating_args"]["top_k"] = snapshot["actor_infer"]["generating_args"].get("top_k", -1)
     assert load_config(write_yaml(tmp_path / "ok.yaml", data)).actor_infer.generating_args.top_k == -1
+
+
+def test_memory_plan_catches_a_kv_cache_too_small_for_max_model_len(tmp_path, tiny_model):
+    from vroll.config.memory import plan_memory
+
+    data = engine_config(tiny_model, kv_cache_memory_bytes=500_000)
+    plan = plan_memory(load_config(write_yaml(tmp_path / "c.yaml", data)))
+    assert plan.kv_bytes_per_token == 2 * 4 * 2 * 64 * 4  # k and v, 4 layers, 2 KV heads, head_dim 64, fp32
+    (issue,) = plan.issues()
+    assert str(issue).startswith("actor_infer.strategy_args.strategy_config: the KV cache (0.5 MiB) holds 122 "
+                                 "tokens, fewer than max_model_len=256: vLLM would refuse to start")
+    assert "kv_cache_memory_bytes: 1048576" in str(issue)
+    data = engine_config(tiny_model)
+    plan = plan_memory(load_config(write_yaml(tmp_path / "c.yaml", data)))
+    assert plan.issues() == [] and plan.concurrent_sequences == (64 << 20) // 4096 // 256
+    assert "full-length sequences at once" in plan.table()

@@ -235,3 +235,20 @@ def test_vllm_version_is_checked():
         check_vllm_version("0.31.2")
     with pytest.raises(UnsupportedVllm, match="vLLM is not installed"):
         check_vllm_version("")
+
+
+def test_memory_plan_matches_the_engines_kv_cache(strategy, tiny_model, tmp_path):
+    from vroll.config.memory import plan_memory
+
+    cfg = load_config(write_yaml(tmp_path / "engine.yaml", engine_config(tiny_model)), platform="cpu")
+    plan = plan_memory(cfg)
+    cache = strategy.llm.llm_engine.vllm_config.cache_config
+    assert plan.kv_tokens == cache.num_gpu_blocks * cache.block_size  # vLLM's own count
+    assert plan.max_model_len == strategy.max_model_len == 256
+    assert plan.parameters == sum(p.numel() for p in hf_params(tiny_model))
+
+
+def hf_params(model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir).parameters()

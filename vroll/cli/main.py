@@ -80,7 +80,8 @@ def setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     if not verbose:
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        logging.getLogger("vllm").setLevel(logging.ERROR)
 
 
 def platform_of(choice: str) -> str | None:
@@ -101,8 +102,23 @@ def cmd_validate(args) -> int:
     platform = platform_of(args.platform)
     cfg = load_config(args.config, args.overrides, platform=platform)
     print(OmegaConf.to_yaml(cfg.model_dump(mode="json", exclude_none=True)), end="")
+    plan = check_memory(cfg, args.config, "actor_infer")
+    if plan is not None:
+        print("# memory / batch / context balance of actor_infer:\n" +
+              "\n".join(f"#   {line}" for line in plan.table().splitlines()), file=sys.stderr)
     print(f"# valid{f' for platform {platform}' if platform else ''}: {args.config}", file=sys.stderr)
     return 0
+
+
+def check_memory(cfg, source: str, role: str):
+    """The role's memory plan (None when its model is not a local folder); raises when it cannot work."""
+    from vroll.config import ConfigError
+    from vroll.config.memory import plan_memory
+
+    plan = plan_memory(cfg, role)
+    if plan is not None and plan.issues():
+        raise ConfigError(plan.issues(), source)
+    return plan
 
 
 def cmd_generate(args) -> int:
@@ -115,6 +131,7 @@ def cmd_generate(args) -> int:
     role = cfg.roles().get(args.role)
     if role is None:
         raise ConfigError([Issue(args.role, f"no such role in the file (roles: {', '.join(cfg.roles())})")], args.config)
+    check_memory(cfg, args.config, args.role)
     prompts = read_prompts(args.input)  # all input problems before the engine starts
     with build_strategy(role, seed=cfg.seed) as strategy:
         started = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None, platform: 
     """
     source = str(path)
     raw = resolve_yaml(path, overrides or [])
-    cfg = to_typed(raw, source)
-    issues = check_config(cfg, platform)
+    type_issues, cfg = typed_or_issues(raw)
+    issues = list(type_issues)
+    if cfg is not None:  # rules still run on what parsed, so every problem is reported at once
+        reported = {i.path for i in issues}
+        issues += [i for i in check_config(cfg, platform) if i.path not in reported]
     if issues:
         raise ConfigError(issues, source)
     return cfg
@@ -72,13 +76,37 @@ def interpolation_issues(conf: DictConfig | ListConfig, prefix: str = "") -> lis
     return issues
 
 
-def to_typed(raw: dict[str, Any], source: str | None = None) -> PipelineConfig:
-    try:
-        cfg = PipelineConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError([pydantic_issue(err) for err in e.errors()], source) from None
-    fill_defaults(cfg)
-    return cfg
+def typed_or_issues(raw: dict[str, Any]) -> tuple[list[Issue], PipelineConfig | None]:
+    """The typed config and the type problems. With problems, the config is the one parsed without
+    the offending keys (so cross-field rules can still run), or None when even that fails."""
+    issues: list[Issue] = []
+    raw = copy.deepcopy(raw)
+    for _ in range(3):
+        try:
+            cfg = PipelineConfig.model_validate(raw)
+        except ValidationError as e:
+            errors = e.errors()
+            issues += [pydantic_issue(err) for err in errors]
+            if not all(drop_key(raw, err["loc"]) for err in errors):
+                return issues, None
+            continue
+        fill_defaults(cfg)
+        return issues, cfg
+    return issues, None
+
+
+def drop_key(raw: dict, loc: tuple) -> bool:
+    """Remove the value at `loc` (so its default applies); False when that is not possible."""
+    keys = [k for k in loc if not str(k).startswith("function-")]
+    node = raw
+    for k in keys[:-1]:
+        if not isinstance(node, dict) or k not in node:
+            return False
+        node = node[k]
+    if isinstance(node, dict) and keys and keys[-1] in node:
+        del node[keys[-1]]
+        return True
+    return False
 
 
 def fill_defaults(cfg: PipelineConfig) -> None:

@@ -1,0 +1,98 @@
+"""The command line as a user runs it: exit codes, messages without tracebacks, result files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, engine_config, write_yaml
+
+VROLL = [sys.executable, "-m", "vroll.cli.main"]
+
+
+def run(*args, timeout=300):
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    return subprocess.run(VROLL + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO, env=env)
+
+
+def test_validate_prints_the_resolved_config():
+    r = run("validate", "examples/guide_actor_infer.yaml", "--platform", "cuda", "response_length=512")
+    assert r.returncode == 0, r.stderr
+    assert "max_new_tokens: 512" in r.stdout
+    assert "- 11" in r.stdout  # device_mapping resolved to 0..11
+
+
+def test_validate_reports_all_errors_without_traceback(tmp_path):
+    data = engine_config("models/tiny")
+    data["actor_infer"]["generating_args"]["top_pp"] = 0.9
+    data["actor_infer"]["strategy_args"]["strategy_config"]["block_size"] = 16
+    r = run("validate", write_yaml(tmp_path / "c.yaml", data), "--platform", "cpu")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert "2 problems" in r.stderr
+    assert "actor_infer.generating_args.top_pp: unknown key (did you mean 'top_p'?)" in r.stderr
+    assert "block_size: 16 is not allowed on the CPU backend" in r.stderr
+
+
+def test_generate_reports_malformed_input_lines_before_starting_an_engine(tmp_path, tiny_model):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "ok"}\n{"prompt": 3}\nnot json\n{"text": "x"}\n')
+    cfg = write_yaml(tmp_path / "c.yaml", engine_config(tiny_model))
+    r = run("generate", cfg, "--input", prompts, "--output", tmp_path / "out.jsonl")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    for line in (2, 3, 4):
+        assert f"p.jsonl:{line}:" in r.stderr
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_generate_missing_model_is_a_clear_error(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    cfg = write_yaml(tmp_path / "c.yaml", engine_config(str(tmp_path / "no-model")))
+    r = run("generate", cfg, "--input", prompts, "--output", tmp_path / "out.jsonl")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "is neither a local model folder nor a model in the Hugging Face cache" in r.stderr
+
+
+def test_generate_writes_results_and_a_summary(tmp_path, tiny_model):
+    data = engine_config(tiny_model)
+    data["actor_infer"]["generating_args"].update(temperature=1.0, num_return_sequences=2, logprobs=True)
+    cfg = write_yaml(tmp_path / "c.yaml", data)
+    out = tmp_path / "out" / "results.jsonl"
+    r = run("generate", cfg, "actor_infer.generating_args.max_new_tokens=5",
+            "--input", f"{REPO}/examples/prompts.jsonl", "--output", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    n_prompts = len(open(f"{REPO}/examples/prompts.jsonl").read().splitlines())
+    assert [row["index"] for row in rows] == list(range(n_prompts))
+    for row in rows:
+        assert len(row["samples"]) == 2
+        for s in row["samples"]:
+            assert set(s) >= {"text", "token_ids", "logprobs", "finish_reason"}
+            assert 1 <= len(s["token_ids"]) <= 5 and len(s["logprobs"]) == len(s["token_ids"])
+    assert f"prompts: {n_prompts}  samples: {2 * n_prompts}" in r.stdout
+    assert "tokens/s:" in r.stdout
+
+
+def test_unknown_role_and_unimplemented_strategy(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "hi"}\n')
+    r = run("generate", "examples/rlvr_megatron.yaml", "actor_infer.strategy_args.strategy_config.block_size=32",
+            "--role", "reference", "--input", prompts, "--output", tmp_path / "o.jsonl")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "strategy 'megatron_infer' is not implemented" in r.stderr
+    r = run("generate", "examples/rlvr_megatron.yaml", "actor_infer.strategy_args.strategy_config.block_size=32",
+            "--role", "critic", "--input", prompts, "--output", tmp_path / "o.jsonl")
+    assert r.returncode == 2 and "critic: no such role" in r.stderr
+
+
+def test_tiny_model_is_reused(tmp_path):
+    r1 = run("tiny-model", "--out", tmp_path / "m")
+    assert r1.returncode == 0, r1.stderr
+    stamp = os.path.getmtime(tmp_path / "m" / "model.safetensors")
+    r2 = run("tiny-model", "--out", tmp_path / "m")
+    assert r2.returncode == 0 and "already built" in r2.stderr
+    assert os.path.getmtime(tmp_path / "m" / "model.safetensors") == stamp
