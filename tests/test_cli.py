@@ -96,3 +96,30 @@ def test_tiny_model_is_reused(tmp_path):
     r2 = run("tiny-model", "--out", tmp_path / "m")
     assert r2.returncode == 0 and "already built" in r2.stderr
     assert os.path.getmtime(tmp_path / "m" / "model.safetensors") == stamp
+
+
+def test_ctrl_c_stops_cleanly_and_leaves_no_process(tmp_path, tiny_model):
+    import signal
+    import time
+
+    import psutil
+
+    data = engine_config(tiny_model)
+    data["actor_infer"]["generating_args"].update(max_new_tokens=200, ignore_eos=True, num_return_sequences=8,
+                                                  temperature=1.0)
+    cfg = write_yaml(tmp_path / "c.yaml", data)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "What is 1+1?"}\n' * 64)
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    proc = subprocess.Popen(VROLL + ["generate", cfg, "--input", str(prompts), "--output", str(tmp_path / "o.jsonl")],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    for line in proc.stderr:  # wait until the engine runs
+        if "engine ready" in line:
+            break
+    time.sleep(1.0)
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert "Traceback" not in proc.stderr.read()
+    assert not (tmp_path / "o.jsonl").exists()
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
