@@ -64,8 +64,7 @@ def main() -> None:
         from transformers import AutoModelForCausalLM
 
         hf_model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
-        tok.padding_side = "left"
-        batch = tok(texts, return_tensors="pt", padding=True)
+        batch = tok(texts, return_tensors="pt", padding=True, padding_side="left")
 
     def run_hf():
         with torch.no_grad():

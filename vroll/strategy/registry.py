@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from vroll.config.schema import RoleConfig
+if TYPE_CHECKING:
+    from vroll.config.schema import RoleConfig
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,9 @@ from vroll.strategy.registry import closest
 OWN_KEYS: dict[str, Any] = {
     "sleep_level": 1,  # 1: release the KV cache after generation; 2: release weights as well
     "prompt_overflow": "error",  # a prompt that cannot fit: "error", "skip" or "truncate" (left)
+    "weight_update_bucket_bytes": 256 << 20,  # peak extra memory of a streamed weight update
+    "weight_update_timeout_s": 600.0,  # deadline of one update
+    "verify_weights": False,  # compare checksums of sent and received weights after each update
 }
 PROMPT_OVERFLOW = ("error", "skip", "truncate")
 
@@ -101,6 +104,12 @@ def check_strategy_config(cfg: dict[str, Any], path: str, platform: str | None =
     overflow = cfg.get("prompt_overflow", "error")
     if overflow not in PROMPT_OVERFLOW:
         issues.append(Issue(f"{path}.prompt_overflow", f"{overflow!r} is not allowed: use one of {PROMPT_OVERFLOW}"))
+    for key in ("weight_update_bucket_bytes", "weight_update_timeout_s"):
+        v = cfg.get(key, 1)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+            issues.append(Issue(f"{path}.{key}", f"{v!r} is not allowed: a positive number"))
+    if not isinstance(cfg.get("verify_weights", False), bool):
+        issues.append(Issue(f"{path}.verify_weights", f"{cfg['verify_weights']!r} is not allowed: true or false"))
     util = cfg.get("gpu_memory_utilization")
     if isinstance(util, (int, float)) and not isinstance(util, bool) and not 0 < util <= 1:
         issues.append(Issue(f"{path}.gpu_memory_utilization", f"{util!r} is not allowed: a fraction in (0, 1]"))

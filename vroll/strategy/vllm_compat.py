@@ -91,3 +91,117 @@ def shutdown_engine(llm) -> None:
         core.cleanup_dist_env_and_memory = teardown
         del llm
         gc.collect()
+
+
+# -- Inside the engine: weight reloading and CPU memory release ------------------------------
+# These functions run on the engine's worker through `LLM.collective_rpc(fn, args=...)`: `fn`
+# receives the worker. In-process engines receive tensors as they are (no serialization).
+
+
+def worker_reload_weights(worker, named_tensors: list, checksum: bool):
+    """Load HF-named tensors with vLLM's in-place reload (vLLM 0.32: `Worker.reload_weights`).
+
+    The reload rebuilds each layer it receives weights for and re-runs its post-load processing,
+    which on the CPU backend re-packs the oneDNN weight handles (`layer.cpu_linear`): writing into
+    the parameters alone is not seen by the kernels there.
+    """
+    from vroll.strategy.weights import Checksum
+
+    received = Checksum()
+    if checksum:
+        for _, t in named_tensors:
+            received.add(t)
+    worker.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
+    return received
+
+
+def worker_refresh_tied_lm_head(worker) -> bool:
+    """vLLM 0.32 CPU: a tied lm_head shares its Parameter with the embedding but keeps its own packed
+    copy for the matmul; when the update holds no `lm_head.weight` (a trainer's named_parameters()
+    leaves tied ones out) that copy stays stale and logits come from the old weights. Re-pack it."""
+    model = worker.model_runner.model
+    head = getattr(model, "lm_head", None)
+    weight = getattr(head, "weight", None)
+    tied = weight is not None and any(p is weight for n, p in model.named_parameters(remove_duplicate=False)
+                                      if not n.startswith("lm_head."))
+    if tied and hasattr(head, "quant_method"):
+        head.quant_method.process_weights_after_loading(head)
+    return tied
+
+
+def worker_memory_sizes(worker) -> dict:
+    """Bytes held by the KV cache and by the weights in the engine."""
+    runner = worker.model_runner
+    kv = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in runner.kv_caches}
+    weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
+    packed = sum(getattr(m, "cpu_linear", None) is not None for m in runner.model.modules())
+    return {"kv_cache": sum(kv.values()), "weights": weights, "packed_layers": packed}
+
+
+def _released(*args, **kwargs):
+    raise RuntimeError("vroll: the engine's weights are released (sleep level 2); update them first")
+
+
+def worker_cpu_sleep(worker, level: int) -> None:
+    """vLLM 0.32 ignores sleep on CPU (CPUWorker.sleep is a no-op), so release memory here.
+
+    Level 1 drops the KV cache: its one buffer is referenced only by `model_runner.kv_caches` and by
+    each attention layer's `kv_cache` (bound at start-up). Level 2 also empties every parameter and
+    drops the packed oneDNN handles; their shapes are kept to re-allocate on wake.
+    """
+    import gc
+
+    import torch
+    from vllm.v1.worker.utils import clear_layer_kv_caches
+
+    runner = worker.model_runner
+    state = getattr(worker, "_vroll_sleep", None) or {"kv": False, "weights": None}
+    if not state["kv"]:
+        runner.kv_caches.clear()
+        clear_layer_kv_caches(runner.compilation_config.static_forward_context.values())
+        state["kv"] = True
+    if level >= 2 and state["weights"] is None:
+        shapes = {}
+        with torch.no_grad():
+            for name, p in runner.model.named_parameters():
+                shapes[name] = (tuple(p.shape), p.dtype)
+                p.data = torch.empty(0, dtype=p.dtype)
+        for module in runner.model.modules():
+            if hasattr(module, "cpu_linear"):
+                module.cpu_linear = _released
+        state["weights"] = shapes
+    worker._vroll_sleep = state
+    gc.collect()
+    trim_host_memory()
+
+
+def worker_cpu_wake(worker, tags: list[str]) -> None:
+    """Undo `worker_cpu_sleep` for the given parts ("weights": zero-filled, awaiting an update;
+    "kv_cache": a fresh buffer bound where the old one was)."""
+    import torch
+
+    runner = worker.model_runner
+    state = getattr(worker, "_vroll_sleep", None)
+    if state is None:
+        return
+    if "weights" in tags and state["weights"] is not None:
+        with torch.no_grad():
+            for name, p in runner.model.named_parameters():
+                shape, dtype = state["weights"][name]
+                p.data = torch.zeros(shape, dtype=dtype)
+        state["weights"] = None
+    if "kv_cache" in tags and state["kv"]:
+        runner.initialize_kv_cache_tensors(runner.kv_cache_config, runner._kernel_block_sizes)
+        state["kv"] = False
+    if not state["kv"] and state["weights"] is None:
+        worker._vroll_sleep = None
+
+
+def trim_host_memory() -> None:
+    """Return freed heap pages to the OS (glibc keeps small freed blocks; weights are many of them)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass

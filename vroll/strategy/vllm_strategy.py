@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from vroll.config.schema import GeneratingArgs, RoleConfig
 from vroll.strategy import vllm_compat
+from vroll.strategy.engine_state import EngineState, EngineStateError
 from vroll.strategy.prompts import Prompt, encode_prompt, fit_prompts
 from vroll.strategy.results import PromptResult, Sample, to_padded_batch
 from vroll.strategy.sampling import beam_search_params, describe, request_seed, sampling_params
 from vroll.strategy.vllm_args import CPU_DEFAULT_KV_CACHE_BYTES, DTYPES, split_strategy_config
+from vroll.strategy.weights import (
+    Checksum, WeightUpdateError, buckets, check_tensor, expected_layout, layer_of, missing_names, tied_names,
+    validate_all,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,8 @@ def engine_kwargs(role: RoleConfig, seed: int | None, engine_args: dict[str, Any
         kwargs["seed"] = seed
     if platform == "cpu" and "gpu_memory_utilization" not in kwargs and "kv_cache_memory_bytes" not in kwargs:
         kwargs["kv_cache_memory_bytes"] = CPU_DEFAULT_KV_CACHE_BYTES
+    if platform != "cpu" and "sleep_level" in role.strategy_args.strategy_config:
+        kwargs.setdefault("enable_sleep_mode", True)  # vLLM's sleep mode must be chosen at start-up
     return kwargs
 
 
@@ -69,6 +77,7 @@ class VllmStrategy:
         vllm_compat.prepare_in_process_engine()
         self.platform = vllm_compat.current_platform_name()
         kwargs = engine_kwargs(role, seed, engine_args, self.platform)
+        self.model_path = kwargs["model"]
 
         from vllm import LLM
 
@@ -78,6 +87,12 @@ class VllmStrategy:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.weight_version = 0
+        self.state = EngineState()
+        if kwargs.get("load_format") == "dummy":
+            self.state.invalidate("load_format: dummy started it with random weights; the first update_weights() "
+                                  "brings the real ones")
+        self._lock = threading.RLock()  # one engine call at a time: vLLM's LLM is not thread-safe
+        self._layout = None
         self._calls = 0
         self._described: set[str] = set()
         log.info("%s: vLLM engine ready in %.1f s (model %s, max_model_len %d, platform %s)",
@@ -97,6 +112,11 @@ class VllmStrategy:
         The whole batch goes to vLLM at once: its scheduler bounds concurrency (max_num_seqs,
         max_num_batched_tokens), so `infer_batch_size` does not serialize generation.
         """
+        with self._lock:
+            self.state.require_serving("generate", self.name)
+            return self._generate(prompts, generating_args, prompt_overflow, use_tqdm)
+
+    def _generate(self, prompts, generating_args, prompt_overflow, use_tqdm) -> list[PromptResult]:
         g = generating_args or self.role.generating_args
         encoded = [encode_prompt(i, p, self.tokenizer) for i, p in enumerate(prompts)]
         policy = prompt_overflow or self.options["prompt_overflow"]
@@ -153,6 +173,11 @@ class VllmStrategy:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        with self._lock:
+            self.state.require_serving("compute log-probabilities", self.name)
+            return self._compute_logprobs(sequences, params)
+
+    def _compute_logprobs(self, sequences, params) -> list[list[float]]:
         out: list[list[float]] = []
         bs = self.role.infer_batch_size
         for start in range(0, len(sequences), bs):
@@ -161,6 +186,165 @@ class VllmStrategy:
                                                          use_tqdm=False)):
                 out.append([d[t].logprob for d, t in zip(res.prompt_logprobs[1:], seq[1:])])
         return out
+
+    # -- weights --------------------------------------------------------------------------
+    def update_weights(self, named_tensors, partial: bool = False, verify: bool | None = None,
+                       timeout_s: float | None = None) -> int:
+        """Load `(name, tensor)` pairs in Hugging Face naming into the running engine; returns the new
+        weight version.
+
+        A list or dict is checked whole before anything is written (a wrong name or shape leaves the
+        previous weights in place). A generator is streamed in buckets of `weight_update_bucket_bytes`
+        so the sender materializes one bucket at a time; a problem found mid-stream, or the deadline
+        passing, leaves the weights invalid and the engine refuses to generate until a complete update.
+        """
+        opts = self.options
+        verify = opts["verify_weights"] if verify is None else verify
+        deadline = time.monotonic() + (opts["weight_update_timeout_s"] if timeout_s is None else timeout_s)
+        complete = not partial
+        with self._lock:
+            self.state.require_weight_memory(self.name)
+            if partial and not self.state.weights_valid:
+                raise WeightUpdateError(f"{self.name}: a partial update cannot repair invalid weights "
+                                        f"({self.state.invalid_reason}); send all of them")
+            layout, optional = self._weight_layout()
+            if isinstance(named_tensors, dict):
+                named_tensors = list(named_tensors.items())
+            if isinstance(named_tensors, (list, tuple)):
+                validate_all(list(named_tensors), layout, optional, complete)
+            started = time.perf_counter()
+            sent, received, total = Checksum(), Checksum(), 0
+            seen: set[str] = set()
+            done_layers: set[str] = set()
+            written = False
+            try:
+                for bucket in buckets(named_tensors, opts["weight_update_bucket_bytes"]):
+                    problems = [p for n, t in bucket if (p := check_tensor(n, t, layout))]
+                    problems += [f"{n}: given twice" for n, _ in bucket if n in seen]
+                    problems += [f"{n}: its layer {layer_of(n)} already arrived in an earlier bucket; send each "
+                                 "layer's tensors together" for n, _ in bucket if layer_of(n) in done_layers]
+                    if problems:
+                        raise WeightUpdateError("\n".join(problems))
+                    if time.monotonic() > deadline:
+                        raise TimeoutError("the update passed its deadline (weight_update_timeout_s)")
+                    if verify:
+                        for _, t in bucket:
+                            sent.add(t)
+                    bucket = [(n, t.detach()) for n, t in bucket]
+                    written = True
+                    got = self.llm.collective_rpc(vllm_compat.worker_reload_weights, args=(bucket, verify))[0]
+                    received.count += got.count
+                    received.total += got.total
+                    received.squares += got.squares
+                    seen.update(n for n, _ in bucket)
+                    done_layers.update(layer_of(n) for n, _ in bucket if layer_of(n))
+                    total += sum(t.numel() * t.element_size() for _, t in bucket)
+                missing = missing_names(seen, layout, optional) if complete else []
+                if missing:
+                    raise WeightUpdateError(f"{len(missing)} parameter(s) never arrived, e.g. {missing[:3]}")
+                if verify and not sent.matches(received):
+                    raise WeightUpdateError(f"checksum mismatch: sent {sent}, the engine received {received}")
+            except BaseException as e:
+                if written:
+                    self.state.invalidate(f"the last weight update failed half-way ({str(e).splitlines()[0]})")
+                    log.error("%s: weight update failed after writing some weights; generation is refused until "
+                              "a complete update: %s", self.name, e)
+                if isinstance(e, WeightUpdateError):
+                    raise WeightUpdateError(f"{self.name}: weight update failed"
+                                            f"{', weights now invalid' if written else ', nothing was written'}:\n"
+                                            f"{e}") from None
+                raise
+            self.llm.collective_rpc(vllm_compat.worker_refresh_tied_lm_head)
+            self.llm.reset_prefix_cache()  # no KV computed with the old weights may be reused
+            self.weight_version += 1
+            if complete:
+                self.state.weights_valid, self.state.invalid_reason = True, ""
+            elapsed = time.perf_counter() - started
+            log.info("%s: weights updated to version %d (%.1f MiB in %.3f s%s)", self.name, self.weight_version,
+                     total / 2**20, elapsed, ", checksum verified" if verify else "")
+            return self.weight_version
+
+    def _weight_layout(self):
+        if self._layout is None:
+            layout = expected_layout(self.model_path, self.role.model_args.trust_remote_code)
+            self._layout = (layout, tied_names(layout, self.model_path))
+        return self._layout
+
+    # -- sleep and wake -------------------------------------------------------------------
+    def sleep(self, level: int | None = None) -> dict:
+        """Release memory between generations: level 1 the KV cache, level 2 the weights too
+        (the next generation then needs `wake_up()` and a weight update). Returns what was measured."""
+        level = level or self.options["sleep_level"]
+        if level not in (1, 2):
+            raise ValueError(f"sleep level {level!r} is not allowed: use 1 or 2")
+        with self._lock:
+            if self.state.asleep_level >= level:
+                log.info("%s: already %s; sleep(%d) does nothing", self.name, self.state.name, level)
+                return {}
+            if not self.llm.reset_prefix_cache():
+                raise EngineStateError(f"{self.name}: cannot sleep while requests hold KV blocks")
+            sizes = self._memory_sizes()
+            expected = (sizes["kv_cache"] if self.state.kv_cache else 0) + (sizes["weights"] if level == 2 else 0)
+            before, started = self._memory_in_use(), time.perf_counter()
+            if self.platform == "cpu":
+                self.llm.collective_rpc(vllm_compat.worker_cpu_sleep, args=(level,))
+            else:
+                self.llm.sleep(level=level)
+            self.state.kv_cache, self.state.asleep_level = False, level
+            if level == 2:
+                self.state.weights = False
+                self.state.invalidate("the weights were released by sleep level 2")
+            report = {"level": level, "seconds": time.perf_counter() - started, "expected_bytes": expected,
+                      "released_bytes": before - self._memory_in_use()}
+            self._check_release(report)
+            return report
+
+    def wake_up(self, tags: Sequence[str] | None = None) -> dict:
+        """Bring back the KV cache and weight memory (`tags` stages it: ["weights"], update, then
+        ["kv_cache"], so old weights, new weights and the KV cache are never held at once)."""
+        tags = list(tags or ("weights", "kv_cache"))
+        unknown = set(tags) - {"weights", "kv_cache"}
+        if unknown:
+            raise ValueError(f"wake_up tags {sorted(unknown)} are not allowed: use 'weights' and/or 'kv_cache'")
+        with self._lock:
+            started = time.perf_counter()
+            todo = [t for t in tags if not getattr(self.state, t)]
+            if not todo:
+                return {}
+            if self.platform == "cpu":
+                self.llm.collective_rpc(vllm_compat.worker_cpu_wake, args=(todo,))
+            else:
+                self.llm.wake_up(tags=todo)
+            for t in todo:
+                setattr(self.state, t, True)
+            if self.state.kv_cache and self.state.weights:
+                self.state.asleep_level = 0
+            return {"tags": todo, "seconds": time.perf_counter() - started}
+
+    def _memory_sizes(self) -> dict:
+        return self.llm.collective_rpc(vllm_compat.worker_memory_sizes)[0]
+
+    def _memory_in_use(self) -> int:
+        """Resident memory of this process (CPU) or memory in use on the device (GPU)."""
+        if self.platform == "cpu":
+            import psutil
+
+            return psutil.Process().memory_info().rss
+        import torch
+
+        free, total = torch.cuda.mem_get_info()
+        return total - free
+
+    def _check_release(self, report: dict) -> None:
+        released, expected = report["released_bytes"], report["expected_bytes"]
+        log.info("%s: asleep at level %d in %.3f s, released %.1f MiB of %.1f MiB expected", self.name,
+                 report["level"], report["seconds"], released / 2**20, expected / 2**20)
+        if expected and released < 0.5 * expected:
+            cause = ("the allocator kept the freed pages, or something else still references the KV cache"
+                     if self.platform == "cpu" else "vLLM's sleep mode may be off (enable_sleep_mode) or another "
+                     "object holds the memory")
+            log.warning("%s: sleep released only %.1f MiB of the %.1f MiB expected; likely cause: %s",
+                        self.name, released / 2**20, expected / 2**20, cause)
 
     def to_batch(self, results: list[PromptResult]):
         """Results as padded tensors for a trainer (see `results.to_padded_batch`)."""
