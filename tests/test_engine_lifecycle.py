@@ -170,8 +170,9 @@ def rss() -> int:
 def test_sleep_wake_cycles_release_memory_and_stay_correct(engine, hf):
     model, _ = hf
     expected = hf_greedy_all(hf)
-    sizes = engine._memory_sizes()
-    assert sizes["kv_cache"] == KV_BYTES
+    assert engine.kv_cache_bytes() == KV_BYTES
+    weight_bytes = engine.weight_bytes()
+    assert weight_bytes == 4 * sum(p.numel() for p in model.parameters())
     for cycle in range(2):
         # level 1: the KV cache goes, the weights stay
         before = rss()
@@ -188,7 +189,7 @@ def test_sleep_wake_cycles_release_memory_and_stay_correct(engine, hf):
         # level 2: weights go too; waking needs an update before generating
         before = rss()
         engine.sleep(2)
-        assert before - rss() > 0.9 * (KV_BYTES + sizes["weights"]), (before, rss(), sizes)
+        assert before - rss() > 0.9 * (KV_BYTES + weight_bytes), (before, rss(), weight_bytes)
         with pytest.raises(EngineStateError, match=r"asleep \(level 2.*call wake_up\(\), then update_weights"):
             engine.generate(PROMPTS, GREEDY)
         with pytest.raises(EngineStateError, match=r"cannot update weights.*wake_up\(tags=\['weights'\]\)"):

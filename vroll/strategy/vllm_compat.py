@@ -129,13 +129,10 @@ def worker_refresh_tied_lm_head(worker) -> bool:
     return tied
 
 
-def worker_memory_sizes(worker) -> dict:
-    """Bytes held by the KV cache and by the weights in the engine."""
-    runner = worker.model_runner
-    kv = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in runner.kv_caches}
-    weights = sum(p.numel() * p.element_size() for p in runner.model.parameters())
-    packed = sum(getattr(m, "cpu_linear", None) is not None for m in runner.model.modules())
-    return {"kv_cache": sum(kv.values()), "weights": weights, "packed_layers": packed}
+def worker_kv_cache_bytes(worker) -> int:
+    """Bytes held by the engine's KV cache (one buffer, viewed per layer)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in worker.model_runner.kv_caches}
+    return sum(storages.values())
 
 
 def _released(*args, **kwargs):

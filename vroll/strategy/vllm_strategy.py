@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -283,8 +284,7 @@ class VllmStrategy:
                 return {}
             if not self.llm.reset_prefix_cache():
                 raise EngineStateError(f"{self.name}: cannot sleep while requests hold KV blocks")
-            sizes = self._memory_sizes()
-            expected = (sizes["kv_cache"] if self.state.kv_cache else 0) + (sizes["weights"] if level == 2 else 0)
+            expected = (self.kv_cache_bytes() if self.state.kv_cache else 0) + (self.weight_bytes() if level == 2 else 0)
             before, started = self._memory_in_use(), time.perf_counter()
             if self.platform == "cpu":
                 self.llm.collective_rpc(vllm_compat.worker_cpu_sleep, args=(level,))
@@ -321,8 +321,15 @@ class VllmStrategy:
                 self.state.asleep_level = 0
             return {"tags": todo, "seconds": time.perf_counter() - started}
 
-    def _memory_sizes(self) -> dict:
-        return self.llm.collective_rpc(vllm_compat.worker_memory_sizes)[0]
+    def kv_cache_bytes(self) -> int:
+        return self.llm.collective_rpc(vllm_compat.worker_kv_cache_bytes)[0]
+
+    def weight_bytes(self) -> int:
+        """Size of the model's weights in the engine's dtype (on CPU the kernels hold packed copies,
+        so the parameters themselves do not show it)."""
+        layout, tied = self._weight_layout()
+        per_element = 4 if self.role.model_args.dtype == "fp32" else 2
+        return sum(math.prod(spec.shape) for name, spec in layout.items() if name not in tied) * per_element
 
     def _memory_in_use(self) -> int:
         """Resident memory of this process (CPU) or memory in use on the device (GPU)."""

@@ -1,0 +1,117 @@
+"""Weight-update throughput against a plain in-process copy of the same bytes, and sleep/wake
+times and resident memory, on a model large enough for the bytes to matter.
+
+    .venv/bin/python bench/bench_weights.py [--layers 8 --hidden 1024]
+
+Prints Markdown tables (ratios are what to compare; absolute times vary between machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+
+
+def rss_mib() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--kv-mib", type=int, default=512)
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from vroll.config.schema import GeneratingArgs, ModelArgs, RoleConfig, StrategyArgs
+    from vroll.models.tiny import TinySpec, build_tiny_model
+    from vroll.strategy.vllm_strategy import VllmStrategy
+
+    spec = TinySpec(hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4, num_hidden_layers=args.layers,
+                    num_attention_heads=args.hidden // 64, num_key_value_heads=max(args.hidden // 256, 1))
+    model_dir = build_tiny_model(os.path.join(tempfile.gettempdir(), f"vroll-bench-{args.hidden}x{args.layers}"), spec)
+    sc = {"block_size": 32, "max_model_len": 256, "kv_cache_memory_bytes": args.kv_mib << 20, "enforce_eager": True}
+    role = RoleConfig(model_args=ModelArgs(model_name_or_path=str(model_dir), dtype="fp32"),
+                      generating_args=GeneratingArgs(max_new_tokens=8, temperature=0.0),
+                      strategy_args=StrategyArgs(strategy_name="vllm", strategy_config=sc), name="actor_infer")
+    engine = VllmStrategy(role, seed=0)
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    state = dict(hf.state_dict())
+    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    targets = {k: torch.empty_like(v) for k, v in state.items()}
+
+    def plain_copy():
+        for k, v in state.items():
+            targets[k].copy_(v)
+
+    def update(bucket_bytes, streamed):
+        def go():
+            engine.options["weight_update_bucket_bytes"] = bucket_bytes
+            engine.update_weights(iter(state.items()) if streamed else state)
+        return go
+
+    runs = {
+        "plain tensor copy of the same bytes": plain_copy,
+        "update_weights, whole state dict (validated first)": update(1 << 40, False),
+        "update_weights, streamed in 64 MiB buckets": update(64 << 20, True),
+        "update_weights, streamed in 16 MiB buckets": update(16 << 20, True),
+    }
+    for fn in runs.values():
+        fn()
+    times = {k: [] for k in runs}
+    for _ in range(args.rounds):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    base = statistics.median(times["plain tensor copy of the same bytes"])
+    params = sum(t.numel() for t in state.values())
+    print(f"\nmodel: {params / 1e6:.0f} M parameters, {nbytes / 2**20:.0f} MiB fp32 "
+          f"(hidden {args.hidden}, {args.layers} layers); {args.rounds} alternating rounds; "
+          f"{os.cpu_count()} cores\n")
+    print("| in-process path | median time | GiB/s | time / plain copy |")
+    print("|---|---|---|---|")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {name} | {med * 1e3:.0f} ms | {nbytes / med / 2**30:.2f} | {med / base:.1f}x |")
+
+    # sleep / wake
+    del targets
+    engine.options["weight_update_bucket_bytes"] = 256 << 20
+    print(f"\nKV cache {engine.kv_cache_bytes() / 2**20:.0f} MiB, weights {engine.weight_bytes() / 2**20:.0f} MiB\n")
+    print("| step | time | resident memory | released vs expected |")
+    print("|---|---|---|---|")
+    print(f"| awake | | {rss_mib():.0f} MiB | |")
+    for level in (1, 2):
+        rep = engine.sleep(level)
+        print(f"| sleep level {level} | {rep['seconds'] * 1e3:.0f} ms | {rss_mib():.0f} MiB | "
+              f"{rep['released_bytes'] / 2**20:.0f} / {rep['expected_bytes'] / 2**20:.0f} MiB "
+              f"({rep['released_bytes'] / rep['expected_bytes']:.0%}) |")
+        t = time.perf_counter()
+        if level == 2:
+            engine.wake_up(tags=["weights"])
+            engine.update_weights(state)
+            engine.wake_up(tags=["kv_cache"])
+            label = "wake (weights, update, KV cache)"
+        else:
+            engine.wake_up()
+            label = "wake"
+        print(f"| {label} | {(time.perf_counter() - t) * 1e3:.0f} ms | {rss_mib():.0f} MiB | |")
+        engine.generate(["What is 1+2?"])
+    engine.close()
+
+
+if __name__ == "__main__":
+    main()
