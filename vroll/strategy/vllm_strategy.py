@@ -257,6 +257,8 @@ class VllmStrategy:
                 raise
             self.llm.collective_rpc(vllm_compat.worker_refresh_tied_lm_head)
             self.llm.reset_prefix_cache()  # no KV computed with the old weights may be reused
+            if self.platform == "cpu":
+                vllm_compat.trim_host_memory()  # the replaced packed weights are many small blocks
             self.weight_version += 1
             if complete:
                 self.state.weights_valid, self.state.invalid_reason = True, ""
