@@ -17,8 +17,7 @@ from vroll.strategy.results import PromptResult, Sample, to_padded_batch
 from vroll.strategy.sampling import beam_search_params, describe, request_seed, sampling_params
 from vroll.strategy.vllm_args import CPU_DEFAULT_KV_CACHE_BYTES, DTYPES, split_strategy_config
 from vroll.strategy.weights import (
-    Checksum, WeightUpdateError, buckets, check_tensor, expected_layout, layer_of, missing_names, tied_names,
-    validate_all,
+    UpdateSession, WeightUpdateError, buckets, expected_layout, tied_names, validate_all,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +93,7 @@ class VllmStrategy:
                                   "brings the real ones")
         self._lock = threading.RLock()  # one engine call at a time: vLLM's LLM is not thread-safe
         self._layout = None
+        self._update: UpdateSession | None = None
         self._calls = 0
         self._described: set[str] = set()
         log.info("%s: vLLM engine ready in %.1f s (model %s, max_model_len %d, platform %s)",
@@ -199,73 +199,77 @@ class VllmStrategy:
         so the sender materializes one bucket at a time; a problem found mid-stream, or the deadline
         passing, leaves the weights invalid and the engine refuses to generate until a complete update.
         """
-        opts = self.options
-        verify = opts["verify_weights"] if verify is None else verify
-        deadline = time.monotonic() + (opts["weight_update_timeout_s"] if timeout_s is None else timeout_s)
-        complete = not partial
+        with self._lock:
+            self.begin_update(partial, verify, timeout_s)
+            if isinstance(named_tensors, dict):
+                named_tensors = list(named_tensors.items())
+            try:
+                if isinstance(named_tensors, (list, tuple)):
+                    validate_all(list(named_tensors), self._update.layout, self._update.optional,
+                                 self._update.complete)
+                for bucket in buckets(named_tensors, self.options["weight_update_bucket_bytes"]):
+                    self.load_bucket(bucket)
+                return self.finish_update()
+            except BaseException as e:
+                self.abort_update(e)
+                raise
+
+    def begin_update(self, partial: bool = False, verify: bool | None = None, timeout_s: float | None = None):
+        """Start a bucket-by-bucket update (`load_bucket`..., then `finish_update`); for senders in
+        other processes, which ship one bucket at a time."""
         with self._lock:
             self.state.require_weight_memory(self.name)
             if partial and not self.state.weights_valid:
                 raise WeightUpdateError(f"{self.name}: a partial update cannot repair invalid weights "
                                         f"({self.state.invalid_reason}); send all of them")
             layout, optional = self._weight_layout()
-            if isinstance(named_tensors, dict):
-                named_tensors = list(named_tensors.items())
-            if isinstance(named_tensors, (list, tuple)):
-                validate_all(list(named_tensors), layout, optional, complete)
-            started = time.perf_counter()
-            sent, received, total = Checksum(), Checksum(), 0
-            seen: set[str] = set()
-            done_layers: set[str] = set()
-            written = False
-            try:
-                for bucket in buckets(named_tensors, opts["weight_update_bucket_bytes"]):
-                    problems = [p for n, t in bucket if (p := check_tensor(n, t, layout))]
-                    problems += [f"{n}: given twice" for n, _ in bucket if n in seen]
-                    problems += [f"{n}: its layer {layer_of(n)} already arrived in an earlier bucket; send each "
-                                 "layer's tensors together" for n, _ in bucket if layer_of(n) in done_layers]
-                    if problems:
-                        raise WeightUpdateError("\n".join(problems))
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("the update passed its deadline (weight_update_timeout_s)")
-                    if verify:
-                        for _, t in bucket:
-                            sent.add(t)
-                    bucket = [(n, t.detach()) for n, t in bucket]
-                    written = True
-                    got = self.llm.collective_rpc(vllm_compat.worker_reload_weights, args=(bucket, verify))[0]
-                    received.count += got.count
-                    received.total += got.total
-                    received.squares += got.squares
-                    seen.update(n for n, _ in bucket)
-                    done_layers.update(layer_of(n) for n, _ in bucket if layer_of(n))
-                    total += sum(t.numel() * t.element_size() for _, t in bucket)
-                missing = missing_names(seen, layout, optional) if complete else []
-                if missing:
-                    raise WeightUpdateError(f"{len(missing)} parameter(s) never arrived, e.g. {missing[:3]}")
-                if verify and not sent.matches(received):
-                    raise WeightUpdateError(f"checksum mismatch: sent {sent}, the engine received {received}")
-            except BaseException as e:
-                if written:
-                    self.state.invalidate(f"the last weight update failed half-way ({str(e).splitlines()[0]})")
-                    log.error("%s: weight update failed after writing some weights; generation is refused until "
-                              "a complete update: %s", self.name, e)
-                if isinstance(e, WeightUpdateError):
-                    raise WeightUpdateError(f"{self.name}: weight update failed"
-                                            f"{', weights now invalid' if written else ', nothing was written'}:\n"
-                                            f"{e}") from None
-                raise
-            self.llm.collective_rpc(vllm_compat.worker_refresh_tied_lm_head)
-            self.llm.reset_prefix_cache()  # no KV computed with the old weights may be reused
-            if self.platform == "cpu":
-                vllm_compat.trim_host_memory()  # the replaced packed weights are many small blocks
-            self.weight_version += 1
-            if complete:
-                self.state.weights_valid, self.state.invalid_reason = True, ""
-            elapsed = time.perf_counter() - started
-            log.info("%s: weights updated to version %d (%.1f MiB in %.3f s%s)", self.name, self.weight_version,
-                     total / 2**20, elapsed, ", checksum verified" if verify else "")
-            return self.weight_version
+            timeout_s = self.options["weight_update_timeout_s"] if timeout_s is None else timeout_s
+            self._update = UpdateSession(layout, optional, complete=not partial,
+                                         verify=self.options["verify_weights"] if verify is None else verify,
+                                         deadline=time.monotonic() + timeout_s)
+            self._update_started = time.perf_counter()
+
+    def load_bucket(self, bucket: list) -> None:
+        session = self._require_update()
+        session.check_bucket(bucket)
+        bucket = [(n, t.detach()) for n, t in bucket]
+        got = self.llm.collective_rpc(vllm_compat.worker_reload_weights, args=(bucket, session.verify))[0]
+        session.record(bucket, got)
+
+    def finish_update(self) -> int:
+        session = self._require_update()
+        session.check_end()
+        self.llm.collective_rpc(vllm_compat.worker_refresh_tied_lm_head)
+        self.llm.reset_prefix_cache()  # no KV computed with the old weights may be reused
+        if self.platform == "cpu":
+            vllm_compat.trim_host_memory()  # the replaced packed weights are many small blocks
+        self.weight_version += 1
+        if session.complete:
+            self.state.weights_valid, self.state.invalid_reason = True, ""
+        self._update = None
+        log.info("%s: weights updated to version %d (%.1f MiB in %.3f s%s)", self.name, self.weight_version,
+                 session.nbytes / 2**20, time.perf_counter() - self._update_started,
+                 ", checksum verified" if session.verify else "")
+        return self.weight_version
+
+    def abort_update(self, error: BaseException) -> None:
+        """End a failed update: weights that were partly written are marked invalid."""
+        session, self._update = self._update, None
+        if session is None or not session.written:
+            if isinstance(error, WeightUpdateError) and "nothing was written" not in str(error):
+                error.args = (f"{self.name}: weight update refused, nothing was written:\n{error}",)
+            return
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self.state.invalidate(f"the last weight update failed half-way ({first})")
+        log.error("%s: weight update failed after writing some weights; generation is refused until a "
+                  "complete update: %s", self.name, error)
+        if isinstance(error, WeightUpdateError):
+            error.args = (f"{self.name}: weight update failed, weights now invalid:\n{error}",)
+
+    def _require_update(self):
+        if self._update is None:
+            raise EngineStateError(f"{self.name}: no weight update in progress; call begin_update() first")
+        return self._update
 
     def _weight_layout(self):
         if self._layout is None:

@@ -127,3 +127,52 @@ class Checksum:
     def matches(self, other: "Checksum", rtol: float = 1e-9) -> bool:
         close = lambda a, b: abs(a - b) <= rtol * max(1.0, abs(a), abs(b))  # noqa: E731
         return self.count == other.count and close(self.total, other.total) and close(self.squares, other.squares)
+
+
+@dataclass
+class UpdateSession:
+    """The checks of one weight update as its buckets arrive."""
+
+    layout: dict[str, TensorSpec]
+    optional: set[str]  # names that may be left out (tied to another parameter)
+    complete: bool  # every parameter must arrive
+    verify: bool
+    deadline: float  # time.monotonic() value
+    written: bool = False  # some bucket reached the engine: a failure now leaves mixed weights
+    nbytes: int = 0
+
+    def __post_init__(self):
+        self.sent, self.received = Checksum(), Checksum()
+        self.seen: set[str] = set()
+        self.done_layers: set[str] = set()
+
+    def check_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+        import time
+
+        problems = [p for n, t in bucket if (p := check_tensor(n, t, self.layout))]
+        problems += [f"{n}: given twice" for n, _ in bucket if n in self.seen]
+        problems += [f"{n}: its layer {layer_of(n)} already arrived in an earlier bucket; send each layer's "
+                     "tensors together" for n, _ in bucket if layer_of(n) in self.done_layers]
+        if problems:
+            raise WeightUpdateError("\n".join(problems))
+        if time.monotonic() > self.deadline:
+            raise TimeoutError("the update passed its deadline (weight_update_timeout_s)")
+        if self.verify:
+            for _, t in bucket:
+                self.sent.add(t)
+
+    def record(self, bucket: list[tuple[str, torch.Tensor]], received: Checksum) -> None:
+        self.written = True
+        self.received.count += received.count
+        self.received.total += received.total
+        self.received.squares += received.squares
+        self.seen.update(n for n, _ in bucket)
+        self.done_layers.update(layer_of(n) for n, _ in bucket if layer_of(n))
+        self.nbytes += sum(t.numel() * t.element_size() for _, t in bucket)
+
+    def check_end(self) -> None:
+        missing = missing_names(self.seen, self.layout, self.optional) if self.complete else []
+        if missing:
+            raise WeightUpdateError(f"{len(missing)} parameter(s) never arrived, e.g. {missing[:3]}")
+        if self.verify and not self.sent.matches(self.received):
+            raise WeightUpdateError(f"checksum mismatch: sent {self.sent}, the engine received {self.received}")
