@@ -133,7 +133,7 @@ def cmd_generate(args) -> int:
         raise ConfigError([Issue(args.role, f"no such role in the file (roles: {', '.join(cfg.roles())})")], args.config)
     check_memory(cfg, args.config, args.role)
     prompts = read_prompts(args.input)  # all input problems before the engine starts
-    with build_strategy(role, seed=cfg.seed) as strategy:
+    with build_strategy(role, seed=cfg.seed, ray_address=cfg.ray_address) as strategy:
         started = time.perf_counter()
         results = strategy.generate(prompts, prompt_overflow=args.overflow, use_tqdm=sys.stderr.isatty())
         elapsed = time.perf_counter() - started

@@ -14,6 +14,8 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
     issues: list[Issue] = []
     for path, role in cfg.roles().items():
         issues += check_role(path, role, platform)
+        if platform == "cpu" and not cfg.ray_address:
+            issues += check_local_cpu_slots(path, role)
     if cfg.validation is not None:
         issues += check_generating_args("validation.generating_args", cfg.validation.generating_args)
     return issues
@@ -83,6 +85,19 @@ def check_device_mapping(path: str, role: RoleConfig) -> list[Issue]:
             issues.append(Issue(where, f"{len(ids)} devices cannot be split into engines of {per_engine} "
                                        "(tensor_parallel_size x pipeline_parallel_size): use a multiple"))
     return issues
+
+
+def check_local_cpu_slots(path: str, role: RoleConfig) -> list[Issue]:
+    """On the CPU backend device ids name this machine's cores (when no cluster is joined)."""
+    import os
+
+    slots = os.cpu_count() or 1
+    beyond = sorted({d for d in role.device_mapping if d >= slots})
+    if not beyond:
+        return []
+    return [Issue(f"{path}.device_mapping", f"devices {beyond} do not exist: on the CPU backend device ids name "
+                                            f"CPU slots, and this machine has {slots} (0-{slots - 1}); set "
+                                            "ray_address to run on a larger cluster")]
 
 
 def check_generating_args(path: str, g: GeneratingArgs) -> list[Issue]:

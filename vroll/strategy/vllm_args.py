@@ -22,6 +22,7 @@ OWN_KEYS: dict[str, Any] = {
     "weight_update_bucket_bytes": 256 << 20,  # peak extra memory of a streamed weight update
     "weight_update_timeout_s": 600.0,  # deadline of one update
     "verify_weights": False,  # compare checksums of sent and received weights after each update
+    "engine_call_timeout_s": 1800.0,  # deadline of any call to an engine actor (Ray roles)
 }
 PROMPT_OVERFLOW = ("error", "skip", "truncate")
 
@@ -104,7 +105,7 @@ def check_strategy_config(cfg: dict[str, Any], path: str, platform: str | None =
     overflow = cfg.get("prompt_overflow", "error")
     if overflow not in PROMPT_OVERFLOW:
         issues.append(Issue(f"{path}.prompt_overflow", f"{overflow!r} is not allowed: use one of {PROMPT_OVERFLOW}"))
-    for key in ("weight_update_bucket_bytes", "weight_update_timeout_s"):
+    for key in ("weight_update_bucket_bytes", "weight_update_timeout_s", "engine_call_timeout_s"):
         v = cfg.get(key, 1)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             issues.append(Issue(f"{path}.{key}", f"{v!r} is not allowed: a positive number"))

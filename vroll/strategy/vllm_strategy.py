@@ -65,9 +65,9 @@ class VllmStrategy:
         self._llm = None
         vllm_compat.check_vllm_version()
         if len(role.device_mapping) > 1 and len(role.device_mapping) > _devices_per_engine(role):
-            raise NotImplementedError(
+            raise ValueError(
                 f"{role.name}.device_mapping: {len(role.device_mapping)} devices mean several data-parallel "
-                "engines, which need the Ray cluster layer (not implemented yet); use one engine's devices"
+                "engines; build the role with vroll.strategy.build_strategy, which starts them on Ray"
             )
         self.role = role
         self.name = role.name or "actor_infer"
@@ -107,26 +107,34 @@ class VllmStrategy:
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Any], generating_args: GeneratingArgs | None = None,
-                 prompt_overflow: str | None = None, use_tqdm: bool = False) -> list[PromptResult]:
+                 prompt_overflow: str | None = None, use_tqdm: bool = False,
+                 seed_indices: Sequence[int] | None = None, call: int | None = None) -> list[PromptResult]:
         """Samples for each prompt (text, chat messages or token ids), in input order.
 
         The whole batch goes to vLLM at once: its scheduler bounds concurrency (max_num_seqs,
         max_num_batched_tokens), so `infer_batch_size` does not serialize generation.
+        `seed_indices` are the prompts' positions in a larger batch split between engines, so that
+        each prompt is sampled the same whichever engine gets it (with `call`, the caller's count of
+        generate calls, which also enters the seed).
         """
         with self._lock:
             self.state.require_serving("generate", self.name)
-            return self._generate(prompts, generating_args, prompt_overflow, use_tqdm)
+            return self._generate(prompts, generating_args, prompt_overflow, use_tqdm, seed_indices, call)
 
-    def _generate(self, prompts, generating_args, prompt_overflow, use_tqdm) -> list[PromptResult]:
+    def _generate(self, prompts, generating_args, prompt_overflow, use_tqdm, seed_indices=None,
+                  call=None) -> list[PromptResult]:
         g = generating_args or self.role.generating_args
         encoded = [encode_prompt(i, p, self.tokenizer) for i, p in enumerate(prompts)]
         policy = prompt_overflow or self.options["prompt_overflow"]
         encoded = fit_prompts(encoded, g.max_new_tokens, self.max_model_len, policy)
         self._log_once(g)
-        call, self._calls = self._calls, self._calls + 1
+        if call is None:
+            call, self._calls = self._calls, self._calls + 1
         live = [p for p in encoded if p.status != "skipped"]
         if live:
-            samples = self._beam_search(live, g, use_tqdm) if g.num_beams > 1 else self._sample(live, g, call, use_tqdm)
+            seeds = [seed_indices[p.index] if seed_indices is not None else p.index for p in live]
+            samples = (self._beam_search(live, g, use_tqdm) if g.num_beams > 1
+                       else self._sample(live, g, call, use_tqdm, seeds))
         else:
             samples = []
         by_index = dict(zip((p.index for p in live), samples))
@@ -140,8 +148,9 @@ class VllmStrategy:
             for p in encoded
         ]
 
-    def _sample(self, prompts: list[Prompt], g: GeneratingArgs, call: int, use_tqdm: bool) -> list[list[Sample]]:
-        params = [sampling_params(g, request_seed(self.seed, call, p.index)) for p in prompts]
+    def _sample(self, prompts: list[Prompt], g: GeneratingArgs, call: int, use_tqdm: bool,
+                seeds: list[int]) -> list[list[Sample]]:
+        params = [sampling_params(g, request_seed(self.seed, call, i)) for i in seeds]
         outputs = self.llm.generate([{"prompt_token_ids": p.token_ids} for p in prompts], params, use_tqdm=use_tqdm)
         return [[_to_sample(c) for c in out.outputs] for out in outputs]
 

@@ -1,0 +1,146 @@
+"""A role on Ray: two data-parallel engines on this machine's two CPU slots (real engines)."""
+
+import os
+import time
+
+import pytest
+import torch
+
+from conftest import engine_config, write_yaml
+from vroll.config import ConfigError, load_config
+from vroll.config.schema import GeneratingArgs
+from vroll.strategy import build_strategy
+from vroll.strategy.engine_state import EngineStateError
+
+PROMPTS = ["What is 12+7?", "What is 45-18? The answer is", "hello there", "What is 6*7?", "What is 99+1?"]
+GREEDY = GeneratingArgs(max_new_tokens=12, temperature=0.0)
+SAMPLED = GeneratingArgs(max_new_tokens=12, temperature=1.0, num_return_sequences=2)
+
+
+def config(tmp_path, model, mapping, **sc):
+    data = engine_config(model, **sc)
+    data["actor_infer"]["device_mapping"] = mapping
+    return load_config(write_yaml(tmp_path / "c.yaml", data), platform="cpu")
+
+
+@pytest.fixture(scope="module")
+def cluster(tiny_model, tmp_path_factory):
+    cfg = config(tmp_path_factory.mktemp("cluster"), tiny_model, "list(range(0,2))", engine_call_timeout_s=120)
+    c = build_strategy(cfg.actor_infer, seed=cfg.seed)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def single(tiny_model, tmp_path_factory, cluster):
+    cfg = config(tmp_path_factory.mktemp("single"), tiny_model, [0])
+    s = build_strategy(cfg.actor_infer, seed=cfg.seed)
+    yield s
+    s.close()
+
+
+def tokens(results):
+    return [[s.token_ids for s in r.samples] for r in results]
+
+
+def test_two_engines_are_pinned_to_their_own_cores(cluster):
+    from vroll.cluster.role_cluster import RoleCluster
+
+    assert isinstance(cluster, RoleCluster) and len(cluster.engines) == 2
+    infos = cluster.info()
+    assert [i["cores"] for i in infos] == [[0], [1]]
+    assert len({i["pid"] for i in infos}) == 2 and os.getpid() not in {i["pid"] for i in infos}
+
+
+def test_results_equal_one_engine_in_input_order(cluster, single):
+    for batch in (PROMPTS, PROMPTS[:1], PROMPTS[:3]):
+        got = cluster.generate(batch, GREEDY)
+        assert [r.index for r in got] == list(range(len(batch)))
+        assert tokens(got) == tokens(single.generate(batch, GREEDY))
+    # per-prompt seeds follow the prompt, not the engine: sampled results match too
+    assert tokens(cluster.generate(PROMPTS, SAMPLED)) == tokens(single.generate(PROMPTS, SAMPLED))
+
+
+def hf_greedy(model, tok, texts, n):
+    from transformers import GenerationConfig
+
+    out = []
+    for text in texts:
+        ids = tok(text)["input_ids"]
+        gc = GenerationConfig(do_sample=False, max_new_tokens=n, repetition_penalty=1.0,
+                              eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id)
+        with torch.no_grad():
+            out.append([model.generate(torch.tensor([ids]), generation_config=gc)[0, len(ids):].tolist()])
+    return out
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), \
+        AutoTokenizer.from_pretrained(tiny_model)
+
+
+def test_weight_update_and_sleep_reach_every_engine(cluster, hf):
+    model, tok = hf
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    version = cluster.update_weights(model.state_dict())
+    assert [i["weight_version"] for i in cluster.info()] == [version, version]
+    expected = hf_greedy(model, tok, PROMPTS, 12)
+    results = cluster.generate(PROMPTS, GREEDY)  # five prompts: both engines get some
+    assert tokens(results) == expected
+    assert all(r.weight_version == version for r in results)
+    cluster.sleep(1)
+    assert all(i["state"].startswith("asleep") for i in cluster.info())
+    with pytest.raises(EngineStateError, match="asleep"):
+        cluster.generate(PROMPTS, GREEDY)
+    cluster.wake_up()
+    assert tokens(cluster.generate(PROMPTS, GREEDY)) == expected
+
+
+def test_a_dead_engine_is_named_quickly_and_restart_recovers(cluster, hf):
+    import ray
+
+    from vroll.cluster.role_cluster import EngineFailure
+
+    model, tok = hf
+    victim = cluster.engines[1]
+    ray.kill(victim.actor, no_restart=True)
+    started = time.monotonic()
+    with pytest.raises(EngineFailure) as e:
+        cluster.generate(PROMPTS, GREEDY)
+    assert time.monotonic() - started < 10
+    assert f"actor_infer engine rank 1 (node {victim.node_ip}, pid {victim.pid}" in str(e.value)
+    assert "died while generating" in str(e.value)
+    cluster.restart(1)
+    assert [i["weight_version"] for i in cluster.info()] == [cluster.weight_version] * 2
+    assert tokens(cluster.generate(PROMPTS, GREEDY)) == hf_greedy(model, tok, PROMPTS, 12)
+
+
+def test_a_stuck_engine_is_named_at_its_deadline(cluster):
+    from vroll.cluster.role_cluster import EngineFailure
+
+    slow = GeneratingArgs(max_new_tokens=200, ignore_eos=True, num_return_sequences=16, temperature=1.0)
+    cluster.call_timeout_s = 0.5
+    try:
+        with pytest.raises(EngineFailure, match=r"actor_infer engine rank 0 .* did not answer within 0 s while "
+                                                r"generating"):
+            cluster.generate(PROMPTS * 4, slow)
+    finally:
+        cluster.call_timeout_s = 120
+    cluster.info()  # the engines finish that work and answer again
+
+
+def test_invalid_mappings_are_validation_errors(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        config(tmp_path, "m", [0, 5])
+    assert f"actor_infer.device_mapping: devices [5] do not exist: on the CPU backend device ids name CPU slots, " \
+           f"and this machine has {os.cpu_count()}" in str(e.value)
+    with pytest.raises(ConfigError, match="names devices \\[1\\] more than once"):
+        config(tmp_path, "m", [1, 1])
+    with pytest.raises(ConfigError, match="2 devices cannot be split into engines of 4"):
+        config(tmp_path, "m", [0, 1], tensor_parallel_size=4)

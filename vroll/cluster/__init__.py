@@ -1,0 +1,1 @@
+"""Roles on Ray: one actor per engine, placed on the devices `device_mapping` names."""
