@@ -77,14 +77,19 @@ def test_generate_writes_results_and_a_summary(tmp_path, tiny_model):
     assert "tokens/s:" in r.stdout
 
 
+ON_THIS_MACHINE = ["actor_infer.strategy_args.strategy_config.block_size=32", "actor_infer.device_mapping=[0]",
+                   "actor_train.device_mapping=[0,1]", "reference.device_mapping=[0,1]",
+                   "rewards.reward_model.device_mapping=[1]"]
+
+
 def test_unknown_role_and_unimplemented_strategy(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"prompt": "hi"}\n')
-    r = run("generate", "examples/rlvr_megatron.yaml", "actor_infer.strategy_args.strategy_config.block_size=32",
+    r = run("generate", "examples/rlvr_megatron.yaml", *ON_THIS_MACHINE,
             "--role", "reference", "--input", prompts, "--output", tmp_path / "o.jsonl")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "strategy 'megatron_infer' is not implemented" in r.stderr
-    r = run("generate", "examples/rlvr_megatron.yaml", "actor_infer.strategy_args.strategy_config.block_size=32",
+    r = run("generate", "examples/rlvr_megatron.yaml", *ON_THIS_MACHINE,
             "--role", "critic", "--input", prompts, "--output", tmp_path / "o.jsonl")
     assert r.returncode == 2 and "critic: no such role" in r.stderr
 
@@ -123,3 +128,41 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_process(tmp_path, tiny_model):
     assert "Traceback" not in proc.stderr.read()
     assert not (tmp_path / "o.jsonl").exists()
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_generate_with_two_engines_on_a_local_ray(tmp_path, tiny_model):
+    data = engine_config(tiny_model)
+    data["actor_infer"]["device_mapping"] = "list(range(0,2))"
+    out = tmp_path / "o.jsonl"
+    r = run("generate", write_yaml(tmp_path / "c.yaml", data), "--input", f"{REPO}/examples/prompts.jsonl",
+            "--output", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "started a local Ray" in r.stderr and "2 engine(s) ready" in r.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [row["index"] for row in rows] == list(range(len(rows))) and len(rows) == 8
+
+
+def test_generate_joins_an_existing_ray_cluster(tmp_path, tiny_model):
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    port = 6391
+    start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                            "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True,
+                           timeout=120)
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        data = engine_config(tiny_model)
+        data["actor_infer"]["device_mapping"] = [0, 1]
+        data["ray_address"] = f"127.0.0.1:{port}"
+        data["num_gpus_per_node"] = 2  # device slots per node of the cluster
+        r = run("generate", write_yaml(tmp_path / "c.yaml", data), "--input", f"{REPO}/examples/prompts.jsonl",
+                "--output", tmp_path / "o.jsonl")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"joined the Ray cluster at 127.0.0.1:{port} (1 nodes)" in r.stderr
+        assert "started a local Ray" not in r.stderr
+        data["ray_address"] = "127.0.0.1:1"  # nothing listens there: a clear error, no traceback
+        r = run("generate", write_yaml(tmp_path / "c.yaml", data), "--input", f"{REPO}/examples/prompts.jsonl",
+                "--output", tmp_path / "o.jsonl")
+        assert r.returncode == 1 and "Traceback" not in r.stderr
+        assert "ray_address: cannot join the Ray cluster at '127.0.0.1:1'" in r.stderr
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], capture_output=True, timeout=120)

@@ -28,10 +28,20 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # user mistakes are known types; anything else is a bug and shows a traceback
+        if is_engine_failure(e):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         if not is_user_error(e):
             raise
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def is_engine_failure(e: Exception) -> bool:
+    from vroll.cluster.ray_session import ClusterError
+    from vroll.cluster.role_cluster import EngineFailure
+
+    return isinstance(e, (EngineFailure, ClusterError))
 
 
 def is_user_error(e: Exception) -> bool:
@@ -133,7 +143,8 @@ def cmd_generate(args) -> int:
         raise ConfigError([Issue(args.role, f"no such role in the file (roles: {', '.join(cfg.roles())})")], args.config)
     check_memory(cfg, args.config, args.role)
     prompts = read_prompts(args.input)  # all input problems before the engine starts
-    with build_strategy(role, seed=cfg.seed, ray_address=cfg.ray_address) as strategy:
+    per_node = cfg.num_gpus_per_node if cfg.ray_address else None  # device slots per node of a joined cluster
+    with build_strategy(role, seed=cfg.seed, ray_address=cfg.ray_address, devices_per_node=per_node) as strategy:
         started = time.perf_counter()
         results = strategy.generate(prompts, prompt_overflow=args.overflow, use_tqdm=sys.stderr.isatty())
         elapsed = time.perf_counter() - started

@@ -8,6 +8,10 @@ import os
 log = logging.getLogger(__name__)
 
 
+class ClusterError(RuntimeError):
+    """The Ray cluster cannot be reached or cannot host the role."""
+
+
 def connect(address: str | None = None) -> bool:
     """Connect to Ray; returns True when this call started a local Ray (the caller shuts it down)."""
     import ray
@@ -16,12 +20,39 @@ def connect(address: str | None = None) -> bool:
         return False
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        check_reachable(address)
+        # Ray 2.60 clusters use token authentication, but `ray.init(address=...)` only turns it on when
+        # RAY_AUTH_MODE says so; do what Ray does for "auto": use the token if one is available
+        # (RAY_AUTH_TOKEN or ~/.ray/auth_token, copied from the head node).
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available,
+        )
+
+        maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError) as e:
+            raise ClusterError(f"ray_address: cannot join the Ray cluster at {address!r}: "
+                               f"{str(e).splitlines()[0]}") from None
         log.info("joined the Ray cluster at %s (%d nodes)", address, len([n for n in ray.nodes() if n["Alive"]]))
         return False
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     log.info("started a local Ray (%d CPU slots)", os.cpu_count())
     return True
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds when nothing listens at a `host:port` address (ray.init would retry for minutes)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # "auto" and other forms: left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ClusterError(f"ray_address: cannot join the Ray cluster at {address!r}: nothing answers there ({e}); "
+                           "start it with `ray start --head` or fix the address") from None
 
 
 def alive_nodes() -> list[dict]:

@@ -47,7 +47,8 @@ def closest(name: str, options) -> str:
     return f" (did you mean '{match[0]}'?)" if match else ""
 
 
-def build_strategy(role: RoleConfig, seed: int | None = None, ray_address: str | None = None):
+def build_strategy(role: RoleConfig, seed: int | None = None, ray_address: str | None = None,
+                   devices_per_node: int | None = None):
     """Start the backend a role names: one in-process engine, or one Ray actor per engine when
     `device_mapping` holds several engines. Fails clearly for strategies that are not implemented."""
     name = role.strategy_args.strategy_name if role.strategy_args else None
@@ -66,7 +67,7 @@ def build_strategy(role: RoleConfig, seed: int | None = None, ray_address: str |
         if len(role.device_mapping) > devices_per_engine(role.strategy_args.strategy_config) or ray_address:
             from vroll.cluster.role_cluster import RoleCluster
 
-            return RoleCluster(role, seed=seed, ray_address=ray_address)
+            return RoleCluster(role, seed=seed, ray_address=ray_address, devices_per_node=devices_per_node)
         from vroll.strategy.vllm_strategy import VllmStrategy
 
         return VllmStrategy(role, seed=seed)
