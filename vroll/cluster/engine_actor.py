@@ -5,14 +5,30 @@ from __future__ import annotations
 import os
 
 
+# Set by an in-process vLLM engine in the driver (vLLM 0.32) and inherited by Ray's workers when the
+# driver started Ray after it: names of the driver engine's own process group and shared memory.
+_INHERITED_ENGINE_VARS = ("VLLM_DIST_IDENT", "VLLM_OBJECT_STORAGE_SHM_BUFFER_NAME")
+
+
+def drop_inherited_engine_state() -> None:
+    for key in _INHERITED_ENGINE_VARS:
+        os.environ.pop(key, None)
+
+
 class EngineActor:
     """Hosts a `VllmStrategy`. Imports vLLM only after pinning, so its threads start on our cores."""
 
     def __init__(self, role, seed: int | None, rank: int, local_devices: list[int], platform: str):
+        drop_inherited_engine_state()
         if platform == "cpu":
-            # device ids name CPU cores here: pin the process and size its thread pools to them
+            # Device ids name CPU cores here: pin the process and size torch's OpenMP pool to them.
+            # The environment variable alone is not enough (the pool may already be sized when torch
+            # was imported); two OpenMP threads spinning on one core made an engine 17x slower.
             os.sched_setaffinity(0, set(local_devices))
             os.environ["OMP_NUM_THREADS"] = str(len(local_devices))
+            import torch
+
+            torch.set_num_threads(len(local_devices))
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         import logging
@@ -39,11 +55,11 @@ class EngineActor:
     def begin_update(self, partial: bool, verify, timeout_s):
         self.strategy.begin_update(partial, verify, timeout_s)
 
-    def load_packed(self, flat, specs):
+    def load_packed(self, arrays, specs):
         from vroll.cluster.transport import unpack_bucket
 
         try:
-            self.strategy.load_bucket(unpack_bucket(flat, specs))
+            self.strategy.load_bucket(unpack_bucket(arrays, specs))
         except BaseException as e:
             self.strategy.abort_update(e)
             raise

@@ -158,8 +158,8 @@ class RoleCluster:
         sent = []
         try:
             for bucket in buckets(named_tensors, bucket_bytes):
-                flat, specs = pack_bucket(bucket)
-                ref = self._ray.put(flat)
+                arrays, specs = pack_bucket(bucket)
+                ref = self._ray.put(arrays)
                 self._call(self.engines, "loading weights", lambda e: e.actor.load_packed.remote(ref, specs))
                 sent.append((ref, specs, partial))
             versions = self._call(self.engines, "finishing a weight update", lambda e: e.actor.finish_update.remote())

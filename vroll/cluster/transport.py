@@ -1,34 +1,32 @@
-"""Weight buckets as one flat byte buffer plus a table: Ray's object store shares numpy buffers
-between processes on a node without copying, so a bucket travels once per node."""
+"""Weight buckets for engines in other processes. Each tensor becomes a numpy array over the same
+memory (no copy); `ray.put` then copies the bucket once into the node's shared-memory object store,
+and every engine on that node reads it from there without a copy of its own."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+# numpy has no bfloat16: such tensors travel as their 16-bit patterns and are viewed back
+_CARRIER = {torch.bfloat16: torch.int16}
 
-def pack_bucket(bucket: list[tuple[str, torch.Tensor]]) -> tuple[np.ndarray, list[tuple[str, str, tuple, int]]]:
-    specs, offset, parts = [], 0, []
+
+def pack_bucket(bucket: list[tuple[str, torch.Tensor]]) -> tuple[list[np.ndarray], list[tuple[str, str]]]:
+    arrays, specs = [], []
     for name, tensor in bucket:
         t = tensor.detach().contiguous().cpu()
-        raw = t.view(torch.uint8).reshape(-1) if t.numel() else torch.empty(0, dtype=torch.uint8)
-        specs.append((name, str(t.dtype).removeprefix("torch."), tuple(t.shape), offset))
-        parts.append(raw)
-        offset += raw.numel()
-    flat = torch.cat(parts).numpy() if parts else np.empty(0, np.uint8)
-    return flat, specs
+        arrays.append(t.view(_CARRIER.get(t.dtype, t.dtype)).numpy())
+        specs.append((name, str(t.dtype).removeprefix("torch.")))
+    return arrays, specs
 
 
-def unpack_bucket(flat: np.ndarray, specs) -> list[tuple[str, torch.Tensor]]:
-    """Views into `flat` (read-only shared memory): no copy until the engine loads them."""
+def unpack_bucket(arrays: list[np.ndarray], specs) -> list[tuple[str, torch.Tensor]]:
+    """Tensors over the arrays' (read-only, shared) memory: the engine only reads them."""
     import warnings
 
-    with warnings.catch_warnings():  # the buffer is read-only; the engine only reads it
-        warnings.simplefilter("ignore", UserWarning)
-        base = torch.from_numpy(flat)
     out = []
-    for name, dtype, shape, offset in specs:
-        dt = getattr(torch, dtype)
-        n = int(np.prod(shape)) * torch.empty(0, dtype=dt).element_size()
-        out.append((name, base[offset:offset + n].view(dt).reshape(shape)))
+    with warnings.catch_warnings():  # torch warns that the shared buffers are not writable
+        warnings.simplefilter("ignore", UserWarning)
+        for arr, (name, dtype) in zip(arrays, specs):
+            out.append((name, torch.from_numpy(arr).view(getattr(torch, dtype))))
     return out
