@@ -144,3 +144,20 @@ def test_invalid_mappings_are_validation_errors(tmp_path):
         config(tmp_path, "m", [1, 1])
     with pytest.raises(ConfigError, match="2 devices cannot be split into engines of 4"):
         config(tmp_path, "m", [0, 1], tensor_parallel_size=4)
+
+
+def test_colocated_roles_share_devices_and_take_turns(cluster, tiny_model, tmp_path):
+    """A second role on the same two CPU slots: both start, and one sleeps while the other works."""
+    from vroll.cluster.role_cluster import RoleCluster
+
+    cfg = config(tmp_path, tiny_model, [0, 1])
+    other = RoleCluster(cfg.actor_infer.model_copy(update={"name": "reference"}), seed=cfg.seed)
+    try:
+        assert [i["cores"] for i in other.info()] == [i["cores"] for i in cluster.info()] == [[0], [1]]
+        cluster.sleep(1)
+        assert len(other.generate(PROMPTS, GREEDY)) == len(PROMPTS)
+        other.sleep(1)
+        cluster.wake_up()
+        assert len(cluster.generate(PROMPTS, GREEDY)) == len(PROMPTS)
+    finally:
+        other.close()

@@ -113,6 +113,7 @@ def fill_defaults(cfg: PipelineConfig) -> None:
     """Role names, and model paths that default to the top-level `pretrain` / `reward_pretrain`."""
     for path, role in cfg.roles().items():
         role.name = path
+        role.seed = cfg.seed
         if role.model_args.model_name_or_path is None:
             model_reward = isinstance(role, RewardConfig) and role.reward_type == "model"
             role.model_args.model_name_or_path = cfg.reward_pretrain if model_reward else cfg.pretrain

@@ -84,6 +84,7 @@ class RoleConfig(Section):
     training_args: TrainingArgs | None = None
     data_args: DataArgs | None = None
     name: str = Field("", exclude=True)  # the role's key in the file, filled in by the loader
+    seed: int | None = Field(None, exclude=True)  # the top-level seed, filled in by the loader
 
     @field_validator("device_mapping", mode="before")
     @classmethod

@@ -51,6 +51,7 @@ def build_strategy(role: RoleConfig, seed: int | None = None, ray_address: str |
                    devices_per_node: int | None = None):
     """Start the backend a role names: one in-process engine, or one Ray actor per engine when
     `device_mapping` holds several engines. Fails clearly for strategies that are not implemented."""
+    seed = role.seed if seed is None else seed  # the file's top-level seed unless given
     name = role.strategy_args.strategy_name if role.strategy_args else None
     info = STRATEGIES.get(name)
     if info is None:

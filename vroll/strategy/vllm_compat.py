@@ -202,3 +202,37 @@ def trim_host_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
+
+
+def patch_cpu_seeded_sampling() -> None:
+    """vLLM 0.32 CPU: a seeded request whose sampled token is discarded (a partial, chunked prefill;
+    a preempted request resuming) makes `_bookkeeping_sync` rewind its generator with `set_offset`,
+    which CPU generators do not have: `RuntimeError: CPU Generator does not use offset`, and the
+    engine is left holding the batch. vroll seeds every request, so big or long batches hit it. The
+    rewind is skipped on CPU: seeded samples stay reproducible for the same batch, but a prompt that
+    was chunk-prefilled may sample differently than it would alone. Idempotent."""
+    from vllm.v1.worker.cpu_model_runner import CPUModelRunner
+
+    if getattr(CPUModelRunner, "_vroll_patched", False):
+        return
+    original = CPUModelRunner._bookkeeping_sync
+
+    def bookkeeping_sync(self, *args, **kwargs):
+        generators = self.input_batch.generators
+        self.input_batch.generators = {}  # only the rewind loop reads them here
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            self.input_batch.generators = generators
+
+    CPUModelRunner._bookkeeping_sync = bookkeeping_sync
+    CPUModelRunner._vroll_patched = True
+
+
+def abort_unfinished(llm) -> int:
+    """Abort every request still in the engine (after a generate call failed part-way), so that none
+    of them resurfaces in a later call. Returns how many were aborted."""
+    ids = list(llm.llm_engine.output_processor.request_states)
+    if ids:
+        llm.llm_engine.abort_request(ids, internal=True)
+    return len(ids)

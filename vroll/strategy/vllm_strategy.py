@@ -76,6 +76,8 @@ class VllmStrategy:
         self.logprobs_mode = engine_args.get("logprobs_mode", "raw_logprobs")
         vllm_compat.prepare_in_process_engine()
         self.platform = vllm_compat.current_platform_name()
+        if self.platform == "cpu":
+            vllm_compat.patch_cpu_seeded_sampling()
         kwargs = engine_kwargs(role, seed, engine_args, self.platform)
         self.model_path = kwargs["model"]
 
@@ -133,8 +135,13 @@ class VllmStrategy:
         live = [p for p in encoded if p.status != "skipped"]
         if live:
             seeds = [seed_indices[p.index] if seed_indices is not None else p.index for p in live]
-            samples = (self._beam_search(live, g, use_tqdm) if g.num_beams > 1
-                       else self._sample(live, g, call, use_tqdm, seeds))
+            try:
+                samples = (self._beam_search(live, g, use_tqdm) if g.num_beams > 1
+                           else self._sample(live, g, call, use_tqdm, seeds))
+            except BaseException:  # incl. Ctrl-C: leave no half-done request behind for the next call
+                aborted = vllm_compat.abort_unfinished(self.llm)
+                log.error("%s: generation failed; %d unfinished request(s) aborted", self.name, aborted)
+                raise
         else:
             samples = []
         by_index = dict(zip((p.index for p in live), samples))
