@@ -252,3 +252,14 @@ def hf_params(model_dir):
     from transformers import AutoModelForCausalLM
 
     return AutoModelForCausalLM.from_pretrained(model_dir).parameters()
+
+
+def test_seeded_sampling_survives_chunked_prefill(tiny_model, tmp_path):
+    # vLLM 0.32 on CPU crashed ("CPU Generator does not use offset") when a seeded request's prefill
+    # was split into chunks; vroll seeds every request (see vllm_compat.patch_cpu_seeded_sampling).
+    long_prompt = list(range(10, 130))  # 120 tokens, prefilled in chunks of 32
+    g = GeneratingArgs(max_new_tokens=8, temperature=1.0, num_return_sequences=2)
+    with start(tmp_path, tiny_model, max_num_batched_tokens=32) as s:
+        results = s.generate([long_prompt, "What is 1+1?", long_prompt], g)
+        assert [len(r.samples) for r in results] == [2, 2, 2]
+        assert s.llm.llm_engine.get_num_unfinished_requests() == 0
