@@ -14,17 +14,11 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+from common import vllm_role
 
 
 def role_for(model: str, mapping: list[int], g):
-    from vroll.config.schema import ModelArgs, RoleConfig, StrategyArgs
-
-    sc = {"block_size": 32, "max_model_len": 256, "kv_cache_memory_bytes": 256 << 20, "enforce_eager": True}
-    return RoleConfig(model_args=ModelArgs(model_name_or_path=model, dtype="fp32"), generating_args=g,
-                      strategy_args=StrategyArgs(strategy_name="vllm", strategy_config=sc), device_mapping=mapping,
-                      name="actor_infer")
+    return vllm_role(model, g, device_mapping=mapping)
 
 
 def timed(fn, rounds):

@@ -14,8 +14,7 @@ import platform
 import statistics
 import time
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+from common import vllm_role
 
 
 def main() -> None:
@@ -31,16 +30,15 @@ def main() -> None:
     import torch
     from vllm import LLM
 
-    from vroll.config.schema import GeneratingArgs, ModelArgs, RoleConfig, StrategyArgs
+    from vroll.config.schema import GeneratingArgs
     from vroll.data.arithmetic import make_problems
     from vroll.strategy.sampling import request_seed, sampling_params
     from vroll.strategy.vllm_strategy import VllmStrategy, engine_kwargs
 
     g = GeneratingArgs(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.99, top_k=100,
                        num_return_sequences=args.n, ignore_eos=True)
-    sc = {"block_size": 32, "max_model_len": 256, "kv_cache_memory_bytes": 512 << 20, "enforce_eager": True}
-    role = RoleConfig(model_args=ModelArgs(model_name_or_path=args.model, dtype="fp32"), generating_args=g,
-                      strategy_args=StrategyArgs(strategy_name="vllm", strategy_config=sc), name="actor_infer")
+    role = vllm_role(args.model, g, kv_mib=512)
+    sc = role.strategy_args.strategy_config
     strategy = VllmStrategy(role, seed=0)
     tok = strategy.tokenizer
     texts = [p.question for p in make_problems(args.prompts, seed=1)]

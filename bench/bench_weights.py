@@ -14,8 +14,7 @@ import statistics
 import tempfile
 import time
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+from common import vllm_role
 
 
 def rss_mib() -> float:
@@ -35,17 +34,14 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from vroll.config.schema import GeneratingArgs, ModelArgs, RoleConfig, StrategyArgs
+    from vroll.config.schema import GeneratingArgs
     from vroll.models.tiny import TinySpec, build_tiny_model
     from vroll.strategy.vllm_strategy import VllmStrategy
 
     spec = TinySpec(hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4, num_hidden_layers=args.layers,
                     num_attention_heads=args.hidden // 64, num_key_value_heads=max(args.hidden // 256, 1))
     model_dir = build_tiny_model(os.path.join(tempfile.gettempdir(), f"vroll-bench-{args.hidden}x{args.layers}"), spec)
-    sc = {"block_size": 32, "max_model_len": 256, "kv_cache_memory_bytes": args.kv_mib << 20, "enforce_eager": True}
-    role = RoleConfig(model_args=ModelArgs(model_name_or_path=str(model_dir), dtype="fp32"),
-                      generating_args=GeneratingArgs(max_new_tokens=8, temperature=0.0),
-                      strategy_args=StrategyArgs(strategy_name="vllm", strategy_config=sc), name="actor_infer")
+    role = vllm_role(model_dir, GeneratingArgs(max_new_tokens=8, temperature=0.0), kv_mib=args.kv_mib)
     engine = VllmStrategy(role, seed=0)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     state = dict(hf.state_dict())
@@ -88,7 +84,7 @@ def main() -> None:
         print(f"| {name} | {med * 1e3:.0f} ms | {nbytes / med / 2**30:.2f} | {med / base:.1f}x |")
 
     # sleep / wake
-    del targets
+    targets.clear()
     engine.options["weight_update_bucket_bytes"] = 256 << 20
     print(f"\nKV cache {engine.kv_cache_bytes() / 2**20:.0f} MiB, weights {engine.weight_bytes() / 2**20:.0f} MiB\n")
     print("| step | time | resident memory | released vs expected |")

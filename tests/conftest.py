@@ -42,3 +42,32 @@ def write_yaml(path, data) -> str:
 
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_model):
+    """The transformers reference on the same weights, fresh per test module (tests may perturb it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model)
+
+
+def hf_greedy(model, ids: list[int], max_new_tokens: int) -> list[int]:
+    """transformers' greedy continuation of `ids`, with every setting explicit (the tiny model's
+    generation_config.json asks for sampling, as real models' do)."""
+    import torch
+    from transformers import GenerationConfig
+
+    gc = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
+                          eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), generation_config=gc, attention_mask=torch.ones(1, len(ids),
+                                                                                                 dtype=torch.long))
+    return out[0, len(ids):].tolist()
+
+
+def hf_greedy_texts(hf, texts, max_new_tokens: int) -> list[list[int]]:
+    model, tok = hf
+    return [hf_greedy(model, tok(t)["input_ids"], max_new_tokens) for t in texts]

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from conftest import engine_config, write_yaml
+from conftest import engine_config, hf_greedy_texts, write_yaml
 from vroll.config import ConfigError, load_config
 from vroll.config.schema import GeneratingArgs
 from vroll.strategy import build_strategy
@@ -62,24 +62,7 @@ def test_results_equal_one_engine_in_input_order(cluster, single):
 
 
 def hf_greedy(model, tok, texts, n):
-    from transformers import GenerationConfig
-
-    out = []
-    for text in texts:
-        ids = tok(text)["input_ids"]
-        gc = GenerationConfig(do_sample=False, max_new_tokens=n, repetition_penalty=1.0,
-                              eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id)
-        with torch.no_grad():
-            out.append([model.generate(torch.tensor([ids]), generation_config=gc)[0, len(ids):].tolist()])
-    return out
-
-
-@pytest.fixture(scope="module")
-def hf(tiny_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    return AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval(), \
-        AutoTokenizer.from_pretrained(tiny_model)
+    return [[ids] for ids in hf_greedy_texts((model, tok), texts, n)]
 
 
 def test_weight_update_and_sleep_reach_every_engine(cluster, hf):

@@ -4,7 +4,7 @@ transformers' greedy output on the same weights."""
 import pytest
 import torch
 
-from conftest import engine_config, write_yaml
+from conftest import engine_config, hf_greedy_texts, write_yaml
 from vroll.config import load_config
 from vroll.config.schema import GeneratingArgs
 from vroll.strategy import build_strategy
@@ -28,26 +28,8 @@ def engine(tiny_model, tmp_path_factory):
     s.close()
 
 
-@pytest.fixture(scope="module")
-def hf(tiny_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_model)
-
-
 def hf_greedy_all(hf, max_new_tokens=16):
-    from transformers import GenerationConfig
-
-    model, tok = hf
-    out = []
-    for text in PROMPTS:
-        ids = tok(text)["input_ids"]
-        gc = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
-                              eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id)
-        with torch.no_grad():
-            out.append(model.generate(torch.tensor([ids]), generation_config=gc)[0, len(ids):].tolist())
-    return out
+    return hf_greedy_texts(hf, PROMPTS, max_new_tokens)
 
 
 def engine_greedy(engine):

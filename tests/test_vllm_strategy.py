@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import engine_config, write_yaml
+from conftest import engine_config, hf_greedy, write_yaml
 from vroll.config import load_config
 from vroll.config.schema import GeneratingArgs
 from vroll.strategy import build_strategy
@@ -25,25 +25,6 @@ def strategy(tiny_model, tmp_path_factory):
     s = start(tmp_path_factory.mktemp("engine"), tiny_model)
     yield s
     s.close()
-
-
-@pytest.fixture(scope="module")
-def hf(tiny_model):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    return model, AutoTokenizer.from_pretrained(tiny_model)
-
-
-def hf_greedy(model, ids, max_new_tokens, **kw):
-    from transformers import GenerationConfig
-
-    # Explicit settings: the folder's generation_config.json asks for sampling (as real models do).
-    gc = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, repetition_penalty=1.0,
-                          eos_token_id=model.config.eos_token_id, pad_token_id=model.config.pad_token_id, **kw)
-    with torch.no_grad():
-        out = model.generate(torch.tensor([ids]), generation_config=gc, attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-    return out[0, len(ids):].tolist()
 
 
 def hf_token_logprobs(model, prompt_ids, response_ids, temperature=1.0):

@@ -1,0 +1,18 @@
+"""What the benchmark scripts share: an in-process engine environment and a CPU-sized vllm role."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+
+
+def vllm_role(model: str, generating_args, device_mapping=(0,), kv_mib: int = 256):
+    """A fp32 `actor_infer` role on the CPU backend (eager, fixed KV cache) for `model`."""
+    from vroll.config.schema import ModelArgs, RoleConfig, StrategyArgs
+
+    sc = {"block_size": 32, "max_model_len": 256, "kv_cache_memory_bytes": kv_mib << 20, "enforce_eager": True}
+    return RoleConfig(model_args=ModelArgs(model_name_or_path=str(model), dtype="fp32"),
+                      generating_args=generating_args, device_mapping=list(device_mapping),
+                      strategy_args=StrategyArgs(strategy_name="vllm", strategy_config=sc), name="actor_infer")
