@@ -39,3 +39,36 @@ def corpus_lines(n: int, seed: int) -> list[str]:
         lines.append(f"{p.question} The answer is {p.answer}.")
         lines.append(f"{p.question} <answer>{p.answer}</answer>")
     return lines
+
+
+SYSTEM_PROMPT = "Solve the problem. Put the final answer in <answer></answer> tags."
+
+
+def to_record(p: Problem, tag: str = "arithmetic") -> dict:
+    """A prompt line in the shape the pipeline reads: chat messages, the reference answer, a tag
+    that routes it to reward workers (`tag_included`)."""
+    return {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p.question}],
+            "ground_truth": p.answer, "tag": tag}
+
+
+def write_dataset(out_dir, n_train: int = 2000, n_eval: int = 200, seed: int = 0, max_operand: int = 99) -> dict:
+    """train.jsonl and eval.jsonl with no question in both; returns their paths."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    splits = {"train": [], "eval": []}
+    for split, n in (("eval", n_eval), ("train", n_train)):  # held-out first, so train never repeats it
+        while len(splits[split]) < n:
+            p = make_problem(rng, max_operand)
+            if p.question not in seen:
+                seen.add(p.question)
+                splits[split].append(p)
+    paths = {}
+    for split, problems in splits.items():
+        paths[split] = out / f"{split}.jsonl"
+        paths[split].write_text("".join(json.dumps(to_record(p)) + "\n" for p in problems))
+    return paths

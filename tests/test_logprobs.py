@@ -1,0 +1,35 @@
+"""The shared log-probability function on padded batches of mixed lengths, against transformers'
+log_softmax on each sequence alone (fp32)."""
+
+import torch
+
+from vroll.models.logprobs import token_logprobs
+
+
+def test_left_padded_batch_equals_each_sequence_alone(hf):
+    model, tok = hf
+    texts = ["What is 1+2?", "What is 45-18? The answer is 27.", "hi"]
+    seqs = [tok(t)["input_ids"] for t in texts]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):  # left padding, as rollouts are laid out
+        ids[i, width - len(s):] = torch.tensor(s)
+        mask[i, width - len(s):] = 1
+    with torch.no_grad():
+        got = token_logprobs(model, ids, mask)
+        for i, s in enumerate(seqs):
+            alone = torch.log_softmax(model(torch.tensor([s])).logits[0, :-1].float(), -1)
+            ref = alone.gather(-1, torch.tensor(s[1:])[:, None])[:, 0]
+            assert torch.allclose(got[i, width - len(s):], ref, atol=1e-5), (got[i], ref)
+            assert torch.all(got[i, : width - len(s)] == 0)  # padding positions
+
+
+def test_temperature_divides_the_logits(hf):
+    model, tok = hf
+    s = tok("What is 6*7?")["input_ids"]
+    ids, mask = torch.tensor([s]), torch.ones(1, len(s), dtype=torch.long)
+    with torch.no_grad():
+        got = token_logprobs(model, ids, mask, temperature=0.7)
+        ref = torch.log_softmax(model(ids).logits[0, :-1].float() / 0.7, -1).gather(-1, ids[0, 1:, None])[:, 0]
+    assert torch.allclose(got[0], ref, atol=1e-5)

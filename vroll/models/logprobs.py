@@ -1,0 +1,31 @@
+"""Per-token log-probabilities of given sequences: one function for the reference role (`hf_infer`)
+and the trainer, so both compute exactly the same quantity as each other."""
+
+from __future__ import annotations
+
+import torch
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that count real tokens only, so left padding does not shift them."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   temperature: float = 1.0) -> torch.Tensor:
+    """log p(token_t | tokens_<t) for t = 1..L-1, shape [B, L-1]; 0 where the token is padding or
+    has no real token before it (the first token of a left-padded row).
+
+    `temperature` divides the logits first: pass the sampling temperature to match vLLM's
+    `processed_logprobs`, 1.0 to match its default `raw_logprobs`.
+    """
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    logits = out.logits[:, :-1].float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    targets = input_ids[:, 1:]
+    # log_softmax gathered at the target, without materializing [B, L, V] log-probabilities twice
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    scored = attention_mask[:, 1:] * attention_mask[:, :-1]
+    return picked * scored.to(picked.dtype)

@@ -1,0 +1,1 @@
+"""Reward workers: they score responses against the data's reference answers."""
