@@ -24,7 +24,7 @@ def _info(name, kinds, implemented=False):
 STRATEGIES: dict[str, StrategyInfo] = dict(
     [
         _info("vllm", {"generate", "forward"}, implemented=True),
-        _info("hf_infer", {"generate", "forward"}),
+        _info("hf_infer", {"generate", "forward"}, implemented=True),
         _info("sglang", {"generate", "forward"}),
         _info("megatron_infer", {"forward"}),
         _info("deepspeed_infer", {"forward"}),
@@ -62,6 +62,13 @@ def build_strategy(role: RoleConfig, seed: int | None = None, ray_address: str |
             f"{role.name}.strategy_args.strategy_name: strategy {name!r} is not implemented in vroll yet "
             f"(implemented: {', '.join(ready)})"
         )
+    if name == "hf_infer":
+        if ROLE_NEEDS.get(role.name.split(".")[0]) == "generate":
+            raise StrategyNotAvailable(f"{role.name}.strategy_args.strategy_name: 'hf_infer' serves forward-only "
+                                       "roles (reference, reward models) in vroll; use vllm to generate")
+        from vroll.strategy.hf_infer import HfInferStrategy
+
+        return HfInferStrategy(role, seed=seed, reward_model=getattr(role, "reward_type", None) == "model")
     if name == "vllm":
         from vroll.strategy.vllm_args import devices_per_engine
 
