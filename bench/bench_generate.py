@@ -12,9 +12,8 @@ import argparse
 import os
 import platform
 import statistics
-import time
 
-from common import vllm_role
+from common import alternate, vllm_role
 
 
 def main() -> None:
@@ -76,14 +75,7 @@ def main() -> None:
             "plain LLM.generate, unseeded": run_plain(False)}
     if hf_model is not None:
         runs["transformers generate"] = run_hf
-    for fn in runs.values():  # warm-up
-        fn()
-    times = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for name, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = alternate(runs, args.rounds)
 
     base = statistics.median(times["plain LLM.generate, unseeded"])
     print(f"\n{args.prompts} prompts x n={args.n} x {args.max_new_tokens} tokens (ignore_eos), fp32, "

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 
-from common import vllm_role
+from common import alternate, vllm_role
 
 
 def rss_mib() -> float:
@@ -64,14 +64,7 @@ def main() -> None:
         "update_weights, streamed in 64 MiB buckets": update(64 << 20, True),
         "update_weights, streamed in 16 MiB buckets": update(16 << 20, True),
     }
-    for fn in runs.values():
-        fn()
-    times = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for name, fn in runs.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = alternate(runs, args.rounds)
     base = statistics.median(times["plain tensor copy of the same bytes"])
     params = sum(t.numel() for t in state.values())
     print(f"\nmodel: {params / 1e6:.0f} M parameters, {nbytes / 2**20:.0f} MiB fp32 "

@@ -16,3 +16,19 @@ def vllm_role(model: str, generating_args, device_mapping=(0,), kv_mib: int = 25
     return RoleConfig(model_args=ModelArgs(model_name_or_path=str(model), dtype="fp32"),
                       generating_args=generating_args, device_mapping=list(device_mapping),
                       strategy_args=StrategyArgs(strategy_name="vllm", strategy_config=sc), name="actor_infer")
+
+
+def alternate(runs: dict, rounds: int) -> dict[str, list[float]]:
+    """Seconds of each run per round, after one warm-up; runs alternate so that machine noise hits
+    them all alike."""
+    import time
+
+    for fn in runs.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
