@@ -12,9 +12,8 @@ import argparse
 import os
 import statistics
 import tempfile
-import time
 
-from common import vllm_role
+from common import add_workload_args, alternate, vllm_role
 
 
 def role_for(model: str, mapping: list[int], g):
@@ -22,22 +21,12 @@ def role_for(model: str, mapping: list[int], g):
 
 
 def timed(fn, rounds):
-    fn()
-    out = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+    return alternate({"run": fn}, rounds)["run"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="models/tiny")
-    ap.add_argument("--prompts", type=int, default=64)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=5)
+    add_workload_args(ap)
     args = ap.parse_args()
 
     from vroll.cluster.role_cluster import RoleCluster
@@ -59,25 +48,20 @@ def main() -> None:
     torch.set_num_threads(1)  # one OpenMP thread per core: more would spin against each other
     local = VllmStrategy(role_for(args.model, [0], g), seed=0)
     one = RoleCluster(role_for(args.model, [1], g), seed=0)
-    times = {"in-process engine": [], "one engine behind Ray": []}
-    for _ in range(args.rounds + 1):
-        for name, fn in (("in-process engine", lambda: local.generate(prompts, g)),
-                         ("one engine behind Ray", lambda: one.generate(prompts, g))):
-            t = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t)
+    times = alternate({"in-process engine": lambda: local.generate(prompts, g),
+                       "one engine behind Ray": lambda: one.generate(prompts, g)}, args.rounds)
     local.close()
     one.close()  # shuts its local Ray down
     os.sched_setaffinity(0, set(range(os.cpu_count())))
     two = RoleCluster(role_for(args.model, [0, 1], g), seed=0)
     times["two engines behind Ray (cores 0 and 1)"] = timed(lambda: two.generate(prompts, g), args.rounds)
-    base = statistics.median(times["in-process engine"][1:])
+    base = statistics.median(times["in-process engine"])
     print(f"\n{args.prompts} prompts x n={args.n} x {args.max_new_tokens} tokens, fp32, {args.model}, "
           f"{os.cpu_count()} cores\n")
     print("| run | median tokens/s | ratio to in-process (one core each) |")
     print("|---|---|---|")
     for name, ts in times.items():
-        med = statistics.median(ts[1:] if name != "two engines behind Ray (cores 0 and 1)" else ts)
+        med = statistics.median(ts)
         print(f"| {name} | {tokens / med:,.0f} | {base / med:.2f} |")
     two.close()
 

@@ -13,16 +13,12 @@ import os
 import platform
 import statistics
 
-from common import alternate, vllm_role
+from common import add_workload_args, alternate, vllm_role
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="models/tiny")
-    ap.add_argument("--prompts", type=int, default=64)
-    ap.add_argument("--n", type=int, default=4)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--rounds", type=int, default=5)
+    add_workload_args(ap)
     ap.add_argument("--skip-hf", action="store_true")
     args = ap.parse_args()
 

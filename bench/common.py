@@ -32,3 +32,12 @@ def alternate(runs: dict, rounds: int) -> dict[str, list[float]]:
             fn()
             times[name].append(time.perf_counter() - t)
     return times
+
+
+def add_workload_args(ap, rounds: int = 5) -> None:
+    """The rollout workload every generation benchmark takes: prompts x n x max-new-tokens."""
+    ap.add_argument("--model", default="models/tiny")
+    ap.add_argument("--prompts", type=int, default=64)
+    ap.add_argument("--n", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=rounds)

@@ -58,18 +58,10 @@ class EngineActor:
     def load_packed(self, arrays, specs):
         from vroll.cluster.transport import unpack_bucket
 
-        try:
-            self.strategy.load_bucket(unpack_bucket(arrays, specs))
-        except BaseException as e:
-            self.strategy.abort_update(e)
-            raise
+        self.strategy.load_bucket(unpack_bucket(arrays, specs))
 
     def finish_update(self) -> int:
-        try:
-            return self.strategy.finish_update()
-        except BaseException as e:
-            self.strategy.abort_update(e)
-            raise
+        return self.strategy.finish_update()  # a failure is ended by the role's abort_update call
 
     def abort_update(self, reason: str) -> None:
         self.strategy.abort_update(RuntimeError(reason))

@@ -15,7 +15,7 @@ from vroll.strategy.engine_state import EngineState, EngineStateError
 from vroll.strategy.prompts import Prompt, encode_prompt, fit_prompts
 from vroll.strategy.results import PromptResult, Sample, to_padded_batch
 from vroll.strategy.sampling import beam_search_params, describe, request_seed, sampling_params
-from vroll.strategy.vllm_args import CPU_DEFAULT_KV_CACHE_BYTES, DTYPES, split_strategy_config
+from vroll.strategy.vllm_args import CPU_DEFAULT_KV_CACHE_BYTES, DTYPES, devices_per_engine, split_strategy_config
 from vroll.strategy.weights import (
     UpdateSession, WeightUpdateError, buckets, expected_layout, tied_names, validate_all,
 )
@@ -64,7 +64,7 @@ class VllmStrategy:
     def __init__(self, role: RoleConfig, seed: int | None = None):
         self._llm = None
         vllm_compat.check_vllm_version()
-        if len(role.device_mapping) > 1 and len(role.device_mapping) > _devices_per_engine(role):
+        if len(role.device_mapping) > devices_per_engine(role.strategy_args.strategy_config):
             raise ValueError(
                 f"{role.name}.device_mapping: {len(role.device_mapping)} devices mean several data-parallel "
                 "engines; build the role with vroll.strategy.build_strategy, which starts them on Ray"
@@ -393,12 +393,6 @@ class VllmStrategy:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _devices_per_engine(role: RoleConfig) -> int:
-    from vroll.strategy.vllm_args import devices_per_engine
-
-    return devices_per_engine(role.strategy_args.strategy_config)
 
 
 def _to_sample(c) -> Sample:
