@@ -1,4 +1,4 @@
-"""`vroll validate | generate | tiny-model`. User mistakes print a message and exit 2, never a traceback."""
+"""`vroll validate | generate | train | sft | arithmetic-data | tiny-model`. User mistakes print a message and exit 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("overrides", nargs="*", help="key.path=value")
     v.add_argument("--platform", choices=["auto", "cpu", "cuda", "none"], default="auto",
                    help="also check what this platform cannot run (auto: the installed vLLM's)")
+    v.add_argument("--job", choices=["train", "sft"], default=None,
+                   help="also check what `vroll train` or `vroll sft` needs (roles, data files, batch sizes)")
     v.set_defaults(func=cmd_validate)
 
     g = sub.add_parser("generate", help="generate samples for a prompt file with a role's engine")
@@ -77,6 +79,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--overflow", choices=["error", "skip", "truncate"], default=None,
                    help="prompts that cannot fit max_model_len (default: strategy_config.prompt_overflow)")
     g.set_defaults(func=cmd_generate)
+
+    for name, text in (("train", "RL with verifiable rewards: generate (vLLM), reward, train, push weights"),
+                       ("sft", "supervised warm-up of actor_train on (prompt, answer) records")):
+        r = sub.add_parser(name, help=text)
+        r.add_argument("config")
+        r.add_argument("overrides", nargs="*", help="key.path=value")
+        r.set_defaults(func=cmd_train if name == "train" else cmd_sft)
+
+    d = sub.add_parser("arithmetic-data", help="write the synthetic arithmetic task (train / eval / sft JSONL)")
+    d.add_argument("--out", required=True)
+    d.add_argument("--n-train", type=int, default=2000)
+    d.add_argument("--n-eval", type=int, default=200)
+    d.add_argument("--n-sft", type=int, default=4000)
+    d.add_argument("--max-operand", type=int, default=99)
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=cmd_arithmetic_data)
 
     t = sub.add_parser("tiny-model", help="build the offline tiny model (reused when already built)")
     t.add_argument("--out", required=True)
@@ -109,8 +127,15 @@ def cmd_validate(args) -> int:
 
     from vroll.config import load_config
 
+    from vroll.config import ConfigError
+    from vroll.config.rules import check_train_config
+
     platform = platform_of(args.platform)
     cfg = load_config(args.config, args.overrides, platform=platform)
+    if args.job:  # also what `vroll train` / `vroll sft` need (data files, batch sizes)
+        issues = check_train_config(cfg, args.job)
+        if issues:
+            raise ConfigError(issues, args.config)
     print(OmegaConf.to_yaml(cfg.model_dump(mode="json", exclude_none=True)), end="")
     plan = check_memory(cfg, args.config, "actor_infer")
     if plan is not None:
@@ -163,6 +188,52 @@ def print_summary(results, elapsed: float, output: str) -> None:
     if skipped or truncated:
         print(f"skipped: {skipped}  truncated: {truncated}")
     print(f"results: {output}")
+
+
+def load_job_config(args, job: str):
+    """The file, checked for what the job needs, before any model or engine starts."""
+    from vroll.config import ConfigError, load_config
+    from vroll.config.rules import check_train_config
+    from vroll.strategy.vllm_compat import current_platform_name
+
+    cfg = load_config(args.config, args.overrides, platform=current_platform_name())
+    issues = check_train_config(cfg, job)
+    if issues:
+        raise ConfigError(issues, args.config)
+    if job == "train":
+        check_memory(cfg, args.config, "actor_infer")
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from vroll.pipeline.rlvr import run_train
+
+    summary = run_train(load_job_config(args, "train"), source=args.config)
+    print_run_summary(summary)
+    return 0
+
+
+def cmd_sft(args) -> int:
+    from vroll.pipeline.sft import run_sft
+
+    summary = run_sft(load_job_config(args, "sft"), source=args.config)
+    print_run_summary(summary)
+    return 0
+
+
+def print_run_summary(summary: dict) -> None:
+    for k, v in summary.items():
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+
+
+def cmd_arithmetic_data(args) -> int:
+    from vroll.data.arithmetic import write_dataset
+
+    paths = write_dataset(args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
+                          max_operand=args.max_operand, n_sft=args.n_sft)
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
 
 
 def cmd_tiny_model(args) -> int:

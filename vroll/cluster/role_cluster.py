@@ -173,6 +173,11 @@ class RoleCluster:
             self._call(self.engines, "aligning weight versions", lambda e: e.actor.adopt_version.remote(self.weight_version))
         return self.weight_version
 
+    def adopt_weight_version(self, version: int) -> None:
+        """Number the current weights `version` (a resumed run continues its count)."""
+        self.weight_version = version
+        self._call(self.engines, "aligning weight versions", lambda e: e.actor.adopt_version.remote(version))
+
     def sleep(self, level: int | None = None) -> list[dict]:
         return self._call(self.engines, f"going to sleep (level {level})", lambda e: e.actor.sleep.remote(level))
 

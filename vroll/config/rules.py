@@ -119,3 +119,67 @@ def check_generating_args(path: str, g: GeneratingArgs) -> list[Issue]:
             issues.append(Issue(f"{path}.top_k", f"{g.top_k!r} is not supported with beam search "
                                                  f"(num_beams={g.num_beams}); use -1 or num_beams: 1"))
     return issues
+
+
+def check_train_config(cfg: PipelineConfig, job: str = "train") -> list[Issue]:
+    """What `vroll train` (or `vroll sft`) needs on top of valid roles: the roles themselves, data files
+    that exist, and batch sizes that divide."""
+    issues: list[Issue] = []
+    needed = ("actor_train",) if job == "sft" else ("actor_infer", "actor_train")
+    for key in needed:
+        if getattr(cfg, key) is None:
+            issues.append(Issue(key, f"is required by `vroll {job}`"))
+    train = cfg.actor_train
+    if train is not None:
+        name = train.strategy_args.strategy_name if train.strategy_args else None
+        if name != "fsdp2_train":
+            issues.append(Issue("actor_train.strategy_args.strategy_name",
+                                f"{name!r}: `vroll {job}` trains with 'fsdp2_train' (megatron_train and "
+                                "deepspeed_train are not implemented)"))
+        issues += check_data_files("actor_train.data_args", train.data_args)
+        if train.training_args is None:
+            issues.append(Issue("actor_train.training_args", "is required (learning_rate, batch sizes, ...)"))
+    if job == "train":
+        issues += check_rl_sizes(cfg)
+    if cfg.validation is not None and cfg.validation.data_args is not None:
+        issues += check_data_files("validation.data_args", cfg.validation.data_args)
+    return issues
+
+
+def check_rl_sizes(cfg: PipelineConfig) -> list[Issue]:
+    issues = []
+    if cfg.actor_infer is not None and (cfg.actor_infer.strategy_args is None
+                                        or cfg.actor_infer.strategy_args.strategy_name != "vllm"):
+        issues.append(Issue("actor_infer.strategy_args.strategy_name", "`vroll train` generates with 'vllm'"))
+    if not cfg.rewards:
+        issues.append(Issue("rewards", "needs at least one reward worker (e.g. reward_type: math_rule)"))
+    if cfg.reference is None and cfg.init_kl_coef > 0:
+        issues.append(Issue("init_kl_coef", f"{cfg.init_kl_coef} needs a `reference` role to compute the KL against"))
+    if cfg.adv_estimator == "grpo" and cfg.num_return_sequences_in_group < 2:
+        issues.append(Issue("num_return_sequences_in_group", f"{cfg.num_return_sequences_in_group}: grpo normalises "
+                                                             "within each prompt's group, which needs at least 2"))
+    args = cfg.actor_train.training_args if cfg.actor_train else None
+    if args is not None:
+        rows = cfg.rollout_batch_size * cfg.num_return_sequences_in_group
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        if rows % per_step:
+            issues.append(Issue("rollout_batch_size", f"rollout_batch_size * num_return_sequences_in_group = {rows} "
+                                                      f"is not divisible by per_device_train_batch_size * "
+                                                      f"gradient_accumulation_steps = {per_step} (one optimiser step)"))
+    if cfg.actor_infer is not None and cfg.actor_infer.strategy_args is not None:
+        max_len = cfg.actor_infer.strategy_args.strategy_config.get("max_model_len")
+        if isinstance(max_len, int) and cfg.prompt_length + cfg.response_length > max_len:
+            issues.append(Issue("response_length", f"prompt_length + response_length = "
+                                                   f"{cfg.prompt_length + cfg.response_length} exceeds "
+                                                   f"actor_infer.strategy_config.max_model_len={max_len}"))
+    return issues
+
+
+def check_data_files(key: str, data_args) -> list[Issue]:
+    from pathlib import Path
+
+    names = getattr(data_args, "file_name", None)
+    if not names:
+        return [Issue(f"{key}.file_name", "is required: the JSONL file(s) of prompts")]
+    names = names if isinstance(names, list) else [names]
+    return [Issue(f"{key}.file_name", f"{n!r} does not exist") for n in names if not Path(n).expanduser().is_file()]

@@ -96,6 +96,9 @@ class RewardConfig(RoleConfig):
     """A reward worker. `tag_included` routes each prompt to the workers matching its tag."""
 
     reward_type: Literal["math_rule", "model"] = "math_rule"
+    # math_rule: where the final answer is looked for, in this order
+    extractors: list[Literal["boxed", "answer_tag", "last_number"]] = Field(
+        default_factory=lambda: ["boxed", "answer_tag", "last_number"])
     tag_included: list[str] = Field(default_factory=list)
     weight: float = 1.0
     world_size: int = Field(1, ge=1)
@@ -132,7 +135,10 @@ class PipelineConfig(Section):
     pg_variant: Literal["ppo"] = "ppo"
     advantage_clip: float | None = None
     reward_clip: float | None = None
+    pg_clip: float = Field(0.2, gt=0.0)  # PPO ratio clip range
     dual_clip_loss: bool = False
+    dual_clip_c: float = Field(3.0, gt=1.0)  # cap of the loss of negative-advantage tokens, as -c * A
+    tis_clip: float | None = Field(None, gt=0.0)  # truncated importance sampling cap (None: off)
     whiten_advantages: bool = False
     init_kl_coef: float = Field(0.0, ge=0.0)
     add_token_level_kl: bool = False

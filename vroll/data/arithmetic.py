@@ -51,8 +51,17 @@ def to_record(p: Problem, tag: str = "arithmetic") -> dict:
             "ground_truth": p.answer, "tag": tag}
 
 
-def write_dataset(out_dir, n_train: int = 2000, n_eval: int = 200, seed: int = 0, max_operand: int = 99) -> dict:
-    """train.jsonl and eval.jsonl with no question in both; returns their paths."""
+def to_sft_record(p: Problem, tag: str = "arithmetic") -> dict:
+    """A supervised line: the prompt's messages followed by the assistant's answer in the asked format."""
+    record = to_record(p, tag)
+    record["messages"].append({"role": "assistant", "content": f"<answer>{p.answer}</answer>"})
+    return record
+
+
+def write_dataset(out_dir, n_train: int = 2000, n_eval: int = 200, seed: int = 0, max_operand: int = 99,
+                  n_sft: int = 0) -> dict:
+    """train.jsonl (RL prompts), eval.jsonl (held out) and, with `n_sft`, sft.jsonl (supervised
+    warm-up); no question appears in two files. Returns their paths."""
     import json
     from pathlib import Path
 
@@ -60,8 +69,8 @@ def write_dataset(out_dir, n_train: int = 2000, n_eval: int = 200, seed: int = 0
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     seen: set[str] = set()
-    splits = {"train": [], "eval": []}
-    for split, n in (("eval", n_eval), ("train", n_train)):  # held-out first, so train never repeats it
+    splits: dict[str, list[Problem]] = {"train": [], "eval": [], "sft": []}
+    for split, n in (("eval", n_eval), ("train", n_train), ("sft", n_sft)):  # held-out first, so train never repeats it
         while len(splits[split]) < n:
             p = make_problem(rng, max_operand)
             if p.question not in seen:
@@ -69,6 +78,9 @@ def write_dataset(out_dir, n_train: int = 2000, n_eval: int = 200, seed: int = 0
                 splits[split].append(p)
     paths = {}
     for split, problems in splits.items():
+        if not problems:
+            continue
         paths[split] = out / f"{split}.jsonl"
-        paths[split].write_text("".join(json.dumps(to_record(p)) + "\n" for p in problems))
+        shape = to_sft_record if split == "sft" else to_record
+        paths[split].write_text("".join(json.dumps(shape(p)) + "\n" for p in problems))
     return paths

@@ -12,12 +12,13 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   temperature: float = 1.0) -> torch.Tensor:
+                   temperature: float = 1.0, with_entropy: bool = False):
     """log p(token_t | tokens_<t) for t = 1..L-1, shape [B, L-1]; 0 where the token is padding or
     has no real token before it (the first token of a left-padded row).
 
     `temperature` divides the logits first: pass the sampling temperature to match vLLM's
-    `processed_logprobs`, 1.0 to match its default `raw_logprobs`.
+    `processed_logprobs`, 1.0 to match its default `raw_logprobs`. `with_entropy` also returns the
+    entropy of each position's distribution (same shape), for the trainer's metrics.
     """
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask), use_cache=False)
@@ -26,6 +27,12 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         logits = logits / temperature
     targets = input_ids[:, 1:]
     # log_softmax gathered at the target, without materializing [B, L, V] log-probabilities twice
-    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    scored = attention_mask[:, 1:] * attention_mask[:, :-1]
-    return picked * scored.to(picked.dtype)
+    normalizer = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - normalizer
+    scored = (attention_mask[:, 1:] * attention_mask[:, :-1]).to(picked.dtype)
+    if not with_entropy:
+        return picked * scored
+    with torch.no_grad():  # a metric only: no gradient through the [B, L, V] probabilities
+        probs = torch.softmax(logits, dim=-1)
+        entropy = normalizer - (probs * logits).sum(-1)
+    return picked * scored, entropy * scored

@@ -30,7 +30,7 @@ STRATEGIES: dict[str, StrategyInfo] = dict(
         _info("deepspeed_infer", {"forward"}),
         _info("megatron_train", {"train", "forward"}),
         _info("deepspeed_train", {"train", "forward"}),
-        _info("fsdp2_train", {"train", "forward"}),
+        _info("fsdp2_train", {"train"}, implemented=True),
     ]
 )
 
@@ -48,9 +48,10 @@ def closest(name: str, options) -> str:
 
 
 def build_strategy(role: RoleConfig, seed: int | None = None, ray_address: str | None = None,
-                   devices_per_node: int | None = None):
+                   devices_per_node: int | None = None, on_ray: bool = False, total_steps: int = 1):
     """Start the backend a role names: one in-process engine, or one Ray actor per engine when
-    `device_mapping` holds several engines. Fails clearly for strategies that are not implemented."""
+    `device_mapping` holds several engines (or `on_ray`, to place even one engine on its own
+    devices). Fails clearly for strategies that are not implemented."""
     seed = role.seed if seed is None else seed  # the file's top-level seed unless given
     name = role.strategy_args.strategy_name if role.strategy_args else None
     info = STRATEGIES.get(name)
@@ -72,11 +73,15 @@ def build_strategy(role: RoleConfig, seed: int | None = None, ray_address: str |
     if name == "vllm":
         from vroll.strategy.vllm_args import devices_per_engine
 
-        if len(role.device_mapping) > devices_per_engine(role.strategy_args.strategy_config) or ray_address:
+        if len(role.device_mapping) > devices_per_engine(role.strategy_args.strategy_config) or ray_address or on_ray:
             from vroll.cluster.role_cluster import RoleCluster
 
             return RoleCluster(role, seed=seed, ray_address=ray_address, devices_per_node=devices_per_node)
         from vroll.strategy.vllm_strategy import VllmStrategy
 
         return VllmStrategy(role, seed=seed)
+    if name == "fsdp2_train":
+        from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
+
+        return Fsdp2TrainStrategy(role, seed=seed, total_steps=total_steps)
     raise AssertionError(f"strategy {name} marked implemented but not wired")

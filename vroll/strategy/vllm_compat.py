@@ -65,8 +65,27 @@ _live_engines = 0
 
 
 def engine_started() -> None:
+    """Count a user of the process-global process group (an in-process engine or the trainer)."""
     global _live_engines
     _live_engines += 1
+
+
+def engine_finished() -> None:
+    """A non-engine user (the trainer) is done with the process group; the last user tears down
+    vLLM's groups and the default group, as an engine's shutdown would."""
+    import sys
+
+    global _live_engines
+    _live_engines = max(_live_engines - 1, 0)
+    if _live_engines:
+        return
+    if "vllm.distributed.parallel_state" in sys.modules:
+        sys.modules["vllm.distributed.parallel_state"].cleanup_dist_env_and_memory()
+    else:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def shutdown_engine(llm) -> None:

@@ -268,6 +268,10 @@ class VllmStrategy:
                  ", checksum verified" if session.verify else "")
         return self.weight_version
 
+    def adopt_weight_version(self, version: int) -> None:
+        """Number the current weights `version` (a resumed run continues its count)."""
+        self.weight_version = version
+
     def abort_update(self, error: BaseException) -> None:
         """End a failed update: weights that were partly written are marked invalid."""
         session, self._update = self._update, None

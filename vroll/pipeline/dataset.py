@@ -1,0 +1,133 @@
+"""Prompt files for training and validation: JSONL records read and tokenized before any engine
+starts, and a sampler whose order is a pure function of (seed, epoch) so a resumed run sees the
+same prompts as an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vroll.config.errors import ConfigError, Issue
+from vroll.config.schema import DataArgs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PromptRecord:
+    index: int
+    prompt_ids: list[int]
+    prompt_text: str
+    ground_truth: str | None = None
+    tag: str | None = None
+    response: str | None = None  # the assistant's answer, for supervised warm-up
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def data_files(data_args: DataArgs | None) -> list[Path]:
+    if data_args is None or not data_args.file_name:
+        return []
+    names = data_args.file_name if isinstance(data_args.file_name, list) else [data_args.file_name]
+    return [Path(n).expanduser() for n in names]
+
+
+def load_prompts(data_args: DataArgs, tokenizer, prompt_length: int, key: str,
+                 with_response: bool = False) -> list[PromptRecord]:
+    """Every record of the files, tokenized with the model's chat template.
+
+    A line has chat `messages` (field named by `data_args.messages`) or a plain `prompt` (field named
+    by `data_args.prompt`), and optionally `ground_truth` and `tag`. With `with_response` the last
+    message must be the assistant's answer, which becomes the supervised target. Prompts longer than
+    `prompt_length` tokens are dropped with a warning, as peers do.
+    """
+    messages_key, prompt_key = data_args.messages or "messages", data_args.prompt or "prompt"
+    records, issues, too_long = [], [], 0
+    for path in data_files(data_args):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("a line must be a JSON object")
+                rec = _to_record(row, len(records), tokenizer, messages_key, prompt_key, with_response)
+            except (ValueError, KeyError, TypeError) as e:
+                issues.append(Issue(f"{key}.file_name", f"{where}: {e}"))
+                if len(issues) >= 10:
+                    break
+                continue
+            if len(rec.prompt_ids) > prompt_length:
+                too_long += 1
+                continue
+            records.append(rec)
+    if issues:
+        raise ConfigError(issues)
+    if too_long:
+        log.warning("%s: %d prompts longer than prompt_length=%d tokens were dropped", key, too_long, prompt_length)
+    if not records:
+        raise ConfigError([Issue(f"{key}.file_name", f"no usable prompts (dropped {too_long} longer than "
+                                                     f"prompt_length={prompt_length})")])
+    return records
+
+
+def _to_record(row: dict, index: int, tokenizer, messages_key: str, prompt_key: str,
+               with_response: bool) -> PromptRecord:
+    response = None
+    if messages_key in row:
+        messages = row[messages_key]
+        if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
+            raise ValueError(f"{messages_key!r} must be a list of {{role, content}} messages")
+        if with_response:
+            if not messages or messages[-1]["role"] != "assistant":
+                raise ValueError(f"{messages_key!r}: the last message must be the assistant's answer")
+            messages, response = messages[:-1], messages[-1]["content"]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    elif prompt_key in row:
+        text = str(row[prompt_key])
+        if with_response:
+            if "response" not in row:
+                raise ValueError("a supervised line needs 'response' next to the prompt")
+            response = str(row["response"])
+    else:
+        raise ValueError(f"neither {messages_key!r} nor {prompt_key!r} in the line")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    truth = row.get("ground_truth")
+    return PromptRecord(index=index, prompt_ids=ids, prompt_text=text,
+                        ground_truth=None if truth is None else str(truth), tag=row.get("tag"), response=response,
+                        extra={k: v for k, v in row.items() if k not in (messages_key, prompt_key, "ground_truth", "tag")})
+
+
+class PromptSampler:
+    """Batches in a shuffled order, reshuffled each epoch; the order depends only on (seed, epoch)."""
+
+    def __init__(self, records: list[PromptRecord], seed: int):
+        self.records, self.seed = records, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._shuffle(0)
+
+    def _shuffle(self, epoch: int) -> list[int]:
+        order = list(range(len(self.records)))
+        random.Random(f"{self.seed}:{epoch}").shuffle(order)
+        return order
+
+    def next_batch(self, size: int) -> list[PromptRecord]:
+        batch = []
+        while len(batch) < size:
+            if self.position == len(self._order):
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._shuffle(self.epoch)
+            batch.append(self.records[self._order[self.position]])
+            self.position += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._shuffle(self.epoch)

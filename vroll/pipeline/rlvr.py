@@ -1,0 +1,332 @@
+"""`vroll train`: reinforcement learning with verifiable rewards, one step in plain sight.
+
+generate (vLLM) -> sleep when colocated -> reward -> reference log-probs -> advantages -> PPO epochs
+(FSDP2 trainer) -> push the new weights into vLLM. Metrics per step go to output_dir/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vroll.config.errors import ConfigError
+from vroll.config.schema import GeneratingArgs, PipelineConfig
+from vroll.pipeline import algorithms as alg
+from vroll.pipeline.checkpoint import find_checkpoint, read_state, save_checkpoint
+from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
+from vroll.pipeline.tracking import MetricsLog, PhaseTimer, plot_curves, process_rss_bytes
+from vroll.rewards.workers import RewardItem, RewardRouter, unrouted_tags
+from vroll.strategy.results import PromptResult, to_padded_batch
+
+log = logging.getLogger(__name__)
+
+VALIDATION_CALL = 1_000_000  # seeds of validation generations never collide with a rollout's
+
+
+@dataclass
+class Roles:
+    """The running pipeline: the engine, the trainer, the reference and the reward workers."""
+
+    infer: object
+    train: object
+    reference: object | None
+    rewards: RewardRouter
+    colocated: bool
+    sleep_level: int | None
+
+
+# -- set-up ---------------------------------------------------------------------------------------
+def load_data(cfg: PipelineConfig, tokenizer, source: str | None):
+    """Training and validation prompts, read and checked before anything starts."""
+    train = load_prompts(cfg.actor_train.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args")
+    val = []
+    if cfg.validation is not None and cfg.validation.data_args is not None:
+        val = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args")
+    issues = unrouted_tags(cfg.rewards, {r.tag for r in train + val})
+    if issues:
+        raise ConfigError(issues, source)
+    return train, val
+
+
+def rollout_args(cfg: PipelineConfig) -> GeneratingArgs:
+    """actor_infer's sampling, with the group size, the response budget and sampled-token log-probs."""
+    return cfg.actor_infer.generating_args.model_copy(update={
+        "num_return_sequences": cfg.num_return_sequences_in_group, "max_new_tokens": cfg.response_length,
+        "logprobs": True, "num_beams": 1})
+
+
+def start_roles(cfg: PipelineConfig, total_steps: int, model_path: str | None) -> tuple[Roles, ExitStack]:
+    from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
+    from vroll.strategy.registry import build_strategy
+
+    stack = ExitStack()
+    infer_role, train_role = cfg.actor_infer, cfg.actor_train
+    colocated = bool(set(infer_role.device_mapping) & set(train_role.device_mapping))
+    sc = infer_role.strategy_args.strategy_config
+    # The mismatch metric compares the trainer's tempered log-probs with the engine's: ask the engine
+    # for the same (processed) quantity unless the file chose otherwise.
+    sc.setdefault("logprobs_mode", "processed_logprobs")
+    per_node = cfg.num_gpus_per_node if cfg.ray_address else None
+    try:
+        infer = stack.enter_context(build_strategy(infer_role, seed=cfg.seed, ray_address=cfg.ray_address,
+                                                   devices_per_node=per_node, on_ray=not colocated))
+        if not colocated and not torch.cuda.is_available() and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, set(train_role.device_mapping))  # the trainer keeps to its own CPU slots
+        train = stack.enter_context(Fsdp2TrainStrategy(train_role, seed=cfg.seed, total_steps=total_steps,
+                                                       model_path=model_path))
+        reference = None
+        if cfg.reference is not None:
+            reference = stack.enter_context(build_strategy(cfg.reference, seed=cfg.seed))
+        rewards = RewardRouter(cfg.rewards, seed=cfg.seed)
+        stack.callback(rewards.close)
+    except BaseException:
+        stack.close()
+        raise
+    return Roles(infer, train, reference, rewards, colocated, sc.get("sleep_level") if colocated else None), stack
+
+
+def optimizer_steps_per_rollout(cfg: PipelineConfig) -> int:
+    args = cfg.actor_train.training_args
+    rows = cfg.rollout_batch_size * cfg.num_return_sequences_in_group
+    return rows // (args.per_device_train_batch_size * args.gradient_accumulation_steps)
+
+
+# -- one step, phase by phase ---------------------------------------------------------------------
+def generate(roles: Roles, records: list[PromptRecord], g: GeneratingArgs, call: int) -> list[PromptResult]:
+    roles.infer.wake_up()
+    results = roles.infer.generate([{"prompt_token_ids": r.prompt_ids} for r in records], g, call=call,
+                                   prompt_overflow="error")
+    return results
+
+
+def score(roles: Roles, records: list[PromptRecord], results: list[PromptResult]):
+    items = [RewardItem(rec.prompt_text, s.text, rec.ground_truth, rec.tag)
+             for rec, res in zip(records, results) for s in res.samples]
+    return roles.rewards.score(items)
+
+
+def sequences_of(batch: dict) -> tuple[list[list[int]], list[int]]:
+    """Each row's real tokens, and where they start in the padded row."""
+    seqs, starts = [], []
+    for ids, mask in zip(batch["input_ids"], batch["attention_mask"]):
+        real = mask.nonzero().flatten()
+        start, end = int(real[0]), int(real[-1]) + 1
+        seqs.append(ids[start:end].tolist())
+        starts.append(start)
+    return seqs, starts
+
+
+def reference_logprobs(roles: Roles, batch: dict) -> torch.Tensor | None:
+    """The reference model's per-token log-probs, laid out like the trainer's [B, L-1]."""
+    if roles.reference is None:
+        return None
+    seqs, starts = sequences_of(batch)
+    out = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
+    for i, (lp, start) in enumerate(zip(roles.reference.compute_logprobs(seqs), starts)):
+        out[i, start:start + len(lp)] = torch.tensor(lp)
+    return out
+
+
+def rollout_logprobs(batch: dict) -> torch.Tensor:
+    """vLLM's sampled-token log-probs [B, R] moved to the trainer's [B, L-1] layout."""
+    n, width = batch["input_ids"].shape
+    prompt_width = width - batch["logprobs"].shape[1]
+    out = torch.zeros(n, width - 1)
+    out[:, prompt_width - 1:] = batch["logprobs"]
+    return out
+
+
+def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temperature: float) -> dict:
+    """`ppo_epochs` passes over the rollout in shuffled mini-batches, one optimiser step each."""
+    args = cfg.actor_train.training_args
+    micro_rows, steps_rows = args.per_device_train_batch_size, args.per_device_train_batch_size * args.gradient_accumulation_steps
+    n = batch["input_ids"].shape[0]
+    use_kl_loss = batch.get("ref_logp") is not None and cfg.init_kl_coef > 0 and not cfg.add_token_level_kl
+    totals: dict[str, float] = {}
+    count = 0
+    for epoch in range(cfg.ppo_epochs):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + step * 101 + epoch))
+        for start in range(0, n, steps_rows):
+            rows = order[start:start + steps_rows]
+            tokens = batch["mask"][rows].sum().clamp(min=1)
+
+            def loss_fn(micro, logp, entropy, tokens=tokens):
+                m = micro["mask"]
+                terms, clipped = alg.policy_loss_terms(logp, micro["old_logp"], micro["advantages"][:, None],
+                                                       cfg.pg_clip, cfg.dual_clip_c if cfg.dual_clip_loss else None)
+                if cfg.tis_clip is not None:
+                    terms = terms * alg.truncated_is_weights(micro["old_logp"], micro["rollout_logp"], cfg.tis_clip)
+                metrics = {"train/pg_loss": float((terms.detach() * m).sum() / tokens),
+                           "train/pg_clipfrac": float((clipped * m).sum() / tokens),
+                           "train/entropy": float((entropy.detach().cpu() * m).sum() / tokens)}
+                if use_kl_loss:
+                    kl = alg.kl_k3(logp, micro["ref_logp"])
+                    terms = terms + cfg.init_kl_coef * kl
+                    metrics["train/kl_loss"] = float((kl.detach() * m).sum() / tokens)
+                return (terms * m).sum() / tokens, metrics
+
+            micros = [{k: v[rows[i:i + micro_rows]] for k, v in batch.items() if v is not None}
+                      for i in range(0, len(rows), micro_rows)]
+            got = roles.train.train_step(micros, loss_fn, temperature)
+            for k, v in got.items():
+                totals[k] = totals.get(k, 0.0) + v
+            count += 1
+    return {k: v / count for k, v in totals.items()}
+
+
+def push_weights(roles: Roles) -> int:
+    if roles.sleep_level == 2:
+        roles.infer.wake_up(tags=["weights"])  # weights first, KV cache at the next generation
+    return roles.infer.update_weights(roles.train.named_weights())
+
+
+def train_step(cfg: PipelineConfig, roles: Roles, records: list[PromptRecord], step: int) -> dict:
+    timer = PhaseTimer()
+    g = rollout_args(cfg)
+    with timer("generate"):
+        results = generate(roles, records, g, call=step)
+    version = results[0].weight_version
+    if roles.sleep_level:
+        with timer("sleep"):
+            roles.infer.sleep()
+    with timer("reward"):
+        scores, correct, reward_metrics = score(roles, records, results)
+    padded = to_padded_batch(results, roles.train.tokenizer.pad_token_id or 0)
+    batch = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
+             "mask": padded["response_mask"][:, 1:].float(), "rollout_logp": rollout_logprobs(padded)}
+    with timer("reference"):
+        batch["ref_logp"] = reference_logprobs(roles, padded)
+    with timer("old_logprobs"):
+        batch["old_logp"] = roles.train.compute_logprobs(batch["input_ids"], batch["attention_mask"], g.temperature)
+    metrics = alg.mismatch(batch["old_logp"], batch["rollout_logp"], batch["mask"])
+    scores_t = torch.tensor(scores)
+    if batch["ref_logp"] is not None:
+        kl = alg.kl_k3(batch["old_logp"], batch["ref_logp"]) * batch["mask"]
+        metrics["kl/mean"] = float(kl.sum() / batch["mask"].sum().clamp(min=1))
+        if cfg.add_token_level_kl and cfg.init_kl_coef > 0:
+            scores_t = scores_t - cfg.init_kl_coef * kl.sum(-1)
+    group = torch.arange(len(records)).repeat_interleave(cfg.num_return_sequences_in_group)
+    batch["advantages"] = alg.compute_advantages(scores_t, group, cfg.adv_estimator, cfg.reward_clip,
+                                                 cfg.whiten_advantages, cfg.advantage_clip)
+    with timer("train"):
+        metrics.update(ppo_update(cfg, roles, batch, step, g.temperature))
+    with timer("weight_sync"):
+        new_version = push_weights(roles)
+    lengths = [len(s.token_ids) for r in results for s in r.samples]
+    rule = [c for c in correct if c is not None]
+    metrics.update({
+        "step": step, "rollout_weight_version": version, "weight_version": new_version,
+        "reward/mean": float(torch.tensor(scores).mean()), "reward/std": float(torch.tensor(scores).std()),
+        **({"reward/accuracy": sum(rule) / len(rule)} if rule else {}), **reward_metrics,
+        "response/length_mean": sum(lengths) / len(lengths),
+        "response/truncated_frac": sum(s.finish_reason == "length" for r in results for s in r.samples) / len(lengths),
+        **timer.metrics(), "memory/rss_gib": process_rss_bytes() / 2**30,
+    })
+    return metrics
+
+
+def validate(cfg: PipelineConfig, roles: Roles, records: list[PromptRecord], step: int, out_dir: Path) -> dict:
+    """Held-out prompts with `validation.generating_args`; samples go to validation/step_N.jsonl."""
+    g = cfg.validation.generating_args
+    results = generate(roles, records, g, call=VALIDATION_CALL + step)
+    scores, correct, _ = score(roles, records, results)
+    rule = [c for c in correct if c is not None]
+    folder = out_dir / "validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    samples = [(rec, s) for rec, res in zip(records, results) for s in res.samples]
+    with (folder / f"step_{step}.jsonl").open("w") as f:
+        for (rec, s), reward in zip(samples, scores):
+            f.write(json.dumps({"prompt": rec.prompt_text, "response": s.text, "ground_truth": rec.ground_truth,
+                                "reward": reward}) + "\n")
+    out = {"step": step, "val/reward_mean": sum(scores) / len(scores),
+           "val/response_length": sum(len(s.token_ids) for _, s in samples) / len(samples)}
+    if rule:
+        out["val/accuracy"] = sum(rule) / len(rule)
+    return out
+
+
+# -- the run --------------------------------------------------------------------------------------
+def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | None = None) -> dict:
+    """The whole RLVR run; returns a summary (first and last validation, paths)."""
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from vroll.strategy.vllm_strategy import resolve_model_path
+
+    out_dir = Path(cfg.output_dir)
+    model_key = "actor_train.model_args.model_name_or_path"
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.actor_train.model_args.model_name_or_path, model_key))
+    train_records, val_records = load_data(cfg, tokenizer, source)
+    ckpt = find_checkpoint(cfg.resume_from_checkpoint, out_dir)
+    state = read_state(ckpt) if ckpt else {"step": 0}
+    sampler = PromptSampler(train_records, cfg.seed)
+    if ckpt:
+        sampler.load_state_dict(state["data"])
+        log.info("resuming from %s (step %d)", ckpt, state["step"])
+    total = cfg.max_steps * cfg.ppo_epochs * optimizer_steps_per_rollout(cfg)
+    metrics_log = MetricsLog(out_dir, resume_step=state["step"] if ckpt else None)
+    (out_dir / "config.yaml").write_text(_config_yaml(cfg))
+    roles, stack = start_roles(cfg, total, str(ckpt) if ckpt else None)
+    summary: dict = {"output_dir": str(out_dir), "metrics": str(metrics_log.path)}
+    with stack:
+        if ckpt:
+            roles.train.load_state(ckpt)
+        if ckpt or _needs_initial_push(cfg):
+            roles.infer.update_weights(roles.train.named_weights())
+        if ckpt:
+            roles.infer.adopt_weight_version(state["weight_version"])
+        step = state["step"]
+        if val_records and step == 0:
+            record = validate(cfg, roles, val_records, 0, out_dir)
+            metrics_log.write(record)
+            log.info("validation before training: %s", _brief(record))
+        bar = tqdm(range(step + 1, cfg.max_steps + 1), desc="vroll train", unit="step", initial=step,
+                   total=cfg.max_steps, disable=(not sys.stderr.isatty()) if progress is None else not progress)
+        for step in bar:
+            record = train_step(cfg, roles, sampler.next_batch(cfg.rollout_batch_size), step)
+            record["data/epoch"] = sampler.epoch
+            if val_records and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
+                record.update(validate(cfg, roles, val_records, step, out_dir))
+            metrics_log.write(record)
+            bar.set_postfix(reward=f"{record['reward/mean']:.3f}",
+                            **({"val_acc": f"{record['val/accuracy']:.3f}"} if "val/accuracy" in record else {}))
+            if step % cfg.logging_steps == 0:
+                log.info("step %d: %s", step, _brief(record))
+            if step % cfg.save_steps == 0 or step == cfg.max_steps:
+                path = save_checkpoint(out_dir, step, roles.train, {"data": sampler.state_dict(),
+                                                                     "weight_version": roles.infer.weight_version})
+                log.info("checkpoint saved: %s", path)
+                summary["checkpoint"] = str(path)
+        metrics_log.close()
+    records = metrics_log.read()
+    summary["plot"] = str(plot_curves(records, out_dir / "curves.png"))
+    vals = [r for r in records if "val/accuracy" in r]
+    if vals:
+        summary["val_accuracy_first"], summary["val_accuracy_last"] = vals[0]["val/accuracy"], vals[-1]["val/accuracy"]
+    return summary
+
+
+def _needs_initial_push(cfg: PipelineConfig) -> bool:
+    """vLLM must serve the trainer's weights: push them before the first rollout unless it loaded the
+    same checkpoint itself."""
+    infer, train = cfg.actor_infer, cfg.actor_train
+    dummy = infer.strategy_args.strategy_config.get("load_format") == "dummy"
+    return dummy or infer.model_args.model_name_or_path != train.model_args.model_name_or_path
+
+
+def _config_yaml(cfg: PipelineConfig) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(cfg.model_dump(mode="json", exclude_none=True))
+
+
+def _brief(record: dict) -> str:
+    keys = ("reward/mean", "reward/accuracy", "val/accuracy", "kl/mean", "mismatch/logprob_abs_mean", "time/step")
+    return " ".join(f"{k}={record[k]:.4g}" for k in keys if k in record)

@@ -1,0 +1,110 @@
+"""`vroll sft`: supervised warm-up on (prompt, answer) records with the same trainer as RL, so a random
+tiny model reaches a non-trivial accuracy that RL can then improve. Writes `output_dir/model`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from vroll.config.schema import PipelineConfig
+from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
+from vroll.pipeline.tracking import MetricsLog, PhaseTimer
+
+log = logging.getLogger(__name__)
+
+
+def supervised_batch(records: list[PromptRecord], tokenizer, response_length: int) -> dict:
+    """Prompt + answer + EOS per row, left-padded; `mask` [B, L-1] marks the answer tokens to learn."""
+    rows = []
+    for r in records:
+        answer = tokenizer(r.response + tokenizer.eos_token, add_special_tokens=False)["input_ids"][:response_length]
+        rows.append((r.prompt_ids, answer))
+    width = max(len(p) + len(a) for p, a in rows)
+    pad = tokenizer.pad_token_id or 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    target = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (p, a) in enumerate(rows):
+        seq = p + a
+        ids[i, width - len(seq):] = torch.tensor(seq)
+        attention[i, width - len(seq):] = 1
+        target[i, width - len(a):] = 1
+    return {"input_ids": ids, "attention_mask": attention, "mask": target[:, 1:].float()}
+
+
+def run_sft(cfg: PipelineConfig, source: str | None = None, progress: bool | None = None) -> dict:
+    from tqdm import tqdm
+    from transformers import AutoTokenizer
+
+    from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
+    from vroll.strategy.vllm_strategy import resolve_model_path
+
+    role, args = cfg.actor_train, cfg.actor_train.training_args
+    out_dir = Path(cfg.output_dir)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(role.model_args.model_name_or_path,
+                                                                 "actor_train.model_args.model_name_or_path"))
+    records = load_prompts(role.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args", with_response=True)
+    sampler = PromptSampler(records, cfg.seed)
+    metrics_log = MetricsLog(out_dir)
+    rows, micro = args.per_device_train_batch_size * args.gradient_accumulation_steps, args.per_device_train_batch_size
+    with Fsdp2TrainStrategy(role, seed=cfg.seed, total_steps=cfg.max_steps) as trainer:
+        bar = tqdm(range(1, cfg.max_steps + 1), desc="vroll sft", unit="step",
+                   disable=(not sys.stderr.isatty()) if progress is None else not progress)
+        for step in bar:
+            timer = PhaseTimer()
+            batch = supervised_batch(sampler.next_batch(rows), tokenizer, cfg.response_length)
+            tokens = batch["mask"].sum().clamp(min=1)
+
+            def loss_fn(mb, logp, entropy):
+                loss = -(logp * mb["mask"]).sum() / tokens
+                return loss, {"train/loss": float(loss.detach())}
+
+            with timer("train"):
+                micros = [{k: v[i:i + micro] for k, v in batch.items()} for i in range(0, rows, micro)]
+                got = trainer.train_step(micros, loss_fn)
+            record = {"step": step, **got, **timer.metrics(), "data/epoch": sampler.epoch}
+            metrics_log.write(record)
+            bar.set_postfix(loss=f"{record['train/loss']:.3f}")
+            if step % cfg.logging_steps == 0:
+                log.info("sft step %d: loss %.4f lr %.2e", step, record["train/loss"], record["train/lr"])
+        model_dir = save_model(trainer, out_dir / "model")
+    summary = {"model": str(model_dir), "metrics": str(metrics_log.path)}
+    if cfg.validation is not None and cfg.validation.data_args is not None and cfg.actor_infer is not None:
+        summary.update(evaluate_model(cfg, str(model_dir), tokenizer, out_dir))
+        metrics_log.write({"step": cfg.max_steps, **{k: v for k, v in summary.items() if k.startswith("val/")}})
+    metrics_log.close()
+    return summary
+
+
+def save_model(trainer, folder: Path) -> Path:
+    """The trained weights as a Hugging Face folder, written aside and renamed into place."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save(tmp, with_state=False)
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    return folder
+
+
+def evaluate_model(cfg: PipelineConfig, model_dir: str, tokenizer, out_dir: Path) -> dict:
+    """Held-out accuracy of a saved model with actor_infer's engine and the reward workers."""
+    from vroll.pipeline.rlvr import Roles, validate
+    from vroll.rewards.workers import RewardRouter
+    from vroll.strategy.registry import build_strategy
+
+    records = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args")
+    role = cfg.actor_infer.model_copy(deep=True)
+    role.model_args.model_name_or_path = model_dir
+    role.strategy_args.strategy_config.pop("load_format", None)  # the saved weights are the point
+    rewards = RewardRouter(cfg.rewards, seed=cfg.seed)
+    with build_strategy(role, seed=cfg.seed) as infer:
+        roles = Roles(infer, None, None, rewards, colocated=False, sleep_level=None)
+        result = validate(cfg, roles, records, cfg.max_steps, out_dir)
+    rewards.close()
+    return {k: v for k, v in result.items() if k != "step"}

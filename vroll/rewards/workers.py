@@ -1,0 +1,135 @@
+"""Reward workers and their combination: each prompt goes to the workers whose `tag_included`
+matches its tag (all workers when a worker lists no tags), and its reward is the weighted sum of their
+scores. A worker that raises on a sample scores that sample 0 and the step goes on."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from vroll.config.errors import Issue
+from vroll.config.schema import RewardConfig
+from vroll.rewards.math_rule import MathRuleReward
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RewardItem:
+    prompt_text: str
+    response_text: str
+    ground_truth: str | None
+    tag: str | None
+
+
+class MathRuleWorker:
+    is_rule = True
+
+    def __init__(self, cfg: RewardConfig):
+        self.rule = MathRuleReward(extractors=tuple(cfg.extractors))
+
+    def score(self, items: list[RewardItem]) -> list[float]:
+        return [self.score_one(it) for it in items]
+
+    def score_one(self, item: RewardItem) -> float:
+        if item.ground_truth is None:
+            raise ValueError("the prompt's data has no ground_truth")
+        return self.rule.score(item.response_text, item.ground_truth)
+
+
+class ModelRewardWorker:
+    """A sequence-classification reward model on `hf_infer`, scoring prompt + response text."""
+
+    is_rule = False
+
+    def __init__(self, cfg: RewardConfig, seed: int | None = None):
+        from vroll.strategy.hf_infer import HfInferStrategy
+
+        self.model = HfInferStrategy(cfg, seed=seed, reward_model=True)
+
+    def _ids(self, item: RewardItem) -> list[int]:
+        return self.model.tokenizer(item.prompt_text + item.response_text, add_special_tokens=False)["input_ids"]
+
+    def score(self, items: list[RewardItem]) -> list[float]:
+        return self.model.score([self._ids(it) for it in items])
+
+    def score_one(self, item: RewardItem) -> float:
+        return self.model.score([self._ids(item)])[0]
+
+    def close(self) -> None:
+        self.model.close()
+
+
+def routes(configs: dict[str, RewardConfig], tag: str | None) -> list[str]:
+    """The workers a prompt with this tag goes to."""
+    return [n for n, c in configs.items() if not c.tag_included or (tag is not None and tag in c.tag_included)]
+
+
+def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> list[Issue]:
+    """Data tags no worker takes: those prompts would get no reward at all."""
+    lost = sorted(str(t) for t in tags if not routes(configs, t))
+    if not lost:
+        return []
+    return [Issue("rewards", f"no reward worker takes the data tag(s) {lost}: add them to a worker's "
+                             "tag_included, or leave a worker's tag_included empty to take every tag")]
+
+
+def build_worker(cfg: RewardConfig, seed: int | None = None):
+    if cfg.reward_type == "math_rule":
+        return MathRuleWorker(cfg)
+    return ModelRewardWorker(cfg, seed)
+
+
+class RewardRouter:
+    """All configured reward workers, routing by tag and combining by weight."""
+
+    def __init__(self, configs: dict[str, RewardConfig], seed: int | None = None, workers: dict | None = None):
+        self.configs = configs
+        self.workers = workers if workers is not None else {n: build_worker(c, seed) for n, c in configs.items()}
+
+    def routes(self, tag: str | None) -> list[str]:
+        return routes(self.configs, tag)
+
+    def score(self, items: list[RewardItem]) -> tuple[list[float], list[float | None], dict[str, float]]:
+        """(combined reward per item, rule correctness per item (None without a rule worker),
+        metrics per worker)."""
+        combined = [0.0] * len(items)
+        correct: list[float | None] = [None] * len(items)
+        metrics: dict[str, float] = {}
+        for name, worker in self.workers.items():
+            idx = [i for i, it in enumerate(items) if name in self.routes(it.tag)]
+            if not idx:
+                continue
+            scores, errors = self._score_safely(name, worker, [items[i] for i in idx])
+            weight = self.configs[name].weight
+            for i, s in zip(idx, scores):
+                combined[i] += weight * s
+                if worker.is_rule:
+                    correct[i] = max(correct[i] or 0.0, float(s > 0))
+            metrics[f"reward/{name}/mean"] = sum(scores) / len(scores)
+            metrics[f"reward/{name}/errors"] = float(errors)
+        return combined, correct, metrics
+
+    def _score_safely(self, name: str, worker, items: list[RewardItem]) -> tuple[list[float], int]:
+        try:
+            scores = [float(s) for s in worker.score(items)]
+            if len(scores) == len(items):
+                return scores, 0
+            raise ValueError(f"returned {len(scores)} scores for {len(items)} samples")
+        except Exception as batch_error:  # noqa: BLE001 - find the failing samples one by one
+            log.debug("rewards.%s: batch scoring failed (%s); scoring samples one by one", name, batch_error)
+        scores, errors = [], 0
+        for k, item in enumerate(items):
+            try:
+                scores.append(float(worker.score_one(item)))
+            except Exception as e:  # noqa: BLE001 - one bad sample must not stop the step
+                errors += 1
+                scores.append(0.0)
+                log.warning("rewards.%s: sample %d scored 0 because the worker raised: %s: %s", name, k,
+                            type(e).__name__, e)
+        return scores, errors
+
+    def close(self) -> None:
+        for w in self.workers.values():
+            if hasattr(w, "close"):
+                w.close()

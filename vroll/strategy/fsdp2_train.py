@@ -1,0 +1,180 @@
+"""The `fsdp2_train` strategy: a transformers model sharded with PyTorch FSDP2 (`fully_shard`), AdamW
+and an LR schedule from `training_args`. The caller owns the loss (SFT or the RL policy loss); this
+module owns the model, the optimiser step and the weights it hands to the inference engine.
+
+One rank per role for now: on CPU the role's slots become torch's thread count, on CUDA it trains on
+one GPU (multi-rank training needs one process per rank and is not built yet).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from vroll.config.schema import RoleConfig, TrainingArgs
+from vroll.models.logprobs import token_logprobs
+from vroll.strategy import vllm_compat
+
+log = logging.getLogger(__name__)
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+STATE_FILE = "trainer_state.pt"
+
+
+def single_rank_mesh(device_type: str):
+    """A one-rank device mesh for `fully_shard`. The default process group may already exist, made
+    by an in-process vLLM engine (world size 1 too); then it is shared, and counted as in use so
+    that the engine's shutdown does not tear it down under the trainer."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if not dist.is_initialized():
+        backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    if dist.get_world_size() != 1:
+        raise NotImplementedError("fsdp2_train: multi-rank training is not built yet (one rank per role)")
+    vllm_compat.engine_started()  # the same counter guards the shared process group
+    return init_device_mesh(device_type, (1,))
+
+
+def decoder_layers(model) -> list[torch.nn.Module]:
+    """The repeated blocks transformers marks as not to be split (`_no_split_modules`): FSDP2 shards
+    each separately so that only one block's full weights exist at a time."""
+    names = set(getattr(model, "_no_split_modules", None) or [])
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+class Fsdp2TrainStrategy:
+    def __init__(self, role: RoleConfig, seed: int | None = None, total_steps: int = 1,
+                 model_path: str | None = None):
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+        from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+
+        from vroll.strategy.vllm_strategy import resolve_model_path
+
+        self.role, self.name = role, role.name or "actor_train"
+        self.args: TrainingArgs = role.training_args or TrainingArgs()
+        path = model_path or resolve_model_path(role.model_args.model_name_or_path,
+                                                f"{self.name}.model_args.model_name_or_path")
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, min(len(role.device_mapping), os.cpu_count() or 1)))
+        torch.manual_seed(role.seed if seed is None else seed)
+        mesh = single_rank_mesh(self.device.type)
+        self._closed = False
+        # Master weights stay fp32; `dtype` is the compute dtype of forward and backward.
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
+                                                     trust_remote_code=role.model_args.trust_remote_code)
+        model.to(self.device)
+        if not role.model_args.disable_gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        model.config.use_cache = False
+        compute = TORCH_DTYPES[role.model_args.dtype]
+        mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+        for layer in decoder_layers(model):
+            fully_shard(layer, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
+        self.model = model
+        self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=role.model_args.trust_remote_code)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.args.learning_rate,
+                                           weight_decay=self.args.weight_decay)
+        self.scheduler = get_scheduler(self.args.lr_scheduler_type, self.optimizer,
+                                       num_warmup_steps=self.args.warmup_steps, num_training_steps=max(total_steps, 1))
+        log.info("%s: fsdp2_train ready (%s, %.2fM parameters, compute %s, %s)", self.name, path,
+                 sum(p.numel() for p in model.parameters()) / 1e6, role.model_args.dtype, self.device)
+
+    # -- forward ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def compute_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
+                         batch_size: int | None = None) -> torch.Tensor:
+        """Per-token log-probabilities [B, L-1] of given padded sequences, in micro-batches."""
+        self.model.eval()
+        bs = batch_size or self.args.per_device_train_batch_size
+        parts = [token_logprobs(self.model, input_ids[i:i + bs].to(self.device),
+                                attention_mask[i:i + bs].to(self.device), temperature).cpu()
+                 for i in range(0, input_ids.shape[0], bs)]
+        self.model.reshard()  # FSDP2 keeps the root unsharded after a forward without backward
+        return torch.cat(parts)
+
+    # -- one optimiser step ---------------------------------------------------------------------
+    def train_step(self, micro_batches: list[dict], loss_fn: Callable, temperature: float = 1.0) -> dict:
+        """Gradient accumulation over `micro_batches`, clipping, one optimiser and scheduler step.
+
+        `loss_fn(micro, logp, entropy) -> (loss, metrics)` returns this micro-batch's share of the
+        step's loss (the caller normalises over the whole step, so the split does not change it).
+        """
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for micro in micro_batches:
+            ids, mask = micro["input_ids"].to(self.device), micro["attention_mask"].to(self.device)
+            logp, entropy = token_logprobs(self.model, ids, mask, temperature, with_entropy=True)
+            loss, metrics = loss_fn(micro, logp.cpu() if self.device.type == "cpu" else logp, entropy)
+            loss.backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        return {**sums, "train/grad_norm": float(grad_norm), "train/lr": lr}
+
+    # -- weights out --------------------------------------------------------------------------
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """Full (unsharded) weights in Hugging Face naming, one tensor at a time, for the engine or a
+        checkpoint. A tied lm_head is left out: it is the embedding."""
+        for name, t in self.model.state_dict().items():
+            if self.tied and name == "lm_head.weight":
+                continue
+            full = t.full_tensor() if hasattr(t, "full_tensor") else t
+            yield name, full.detach().to("cpu")
+
+    def save(self, folder: str | Path, with_state: bool = True) -> None:
+        """A standard Hugging Face folder (config, safetensors, tokenizer), plus optimiser, scheduler
+        and RNG state when `with_state`. The caller makes it atomic (write aside, then rename)."""
+        from safetensors.torch import save_file
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file({n: t.contiguous() for n, t in self.named_weights()}, folder / "model.safetensors",
+                  metadata={"format": "pt"})
+        self.model.config.save_pretrained(folder)
+        if getattr(self.model, "generation_config", None) is not None:
+            self.model.generation_config.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        if with_state:
+            optim = get_optimizer_state_dict(self.model, self.optimizer,
+                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(),
+                        "torch_rng": torch.get_rng_state()}, folder / STATE_FILE)
+
+    def load_state(self, folder: str | Path) -> None:
+        """Optimiser, scheduler and RNG state saved by `save` (the weights come from the folder at
+        construction: pass it as `model_path`)."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
+        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                 options=StateDictOptions(full_state_dict=True))
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            vllm_compat.engine_finished()
+            self.model = self.optimizer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
