@@ -128,13 +128,16 @@ class RoleCluster:
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, prompts: Sequence[Any], generating_args: GeneratingArgs | None = None,
-                 prompt_overflow: str | None = None, use_tqdm: bool = False) -> list[PromptResult]:
-        """Split prompts across engines (balanced by expected work), results in input order."""
+                 prompt_overflow: str | None = None, use_tqdm: bool = False,
+                 call: int | None = None) -> list[PromptResult]:
+        """Split prompts across engines (balanced by expected work), results in input order. `call`
+        numbers the generation for the seeds (default: the role's own count)."""
         g = generating_args or self.role.generating_args
         shares = split_by_work(prompts, len(self.engines), g)
         busy = [(e, idx) for e, idx in zip(self.engines, shares) if idx]
         share = {id(e): idx for e, idx in busy}
-        call, self._calls = self._calls, self._calls + 1  # one count for the role: seeds do not depend on the split
+        if call is None:  # one count for the role: seeds do not depend on the split
+            call, self._calls = self._calls, self._calls + 1
         outs = self._call([e for e, _ in busy], "generating",
                           lambda e: e.actor.generate.remote([prompts[i] for i in share[id(e)]], g,
                                                             prompt_overflow, share[id(e)], call), progress=use_tqdm)

@@ -78,6 +78,7 @@ def start_roles(cfg: PipelineConfig, total_steps: int, model_path: str | None) -
         infer = stack.enter_context(build_strategy(infer_role, seed=cfg.seed, ray_address=cfg.ray_address,
                                                    devices_per_node=per_node, on_ray=not colocated))
         if not colocated and not torch.cuda.is_available() and hasattr(os, "sched_setaffinity"):
+            stack.callback(os.sched_setaffinity, 0, os.sched_getaffinity(0))
             os.sched_setaffinity(0, set(train_role.device_mapping))  # the trainer keeps to its own CPU slots
         train = stack.enter_context(Fsdp2TrainStrategy(train_role, seed=cfg.seed, total_steps=total_steps,
                                                        model_path=model_path))
@@ -244,7 +245,7 @@ def validate(cfg: PipelineConfig, roles: Roles, records: list[PromptRecord], ste
     with (folder / f"step_{step}.jsonl").open("w") as f:
         for (rec, s), reward in zip(samples, scores):
             f.write(json.dumps({"prompt": rec.prompt_text, "response": s.text, "ground_truth": rec.ground_truth,
-                                "reward": reward}) + "\n")
+                                "reward": reward, "response_token_ids": s.token_ids}) + "\n")
     out = {"step": step, "val/reward_mean": sum(scores) / len(scores),
            "val/response_length": sum(len(s.token_ids) for _, s in samples) / len(samples)}
     if rule:

@@ -29,8 +29,10 @@ class HfInferStrategy:
         self.role, self.name = role, role.name or "reference"
         path = resolve_model_path(role.model_args.model_name_or_path, f"{self.name}.model_args.model_name_or_path")
         cls = AutoModelForSequenceClassification if reward_model else AutoModelForCausalLM
-        self.model = cls.from_pretrained(path, dtype=TORCH_DTYPES[role.model_args.dtype],
-                                         trust_remote_code=role.model_args.trust_remote_code).eval()
+        with torch.random.fork_rng():  # a score head the checkpoint lacks is initialised the same every run
+            torch.manual_seed(0 if seed is None else seed)
+            self.model = cls.from_pretrained(path, dtype=TORCH_DTYPES[role.model_args.dtype],
+                                             trust_remote_code=role.model_args.trust_remote_code).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=role.model_args.trust_remote_code)
         pad = self.tokenizer.pad_token_id
         self.pad_id = pad if pad is not None else (self.tokenizer.eos_token_id or 0)
