@@ -113,3 +113,34 @@ def test_actor_infer_and_actor_train_on_separate_slots(tmp_path, tiny_model, dat
     step = read_metrics(summary["metrics"])[-1]
     assert "time/sleep" not in step  # not colocated: the engine stays awake
     assert step["weight_version"] == 1 and step["mismatch/logprob_abs_mean"] < 1e-4
+
+
+def test_train_refuses_impossible_files_before_starting(tmp_path, tiny_model, data):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cfg = rl_config(tmp_path, tiny_model, data, rollout_batch_size=3, num_return_sequences_in_group=1)
+    cfg["actor_train"]["data_args"]["file_name"] = str(tmp_path / "missing.jsonl")
+    cfg["reference"] = None
+    cfg["rewards"]["math"]["tag_included"] = ["poetry"]
+    path = write_yaml(tmp_path / "bad.yaml", cfg)
+    r = subprocess.run([sys.executable, "-m", "vroll.cli.main", "train", path], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    for expected in ("actor_train.data_args.file_name: '" + str(tmp_path / "missing.jsonl") + "' does not exist",
+                     "rollout_batch_size: rollout_batch_size * num_return_sequences_in_group = 3 is not divisible "
+                     "by per_device_train_batch_size * gradient_accumulation_steps = 16",
+                     "num_return_sequences_in_group: 1: grpo normalises within each prompt's group",
+                     "init_kl_coef: 0.01 needs a `reference` role"):
+        assert expected in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+    cfg = rl_config(tmp_path, tiny_model, data)
+    cfg["rewards"] = {"math": {"reward_type": "math_rule", "tag_included": ["poetry"]}}
+    cfg["actor_train"]["strategy_args"]["strategy_name"] = "megatron_train"
+    r = subprocess.run([sys.executable, "-m", "vroll.cli.main", "train", write_yaml(tmp_path / "bad2.yaml", cfg)],
+                       capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "'megatron_train': `vroll train` trains with 'fsdp2_train'" in r.stderr, r.stderr
