@@ -89,10 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("arithmetic-data", help="write the synthetic arithmetic task (train / eval / sft JSONL)")
     d.add_argument("--out", required=True)
-    d.add_argument("--n-train", type=int, default=2000)
-    d.add_argument("--n-eval", type=int, default=200)
-    d.add_argument("--n-sft", type=int, default=4000)
-    d.add_argument("--max-operand", type=int, default=99)
+    d.add_argument("--n-train", type=int, default=120)
+    d.add_argument("--n-eval", type=int, default=60)
+    d.add_argument("--n-sft", type=int, default=120)
+    d.add_argument("--max-operand", type=int, default=9)
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_arithmetic_data)
 

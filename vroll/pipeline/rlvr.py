@@ -101,7 +101,7 @@ def optimizer_steps_per_rollout(cfg: PipelineConfig) -> int:
 
 # -- one step, phase by phase ---------------------------------------------------------------------
 def generate(roles: Roles, records: list[PromptRecord], g: GeneratingArgs, call: int) -> list[PromptResult]:
-    roles.infer.wake_up()
+    roles.infer.wake_up()  # nothing to do when awake
     results = roles.infer.generate([{"prompt_token_ids": r.prompt_ids} for r in records], g, call=call,
                                    prompt_overflow="error")
     return results
@@ -191,6 +191,9 @@ def push_weights(roles: Roles) -> int:
 def train_step(cfg: PipelineConfig, roles: Roles, records: list[PromptRecord], step: int) -> dict:
     timer = PhaseTimer()
     g = rollout_args(cfg)
+    if roles.sleep_level:
+        with timer("wake"):
+            roles.infer.wake_up()
     with timer("generate"):
         results = generate(roles, records, g, call=step)
     version = results[0].weight_version
