@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` (the main job) and `make test` (the suite).
+# Two entry points for a fresh machine: `make demo` (the main job: SFT warm-up, then RL) and `make test`.
 # Both create .venv/ and the offline tiny model when missing; re-running is fast.
 PYTHON ?= python3
 VENV := .venv
@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.vroll-installed
 MODEL := models/tiny
 
-.PHONY: demo test venv model bench clean
+.PHONY: demo generate test venv model data bench clean
 
 venv: $(STAMP)
 
@@ -26,7 +26,17 @@ model: $(MODEL)/config.json
 $(MODEL)/config.json: $(STAMP)
 	$(BIN)/vroll tiny-model --out $(MODEL)
 
-demo: venv model
+data: data/arithmetic/train.jsonl
+
+data/arithmetic/train.jsonl: $(STAMP)
+	$(BIN)/vroll arithmetic-data --out data/arithmetic
+
+# The whole loop: supervised warm-up of the tiny model, then RL with verifiable rewards.
+demo: venv model data
+	$(BIN)/vroll sft examples/sft_tiny.yaml
+	$(BIN)/vroll train examples/rlvr_tiny.yaml
+
+generate: venv model
 	$(BIN)/vroll generate examples/tiny_generate.yaml --input examples/prompts.jsonl --output outputs/demo/results.jsonl
 
 test: venv
@@ -36,4 +46,4 @@ bench: venv model
 	$(BIN)/python bench/bench_generate.py --model $(MODEL)
 
 clean:
-	rm -rf $(VENV) models outputs
+	rm -rf $(VENV) models outputs data

@@ -19,3 +19,28 @@ def test_dataset_splits_are_disjoint_deterministic_and_answers_verify(tmp_path):
         value = {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b)}[op]
         assert reward.score(f"<answer>{value}</answer>", r["ground_truth"]) == 1.0
         assert r["tag"] == "arithmetic"
+
+
+def test_sft_split_is_disjoint_and_ends_with_the_answer(tmp_path):
+    paths = write_dataset(tmp_path, n_train=40, n_eval=20, n_sft=40, seed=1, max_operand=9)
+    question = lambda r: [m for m in r["messages"] if m["role"] == "user"][0]["content"]  # noqa: E731
+    rows = {k: [json.loads(line) for line in p.read_text().splitlines()] for k, p in paths.items()}
+    sets = {k: {question(r) for r in v} for k, v in rows.items()}
+    assert not (sets["sft"] & sets["eval"]) and not (sets["sft"] & sets["train"]) and not (sets["train"] & sets["eval"])
+    for r in rows["sft"]:
+        assert r["messages"][-1] == {"role": "assistant", "content": f"<answer>{r['ground_truth']}</answer>"}
+
+
+def test_prompt_sampler_order_depends_only_on_seed_and_resumes(tmp_path):
+    from vroll.pipeline.dataset import PromptRecord, PromptSampler
+
+    records = [PromptRecord(index=i, prompt_ids=[i], prompt_text=str(i)) for i in range(5)]
+    a = PromptSampler(records, seed=4)
+    first = [r.index for r in a.next_batch(3)]
+    state = a.state_dict()
+    rest = [r.index for r in a.next_batch(9)]  # crosses two epoch boundaries
+    b = PromptSampler(records, seed=4)
+    b.load_state_dict(state)
+    assert [r.index for r in b.next_batch(9)] == rest
+    assert sorted(first + rest[:2]) == list(range(5))  # an epoch is a permutation
+    assert [r.index for r in PromptSampler(records, seed=4).next_batch(3)] == first

@@ -167,3 +167,34 @@ def test_sft_then_rl_raises_the_reward(tmp_path, tiny_model):
     steps = read_metrics(run(tmp_path, rl, "rl.yaml")["metrics"])
     rewards = [s["reward/mean"] for s in steps]
     assert sum(rewards[-3:]) / 3 > sum(rewards[:2]) / 2 + 0.05, rewards
+
+
+def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, data):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    from conftest import REPO
+
+    cfg = rl_config(tmp_path, tiny_model, data, max_steps=100, validation=None)
+    cfg["actor_train"]["device_mapping"] = [1]  # the engine on its own slot: a Ray actor to clean up
+    cfg["reference"]["device_mapping"] = [1]
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    proc = subprocess.Popen([sys.executable, "-m", "vroll.cli.main", "train", write_yaml(tmp_path / "c.yaml", cfg)],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    for line in proc.stderr:  # interrupt once a checkpoint exists and the next one is under way
+        if "checkpoint saved" in line:
+            break
+    children = psutil.Process(proc.pid).children(recursive=True)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    assert "Traceback" not in proc.stderr.read()
+    root = tmp_path / "run" / "checkpoints"
+    assert not list(root.glob(".*.tmp"))
+    for ckpt in root.glob("step_*"):
+        assert {"model.safetensors", "config.json", "trainer_state.pt", "vroll_state.json"} <= {p.name for p in ckpt.iterdir()}
+    psutil.wait_procs(children, timeout=30)
+    assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)

@@ -101,9 +101,15 @@ def plot_curves(records: list[dict], out_png: Path) -> Path | None:
     val = [r for r in records if "val/accuracy" in r]
     fig, ax = plt.subplots(figsize=(7, 4))
     if train:
-        ax.plot([r["step"] for r in train], [r["reward/mean"] for r in train], label="train reward (mean)")
+        steps, rewards = [r["step"] for r in train], [r["reward/mean"] for r in train]
+        ax.plot(steps, rewards, alpha=0.35, label="train reward (mean per step)")
+        window = max(1, min(10, len(rewards) // 5))
+        smooth = [sum(rewards[max(0, i - window + 1):i + 1]) / len(rewards[max(0, i - window + 1):i + 1])
+                  for i in range(len(rewards))]
+        ax.plot(steps, smooth, color="C0", label=f"train reward ({window}-step average)")
     if val:
-        ax.plot([r["step"] for r in val], [r["val/accuracy"] for r in val], "o-", label="validation accuracy")
+        ax.plot([r["step"] for r in val], [r["val/accuracy"] for r in val], "o-", color="C1",
+                label="validation accuracy")
     ax.set_xlabel("step")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)

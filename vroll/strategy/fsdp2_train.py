@@ -62,6 +62,7 @@ class Fsdp2TrainStrategy:
                                                 f"{self.name}.model_args.model_name_or_path")
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cpu":
+            torch.set_flush_denormal(True)  # tiny values late in training otherwise cost 10x on CPU
             torch.set_num_threads(max(1, min(len(role.device_mapping), os.cpu_count() or 1)))
         torch.manual_seed(role.seed if seed is None else seed)
         mesh = single_rank_mesh(self.device.type)
