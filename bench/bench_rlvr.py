@@ -15,7 +15,7 @@ import statistics
 import tempfile
 import time
 
-import common  # noqa: F401 - sets the in-process engine environment
+import common  # noqa: F401 - sets the in-process engine environment  # pyflakes: ignore
 
 PHASES = ("wake", "generate", "sleep", "reward", "reference", "old_logprobs", "train", "weight_sync")
 

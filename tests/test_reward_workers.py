@@ -2,8 +2,6 @@
 
 import logging
 
-import pytest
-
 from vroll.config.schema import RewardConfig
 from vroll.rewards.workers import MathRuleWorker, RewardItem, RewardRouter, unrouted_tags
 
