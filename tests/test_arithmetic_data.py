@@ -44,3 +44,10 @@ def test_prompt_sampler_order_depends_only_on_seed_and_resumes(tmp_path):
     assert [r.index for r in b.next_batch(9)] == rest
     assert sorted(first + rest[:2]) == list(range(5))  # an epoch is a permutation
     assert [r.index for r in PromptSampler(records, seed=4).next_batch(3)] == first
+
+
+def test_asking_for_more_questions_than_exist_is_an_error_not_a_hang(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="more than the 300 distinct questions with max_operand=9"):
+        write_dataset(tmp_path, n_train=250, n_eval=60, max_operand=9)

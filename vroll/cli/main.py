@@ -227,10 +227,14 @@ def print_run_summary(summary: dict) -> None:
 
 
 def cmd_arithmetic_data(args) -> int:
+    from vroll.cli.prompts_io import InputError
     from vroll.data.arithmetic import write_dataset
 
-    paths = write_dataset(args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
-                          max_operand=args.max_operand, n_sft=args.n_sft)
+    try:
+        paths = write_dataset(args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
+                              max_operand=args.max_operand, n_sft=args.n_sft)
+    except ValueError as e:
+        raise InputError(f"arithmetic-data: {e}") from None
     for split, path in paths.items():
         print(f"{split}: {path}")
     return 0

@@ -65,6 +65,10 @@ def write_dataset(out_dir, n_train: int = 2000, n_eval: int = 200, seed: int = 0
     import json
     from pathlib import Path
 
+    distinct = 2 * (max_operand + 1) ** 2 + 10 * (max_operand + 1)  # a+b, a-b, a*digit
+    if n_train + n_eval + n_sft > distinct:
+        raise ValueError(f"n_train + n_eval + n_sft = {n_train + n_eval + n_sft} is more than the {distinct} distinct "
+                         f"questions with max_operand={max_operand}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
