@@ -166,7 +166,7 @@ def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temper
                     terms = terms * alg.truncated_is_weights(micro["old_logp"], micro["rollout_logp"], cfg.tis_clip)
                 metrics = {"train/pg_loss": float((terms.detach() * m).sum() / tokens),
                            "train/pg_clipfrac": float((clipped * m).sum() / tokens),
-                           "train/entropy": float((entropy.detach().cpu() * m).sum() / tokens)}
+                           "train/entropy": float((entropy.detach() * m).sum() / tokens)}
                 if use_kl_loss:
                     kl = alg.kl_k3(logp, micro["ref_logp"])
                     terms = terms + cfg.init_kl_coef * kl

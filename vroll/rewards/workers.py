@@ -87,9 +87,6 @@ class RewardRouter:
         self.configs = configs
         self.workers = workers if workers is not None else {n: build_worker(c, seed) for n, c in configs.items()}
 
-    def routes(self, tag: str | None) -> list[str]:
-        return routes(self.configs, tag)
-
     def score(self, items: list[RewardItem]) -> tuple[list[float], list[float | None], dict[str, float]]:
         """(combined reward per item, rule correctness per item (None without a rule worker),
         metrics per worker)."""
@@ -97,7 +94,7 @@ class RewardRouter:
         correct: list[float | None] = [None] * len(items)
         metrics: dict[str, float] = {}
         for name, worker in self.workers.items():
-            idx = [i for i, it in enumerate(items) if name in self.routes(it.tag)]
+            idx = [i for i, it in enumerate(items) if name in routes(self.configs, it.tag)]
             if not idx:
                 continue
             scores, errors = self._score_safely(name, worker, [items[i] for i in idx])

@@ -37,7 +37,7 @@ def single_rank_mesh(device_type: str):
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     if dist.get_world_size() != 1:
         raise NotImplementedError("fsdp2_train: multi-rank training is not built yet (one rank per role)")
-    vllm_compat.engine_started()  # the same counter guards the shared process group
+    vllm_compat.hold_process_group()
     return init_device_mesh(device_type, (1,))
 
 
@@ -65,12 +65,12 @@ class Fsdp2TrainStrategy:
             torch.set_flush_denormal(True)  # tiny values late in training otherwise cost 10x on CPU
             torch.set_num_threads(max(1, min(len(role.device_mapping), os.cpu_count() or 1)))
         torch.manual_seed(role.seed if seed is None else seed)
-        mesh = single_rank_mesh(self.device.type)
-        self._closed = False
         # Master weights stay fp32; `dtype` is the compute dtype of forward and backward.
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                      trust_remote_code=role.model_args.trust_remote_code)
         model.to(self.device)
+        mesh = single_rank_mesh(self.device.type)  # taken after the load, so a failed load holds nothing
+        self._closed = False
         if not role.model_args.disable_gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
@@ -113,9 +113,10 @@ class Fsdp2TrainStrategy:
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for micro in micro_batches:
-            ids, mask = micro["input_ids"].to(self.device), micro["attention_mask"].to(self.device)
-            logp, entropy = token_logprobs(self.model, ids, mask, temperature, with_entropy=True)
-            loss, metrics = loss_fn(micro, logp.cpu() if self.device.type == "cpu" else logp, entropy)
+            micro = {k: v.to(self.device) for k, v in micro.items()}  # the loss sees one device
+            logp, entropy = token_logprobs(self.model, micro["input_ids"], micro["attention_mask"], temperature,
+                                           with_entropy=True)
+            loss, metrics = loss_fn(micro, logp, entropy)
             loss.backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -171,7 +172,7 @@ class Fsdp2TrainStrategy:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            vllm_compat.engine_finished()
+            vllm_compat.release_process_group()
             self.model = self.optimizer = None
 
     def __enter__(self):

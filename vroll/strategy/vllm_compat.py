@@ -61,23 +61,24 @@ def current_platform_name() -> str:
     return "cpu" if current_platform.is_cpu() else str(current_platform.device_type)
 
 
-_live_engines = 0
+_group_users = 0
 
 
-def engine_started() -> None:
+def hold_process_group() -> None:
     """Count a user of the process-global process group (an in-process engine or the trainer)."""
-    global _live_engines
-    _live_engines += 1
+    global _group_users
+    _group_users += 1
 
 
-def engine_finished() -> None:
+def release_process_group() -> None:
     """A non-engine user (the trainer) is done with the process group; the last user tears down
-    vLLM's groups and the default group, as an engine's shutdown would."""
+    vLLM's groups and the default group, as an engine's shutdown would (engines release theirs
+    in `shutdown_engine`)."""
     import sys
 
-    global _live_engines
-    _live_engines = max(_live_engines - 1, 0)
-    if _live_engines:
+    global _group_users
+    _group_users = max(_group_users - 1, 0)
+    if _group_users:
         return
     if "vllm.distributed.parallel_state" in sys.modules:
         sys.modules["vllm.distributed.parallel_state"].cleanup_dist_env_and_memory()
@@ -99,10 +100,10 @@ def shutdown_engine(llm) -> None:
 
     import vllm.v1.engine.core as core
 
-    global _live_engines
-    _live_engines = max(_live_engines - 1, 0)
+    global _group_users
+    _group_users = max(_group_users - 1, 0)
     teardown = core.cleanup_dist_env_and_memory
-    if _live_engines > 0:
+    if _group_users > 0:
         core.cleanup_dist_env_and_memory = lambda *a, **k: None
     try:
         llm.llm_engine.engine_core.shutdown()

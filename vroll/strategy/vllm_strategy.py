@@ -85,7 +85,7 @@ class VllmStrategy:
 
         started = time.perf_counter()
         self._llm = LLM(**kwargs)
-        vllm_compat.engine_started()
+        vllm_compat.hold_process_group()
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.weight_version = 0
