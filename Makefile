@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.vroll-installed
 MODEL := models/tiny
+# The demo trains a twin of the tiny model with the usual 0.02 init (see TinySpec.initializer_range).
+TRAIN_MODEL := models/tiny-std
 
 .PHONY: demo generate test venv model data bench clean
 
@@ -21,15 +23,18 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(BIN)/python -c "import vroll" || { echo "vroll install failed"; exit 1; }
 	@touch $(STAMP)
 
-model: $(MODEL)/config.json
+model: $(MODEL)/config.json $(TRAIN_MODEL)/config.json
 
 $(MODEL)/config.json: $(STAMP)
 	$(BIN)/vroll tiny-model --out $(MODEL)
 
-data: data/arithmetic/train.jsonl
+$(TRAIN_MODEL)/config.json: $(STAMP)
+	$(BIN)/vroll tiny-model --out $(TRAIN_MODEL) --initializer-range 0.02
 
-data/arithmetic/train.jsonl: $(STAMP)
-	$(BIN)/vroll arithmetic-data --out data/arithmetic
+data: data/addition/train.jsonl
+
+data/addition/train.jsonl: $(STAMP)
+	$(BIN)/vroll arithmetic-data --out data/addition --operators + --max-operand 99
 
 # The whole loop: supervised warm-up of the tiny model, then RL with verifiable rewards.
 demo: venv model data

@@ -49,5 +49,9 @@ def test_prompt_sampler_order_depends_only_on_seed_and_resumes(tmp_path):
 def test_asking_for_more_questions_than_exist_is_an_error_not_a_hang(tmp_path):
     import pytest
 
-    with pytest.raises(ValueError, match="more than the 300 distinct questions with max_operand=9"):
+    with pytest.raises(ValueError, match=r"more than the 300 distinct questions with max_operand=9 and operators='\+-\*'"):
         write_dataset(tmp_path, n_train=250, n_eval=60, max_operand=9)
+    with pytest.raises(ValueError, match=r"more than the 100 distinct questions with max_operand=9 and operators='\+'"):
+        write_dataset(tmp_path, n_train=90, n_eval=20, max_operand=9, operators="+")
+    with pytest.raises(ValueError, match="operators = '/'"):
+        write_dataset(tmp_path, n_train=2, n_eval=2, operators="/")

@@ -211,3 +211,11 @@ def test_memory_plan_catches_a_kv_cache_too_small_for_max_model_len(tmp_path, ti
     plan = plan_memory(load_config(write_yaml(tmp_path / "c.yaml", data)))
     assert plan.issues() == [] and plan.concurrent_sequences == (64 << 20) // 4096 // 256
     assert "full-length sequences at once" in plan.table()
+
+
+def test_format_reward_needs_a_valid_pattern(tmp_path):
+    data = base()
+    data["rewards"] = {"fmt": {"reward_type": "format"}, "bad": {"reward_type": "format", "pattern": "<answer>(\\d+"}}
+    joined = "\n".join(problems(tmp_path, data))
+    assert "rewards.fmt.pattern: is required for reward_type: format" in joined
+    assert "rewards.bad.pattern: '<answer>(\\\\d+' is not a valid regular expression: missing ), unterminated subpattern" in joined

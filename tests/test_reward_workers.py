@@ -9,7 +9,7 @@ from vroll.rewards.workers import MathRuleWorker, RewardItem, RewardRouter, unro
 class Echo:
     """A reward that is the length of the response, and raises on the word 'boom'."""
 
-    is_rule = False
+    checks_answer = False
 
     def score(self, items):
         return [self.score_one(it) for it in items]
@@ -63,3 +63,15 @@ def test_tags_no_worker_takes_are_reported():
     issues = unrouted_tags(configs(), {"arithmetic", "poetry"})
     assert len(issues) == 1 and "['poetry']" in issues[0].message
     assert unrouted_tags({"all": RewardConfig()}, {"poetry", None}) == []
+
+
+def test_format_reward_needs_the_whole_response_to_match_and_does_not_count_as_accuracy():
+    cfg = {"math": RewardConfig(reward_type="math_rule", extractors=["answer_tag"]),
+           "format": RewardConfig(reward_type="format", pattern=r"<answer>-?\d+</answer>", weight=0.25)}
+    router = RewardRouter(cfg)
+    combined, correct, metrics = router.score([RewardItem("q", "<answer>4</answer>\n", "4", None),
+                                               RewardItem("q", "<answer>4</answer>1</answer>", "4", None),
+                                               RewardItem("q", "<answer>5</answer>", "4", None)])
+    assert combined == [1.25, 1.0, 0.25]
+    assert correct == [1.0, 1.0, 0.0]  # the format worker has no say in accuracy
+    assert metrics["reward/format/mean"] == 2 / 3

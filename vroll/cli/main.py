@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -89,10 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("arithmetic-data", help="write the synthetic arithmetic task (train / eval / sft JSONL)")
     d.add_argument("--out", required=True)
-    d.add_argument("--n-train", type=int, default=120)
-    d.add_argument("--n-eval", type=int, default=60)
-    d.add_argument("--n-sft", type=int, default=120)
-    d.add_argument("--max-operand", type=int, default=9)
+    # Defaults: the demo's task, two-digit addition; its digit-wise structure is what lets a tiny
+    # model generalise to held-out questions (single-digit facts are only memorised).
+    d.add_argument("--n-train", type=int, default=2000)
+    d.add_argument("--n-eval", type=int, default=200)
+    d.add_argument("--n-sft", type=int, default=2000)
+    d.add_argument("--max-operand", type=int, default=99)
+    d.add_argument("--operators", default="+", help="any of + - * (default: +)")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=cmd_arithmetic_data)
 
@@ -100,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--force", action="store_true", help="rebuild even when present")
+    t.add_argument("--initializer-range", type=float, default=None,
+                   help="weight init std (default 0.1: well-separated logits for exact engine checks; "
+                        "0.02, the usual value, for a model to train)")
     t.set_defaults(func=cmd_tiny_model)
     return p
 
@@ -232,7 +239,8 @@ def cmd_arithmetic_data(args) -> int:
 
     try:
         paths = write_dataset(args.out, n_train=args.n_train, n_eval=args.n_eval, seed=args.seed,
-                              max_operand=args.max_operand, n_sft=args.n_sft)
+                              max_operand=args.max_operand, n_sft=args.n_sft,
+                              operators=args.operators)
     except ValueError as e:
         raise InputError(f"arithmetic-data: {e}") from None
     for split, path in paths.items():
@@ -243,7 +251,10 @@ def cmd_arithmetic_data(args) -> int:
 def cmd_tiny_model(args) -> int:
     from vroll.models.tiny import TinySpec, build_tiny_model
 
-    out = build_tiny_model(args.out, TinySpec(seed=args.seed), force=args.force)
+    spec = TinySpec(seed=args.seed)
+    if args.initializer_range is not None:
+        spec = dataclasses.replace(spec, initializer_range=args.initializer_range)
+    out = build_tiny_model(args.out, spec, force=args.force)
     print(f"tiny model: {out}")
     return 0
 

@@ -24,7 +24,9 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
 def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]:
     issues: list[Issue] = []
     need = ROLE_NEEDS[path.split(".")[0]]
-    reward_rule = path.startswith("rewards.") and getattr(role, "reward_type", None) == "math_rule"
+    reward_rule = path.startswith("rewards.") and getattr(role, "reward_type", None) in ("math_rule", "format")
+    if path.startswith("rewards.") and getattr(role, "reward_type", None) == "format":
+        issues += check_format_pattern(path, role.pattern)
     if role.strategy_args is None:
         if not reward_rule:
             issues.append(Issue(f"{path}.strategy_args.strategy_name", "is required (e.g. vllm, hf_infer)"))
@@ -36,6 +38,19 @@ def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]
     issues += check_device_mapping(path, role)
     issues += check_generating_args(f"{path}.generating_args", role.generating_args)
     return issues
+
+
+def check_format_pattern(path: str, pattern: str | None) -> list[Issue]:
+    import re
+
+    if not pattern:
+        return [Issue(f"{path}.pattern", "is required for reward_type: format (a regular expression the whole "
+                                         "response must match, e.g. '<answer>-?\\d+</answer>')")]
+    try:
+        re.compile(pattern)
+    except re.error as e:
+        return [Issue(f"{path}.pattern", f"{pattern!r} is not a valid regular expression: {e}")]
+    return []
 
 
 def check_strategy(path: str, role: RoleConfig, need: str, platform: str | None) -> list[Issue]:

@@ -95,10 +95,12 @@ class RoleConfig(Section):
 class RewardConfig(RoleConfig):
     """A reward worker. `tag_included` routes each prompt to the workers matching its tag."""
 
-    reward_type: Literal["math_rule", "model"] = "math_rule"
+    reward_type: Literal["math_rule", "format", "model"] = "math_rule"
     # math_rule: where the final answer is looked for, in this order
     extractors: list[Literal["boxed", "answer_tag", "last_number"]] = Field(
         default_factory=lambda: ["boxed", "answer_tag", "last_number"])
+    # format: 1 when the whole response (stripped) matches this regular expression, else 0
+    pattern: str | None = None
     tag_included: list[str] = Field(default_factory=list)
     weight: float = 1.0
     world_size: int = Field(1, ge=1)

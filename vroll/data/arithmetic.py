@@ -17,9 +17,9 @@ class Problem:
     answer: str
 
 
-def make_problem(rng: random.Random, max_operand: int = 99) -> Problem:
-    """One problem such as ``What is 12+7?`` with its answer ``19``."""
-    op = rng.choice(OPERATORS)
+def make_problem(rng: random.Random, max_operand: int = 99, operators: str = "+-*") -> Problem:
+    """One problem such as ``What is 12+7?`` with its answer ``19``; ``*`` takes a single-digit factor."""
+    op = rng.choice(operators)
     a, b = rng.randint(0, max_operand), rng.randint(0, max_operand)
     if op == "*":
         b = rng.randint(0, 9)
@@ -41,14 +41,11 @@ def corpus_lines(n: int, seed: int) -> list[str]:
     return lines
 
 
-SYSTEM_PROMPT = "Solve the problem. Put the final answer in <answer></answer> tags."
-
-
 def to_record(p: Problem, tag: str = "arithmetic") -> dict:
     """A prompt line in the shape the pipeline reads: chat messages, the reference answer, a tag
-    that routes it to reward workers (`tag_included`)."""
-    return {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": p.question}],
-            "ground_truth": p.answer, "tag": tag}
+    that routes it to reward workers (`tag_included`). No system prompt: the warm-up teaches the
+    `<answer>` format, and a fixed preamble would only triple the tokens of every step."""
+    return {"messages": [{"role": "user", "content": p.question}], "ground_truth": p.answer, "tag": tag}
 
 
 def to_sft_record(p: Problem, tag: str = "arithmetic") -> dict:
@@ -58,17 +55,24 @@ def to_sft_record(p: Problem, tag: str = "arithmetic") -> dict:
     return record
 
 
+def distinct_questions(max_operand: int, operators: str) -> int:
+    per_operator = {"+": (max_operand + 1) ** 2, "-": (max_operand + 1) ** 2, "*": 10 * (max_operand + 1)}
+    return sum(per_operator[op] for op in set(operators))
+
+
 def write_dataset(out_dir, n_train: int = 2000, n_eval: int = 200, seed: int = 0, max_operand: int = 99,
-                  n_sft: int = 0) -> dict:
+                  n_sft: int = 0, operators: str = "+-*") -> dict:
     """train.jsonl (RL prompts), eval.jsonl (held out) and, with `n_sft`, sft.jsonl (supervised
     warm-up); no question appears in two files. Returns their paths."""
     import json
     from pathlib import Path
 
-    distinct = 2 * (max_operand + 1) ** 2 + 10 * (max_operand + 1)  # a+b, a-b, a*digit
+    if not operators or set(operators) - set(OPERATORS):
+        raise ValueError(f"operators = {operators!r}: use a non-empty combination of {''.join(OPERATORS)!r}")
+    distinct = distinct_questions(max_operand, operators)
     if n_train + n_eval + n_sft > distinct:
         raise ValueError(f"n_train + n_eval + n_sft = {n_train + n_eval + n_sft} is more than the {distinct} distinct "
-                         f"questions with max_operand={max_operand}")
+                         f"questions with max_operand={max_operand} and operators={operators!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -76,7 +80,7 @@ def write_dataset(out_dir, n_train: int = 2000, n_eval: int = 200, seed: int = 0
     splits: dict[str, list[Problem]] = {"train": [], "eval": [], "sft": []}
     for split, n in (("eval", n_eval), ("train", n_train), ("sft", n_sft)):  # held-out first, so train never repeats it
         while len(splits[split]) < n:
-            p = make_problem(rng, max_operand)
+            p = make_problem(rng, max_operand, operators)
             if p.question not in seen:
                 seen.add(p.question)
                 splits[split].append(p)

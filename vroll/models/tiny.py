@@ -38,7 +38,9 @@ class TinySpec:
     num_key_value_heads: int = 2
     max_position_embeddings: int = 512
     # Wider than the usual 0.02 so that a random model's logits are well separated: greedy
-    # decoding then has no near-ties, and comparisons with transformers are exact.
+    # decoding then has no near-ties, and comparisons with transformers are exact. A model meant to
+    # be trained (the demo's models/tiny-std) uses 0.02: at 0.1 the attention saturates and
+    # two-digit addition barely moves in 800 warm-up steps, against 65 % held-out at 0.02.
     initializer_range: float = 0.1
     corpus_size: int = 20000
 

@@ -23,7 +23,7 @@ class RewardItem:
 
 
 class MathRuleWorker:
-    is_rule = True
+    checks_answer = True  # its score > 0 means the answer is right: it defines accuracy
 
     def __init__(self, cfg: RewardConfig):
         self.rule = MathRuleReward(extractors=tuple(cfg.extractors))
@@ -37,10 +37,28 @@ class MathRuleWorker:
         return self.rule.score(item.response_text, item.ground_truth)
 
 
+class FormatWorker:
+    """1 when the whole response matches `pattern` (e.g. nothing after the answer tag), else 0.
+    Weighted next to math_rule, it keeps RL from drifting into text around a right answer."""
+
+    checks_answer = False
+
+    def __init__(self, cfg: RewardConfig):
+        import re
+
+        self.pattern = re.compile(cfg.pattern, re.DOTALL)
+
+    def score(self, items: list[RewardItem]) -> list[float]:
+        return [self.score_one(it) for it in items]
+
+    def score_one(self, item: RewardItem) -> float:
+        return 1.0 if self.pattern.fullmatch(item.response_text.strip()) else 0.0
+
+
 class ModelRewardWorker:
     """A sequence-classification reward model on `hf_infer`, scoring prompt + response text."""
 
-    is_rule = False
+    checks_answer = False
 
     def __init__(self, cfg: RewardConfig, seed: int | None = None):
         from vroll.strategy.hf_infer import HfInferStrategy
@@ -77,6 +95,8 @@ def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> li
 def build_worker(cfg: RewardConfig, seed: int | None = None):
     if cfg.reward_type == "math_rule":
         return MathRuleWorker(cfg)
+    if cfg.reward_type == "format":
+        return FormatWorker(cfg)
     return ModelRewardWorker(cfg, seed)
 
 
@@ -88,7 +108,7 @@ class RewardRouter:
         self.workers = workers if workers is not None else {n: build_worker(c, seed) for n, c in configs.items()}
 
     def score(self, items: list[RewardItem]) -> tuple[list[float], list[float | None], dict[str, float]]:
-        """(combined reward per item, rule correctness per item (None without a rule worker),
+        """(combined reward per item, correctness per item (None without a math_rule worker),
         metrics per worker)."""
         combined = [0.0] * len(items)
         correct: list[float | None] = [None] * len(items)
@@ -101,7 +121,7 @@ class RewardRouter:
             weight = self.configs[name].weight
             for i, s in zip(idx, scores):
                 combined[i] += weight * s
-                if worker.is_rule:
+                if worker.checks_answer:
                     correct[i] = max(correct[i] or 0.0, float(s > 0))
             metrics[f"reward/{name}/mean"] = sum(scores) / len(scores)
             metrics[f"reward/{name}/errors"] = float(errors)

@@ -84,7 +84,11 @@ class Fsdp2TrainStrategy:
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=role.model_args.trust_remote_code)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.args.learning_rate,
                                            weight_decay=self.args.weight_decay)
-        self.scheduler = get_scheduler(self.args.lr_scheduler_type, self.optimizer,
+        # transformers' "constant" ignores warmup_steps; the file's warmup_steps must still apply.
+        schedule = self.args.lr_scheduler_type
+        if schedule == "constant" and self.args.warmup_steps > 0:
+            schedule = "constant_with_warmup"
+        self.scheduler = get_scheduler(schedule, self.optimizer,
                                        num_warmup_steps=self.args.warmup_steps, num_training_steps=max(total_steps, 1))
         log.info("%s: fsdp2_train ready (%s, %.2fM parameters, compute %s, %s)", self.name, path,
                  sum(p.numel() for p in model.parameters()) / 1e6, role.model_args.dtype, self.device)
