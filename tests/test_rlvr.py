@@ -67,10 +67,16 @@ def read_metrics(path) -> list[dict]:
     return [json.loads(line) for line in open(path)]
 
 
-def test_one_step_pushes_weights_that_vllm_serves_like_transformers(tmp_path, tiny_model, data):
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_one_step_pushes_weights_that_vllm_serves_like_transformers(tmp_path, tiny_model, data, ranks):
+    """One trainer rank in-process, or two Ray rank actors (one CPU slot each, the same global batch)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    summary = run(tmp_path, rl_config(tmp_path, tiny_model, data))
+    cfg = rl_config(tmp_path, tiny_model, data)
+    if ranks == 2:
+        cfg["actor_train"]["strategy_args"]["strategy_config"] = {"cpu_threads_per_rank": 1}
+        cfg["actor_train"]["training_args"]["per_device_train_batch_size"] = 4
+    summary = run(tmp_path, cfg)
     ckpt = summary["checkpoint"]
     trained = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     before = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
@@ -105,6 +111,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_model, data):
     assert strip[:3] == strip[3:]
     assert a[-1]["train/grad_norm"] > 0
 
+
 def test_actor_infer_and_actor_train_on_separate_slots(tmp_path, tiny_model, data):
     cfg = rl_config(tmp_path, tiny_model, data, validation=None)
     cfg["actor_train"]["device_mapping"] = [1]
@@ -131,7 +138,7 @@ def test_train_refuses_impossible_files_before_starting(tmp_path, tiny_model, da
     assert r.returncode == 2 and "Traceback" not in r.stderr
     for expected in ("actor_train.data_args.file_name: '" + str(tmp_path / "missing.jsonl") + "' does not exist",
                      "rollout_batch_size: rollout_batch_size * num_return_sequences_in_group = 3 is not divisible "
-                     "by per_device_train_batch_size * gradient_accumulation_steps = 16",
+                     "by per_device_train_batch_size * gradient_accumulation_steps * ranks (1) = 16",
                      "num_return_sequences_in_group: 1: grpo normalises within each prompt's group",
                      "init_kl_coef: 0.01 needs a `reference` role"):
         assert expected in r.stderr, r.stderr
@@ -175,3 +182,19 @@ def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, da
         assert {"model.safetensors", "config.json", "trainer_state.pt", "vroll_state.json"} <= {p.name for p in ckpt.iterdir()}
     psutil.wait_procs(children, timeout=30)
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_trainer_ranks_are_checked_before_starting(tmp_path, tiny_model, data):
+    from vroll.config.rules import check_train_config
+
+    cfg = rl_config(tmp_path, tiny_model, data)
+    cfg["actor_train"]["strategy_args"]["strategy_config"] = {"cpu_threads_per_rank": 3, "zero_stage": 3}
+    found = [str(i) for i in check_train_config(load_config(write_yaml(tmp_path / "a.yaml", cfg)), "train", "cpu")]
+    assert "actor_train.strategy_args.strategy_config.zero_stage: unknown key for fsdp2_train " \
+           "(known: cpu_threads_per_rank)" in found
+    assert "actor_train.strategy_args.strategy_config.cpu_threads_per_rank: 3: must be a whole number >= 1 that " \
+           "divides the role's 2 CPU slots" in found
+    cfg["actor_train"]["strategy_args"]["strategy_config"] = {"cpu_threads_per_rank": 1}  # two ranks
+    found = [str(i) for i in check_train_config(load_config(write_yaml(tmp_path / "b.yaml", cfg)), "train", "cpu")]
+    assert found == ["rollout_batch_size: rollout_batch_size * num_return_sequences_in_group = 16 is not divisible by "
+                     "per_device_train_batch_size * gradient_accumulation_steps * ranks (2) = 32 (one optimiser step)"]

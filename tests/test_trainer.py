@@ -86,3 +86,51 @@ def test_resumed_optimiser_continues_exactly(tiny_model, tmp_path):
         resumed = [b.train_step(micros, nll) for _ in range(2)]
     for s, r in zip(straight, resumed):
         assert s["loss"] == r["loss"] and s["train/lr"] == r["train/lr"]
+
+
+def test_two_ranks_train_like_one(tiny_model, tmp_path):
+    """fsdp2_train on two Ray rank actors (one CPU slot each) takes the same steps as one rank on the
+    same global batch: same losses, gradient norms and weights, log-probs in input order, and a
+    checkpoint that loads and resumes."""
+    from transformers import AutoModelForCausalLM
+
+    from vroll.models.logprobs import token_logprobs
+    from vroll.strategy.registry import build_strategy
+
+    seqs = SEQS + [[3, 4, 5, 6, 7, 8]]
+    ids, mask = padded(seqs)
+    tokens = (mask[:, 1:] * mask[:, :-1]).sum()
+
+    def loss_fn(micro, logp, entropy):  # normalised over the whole step, as the RL and SFT losses are
+        m = micro["attention_mask"][:, 1:] * micro["attention_mask"][:, :-1]
+        loss = -(logp * m).sum() / tokens
+        return loss, {"loss": float(loss.detach())}
+
+    one = train_role(tiny_model, per_device_train_batch_size=4, lr_scheduler_type="linear", warmup_steps=1)
+    two = train_role(tiny_model, per_device_train_batch_size=2, lr_scheduler_type="linear", warmup_steps=1)
+    two.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
+    micros = [{"input_ids": ids, "attention_mask": mask}]
+    with build_strategy(one, total_steps=6) as a:
+        single = [a.train_step(micros, loss_fn) for _ in range(2)]
+        single_weights = dict(a.named_weights())
+        single_logp = a.compute_logprobs(ids[:3], mask[:3])
+    with build_strategy(two, total_steps=6) as b:
+        assert type(b).__name__ == "TrainCluster" and b.world_size == 2
+        double = [b.train_step(micros, loss_fn) for _ in range(2)]
+        for s, d in zip(single, double):
+            assert abs(s["loss"] - d["loss"]) < 1e-5 and abs(s["train/grad_norm"] - d["train/grad_norm"]) < 1e-4
+            assert s["train/lr"] == d["train/lr"]
+        weights = dict(b.named_weights())
+        assert weights.keys() == single_weights.keys()
+        assert max((weights[k] - single_weights[k]).abs().max().item() for k in weights) < 1e-5
+        logp = b.compute_logprobs(ids[:3], mask[:3])  # 3 rows over 2 ranks: padded, then trimmed
+        assert logp.shape == single_logp.shape and torch.allclose(logp, single_logp, atol=1e-5)
+        b.save(tmp_path / "ckpt")
+        after_save = b.train_step(micros, loss_fn)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.allclose(token_logprobs(loaded, ids[:3], mask[:3]), logp, atol=1e-6)
+    with build_strategy(two, total_steps=6, model_path=str(tmp_path / "ckpt")) as c:
+        c.load_state(tmp_path / "ckpt")
+        resumed = c.train_step(micros, loss_fn)
+    assert abs(resumed["loss"] - after_save["loss"]) < 1e-6 and resumed["train/lr"] == after_save["train/lr"]

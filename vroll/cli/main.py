@@ -140,7 +140,7 @@ def cmd_validate(args) -> int:
     platform = platform_of(args.platform)
     cfg = load_config(args.config, args.overrides, platform=platform)
     if args.job:  # also what `vroll train` / `vroll sft` need (data files, batch sizes)
-        issues = check_train_config(cfg, args.job)
+        issues = check_train_config(cfg, args.job, platform or "cpu")
         if issues:
             raise ConfigError(issues, args.config)
     print(OmegaConf.to_yaml(cfg.model_dump(mode="json", exclude_none=True)), end="")
@@ -203,8 +203,9 @@ def load_job_config(args, job: str):
     from vroll.config.rules import check_train_config
     from vroll.strategy.vllm_compat import current_platform_name
 
-    cfg = load_config(args.config, args.overrides, platform=current_platform_name())
-    issues = check_train_config(cfg, job)
+    platform = current_platform_name()
+    cfg = load_config(args.config, args.overrides, platform=platform)
+    issues = check_train_config(cfg, job, platform)
     if issues:
         raise ConfigError(issues, args.config)
     if job == "train":

@@ -136,9 +136,9 @@ def check_generating_args(path: str, g: GeneratingArgs) -> list[Issue]:
     return issues
 
 
-def check_train_config(cfg: PipelineConfig, job: str = "train") -> list[Issue]:
+def check_train_config(cfg: PipelineConfig, job: str = "train", platform: str = "cpu") -> list[Issue]:
     """What `vroll train` (or `vroll sft`) needs on top of valid roles: the roles themselves, data files
-    that exist, and batch sizes that divide."""
+    that exist, and batch sizes that divide over the trainer's ranks on `platform`."""
     issues: list[Issue] = []
     needed = ("actor_train",) if job == "sft" else ("actor_infer", "actor_train")
     for key in needed:
@@ -152,16 +152,34 @@ def check_train_config(cfg: PipelineConfig, job: str = "train") -> list[Issue]:
                                 f"{name!r}: `vroll {job}` trains with 'fsdp2_train' (megatron_train and "
                                 "deepspeed_train are not implemented)"))
         issues += check_data_files("actor_train.data_args", train.data_args)
+        if name == "fsdp2_train":
+            issues += check_trainer_ranks(train)
         if train.training_args is None:
             issues.append(Issue("actor_train.training_args", "is required (learning_rate, batch sizes, ...)"))
     if job == "train":
-        issues += check_rl_sizes(cfg)
+        issues += check_rl_sizes(cfg, platform)
     if cfg.validation is not None and cfg.validation.data_args is not None:
         issues += check_data_files("validation.data_args", cfg.validation.data_args)
     return issues
 
 
-def check_rl_sizes(cfg: PipelineConfig) -> list[Issue]:
+def check_trainer_ranks(train: RoleConfig) -> list[Issue]:
+    """fsdp2_train's own strategy_config: only `cpu_threads_per_rank`, dividing the role's slots."""
+    sc, where = train.strategy_args.strategy_config, "actor_train.strategy_args.strategy_config"
+    issues = [Issue(f"{where}.{k}", "unknown key for fsdp2_train (known: cpu_threads_per_rank)")
+              for k in sc if k != "cpu_threads_per_rank"]
+    per_rank = sc.get("cpu_threads_per_rank")
+    slots = len(train.device_mapping)
+    if per_rank is not None and (isinstance(per_rank, bool) or not isinstance(per_rank, int) or per_rank < 1
+                                 or slots % per_rank):
+        issues.append(Issue(f"{where}.cpu_threads_per_rank", f"{per_rank!r}: must be a whole number >= 1 that "
+                                                             f"divides the role's {slots} CPU slots"))
+    return issues
+
+
+def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
+    from vroll.strategy.fsdp2_train import trainer_ranks
+
     issues = []
     if cfg.actor_infer is not None and (cfg.actor_infer.strategy_args is None
                                         or cfg.actor_infer.strategy_args.strategy_name != "vllm"):
@@ -175,12 +193,17 @@ def check_rl_sizes(cfg: PipelineConfig) -> list[Issue]:
                                                              "within each prompt's group, which needs at least 2"))
     args = cfg.actor_train.training_args if cfg.actor_train else None
     if args is not None:
+        train = cfg.actor_train
+        sound = train.strategy_args is not None and train.strategy_args.strategy_name == "fsdp2_train" \
+            and not check_trainer_ranks(train)  # else reported already; count one rank
+        ranks = trainer_ranks(train, platform) if sound else 1
         rows = cfg.rollout_batch_size * cfg.num_return_sequences_in_group
-        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps
+        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * ranks
         if rows % per_step:
             issues.append(Issue("rollout_batch_size", f"rollout_batch_size * num_return_sequences_in_group = {rows} "
                                                       f"is not divisible by per_device_train_batch_size * "
-                                                      f"gradient_accumulation_steps = {per_step} (one optimiser step)"))
+                                                      f"gradient_accumulation_steps * ranks ({ranks}) = {per_step} "
+                                                      "(one optimiser step)"))
     if cfg.actor_infer is not None and cfg.actor_infer.strategy_args is not None:
         max_len = cfg.actor_infer.strategy_args.strategy_config.get("max_model_len")
         if isinstance(max_len, int) and cfg.prompt_length + cfg.response_length > max_len:

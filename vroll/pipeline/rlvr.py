@@ -63,8 +63,9 @@ def rollout_args(cfg: PipelineConfig) -> GeneratingArgs:
 
 
 def start_roles(cfg: PipelineConfig, total_steps: int, model_path: str | None) -> tuple[Roles, ExitStack]:
-    from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
+    from vroll.strategy.fsdp2_train import trainer_ranks
     from vroll.strategy.registry import build_strategy
+    from vroll.strategy.vllm_compat import current_platform_name
 
     stack = ExitStack()
     infer_role, train_role = cfg.actor_infer, cfg.actor_train
@@ -77,11 +78,13 @@ def start_roles(cfg: PipelineConfig, total_steps: int, model_path: str | None) -
     try:
         infer = stack.enter_context(build_strategy(infer_role, seed=cfg.seed, ray_address=cfg.ray_address,
                                                    devices_per_node=per_node, on_ray=not colocated))
-        if not colocated and not torch.cuda.is_available() and hasattr(os, "sched_setaffinity"):
+        in_process = trainer_ranks(train_role, current_platform_name()) == 1  # else rank actors pin themselves
+        if in_process and not colocated and not torch.cuda.is_available() and hasattr(os, "sched_setaffinity"):
             stack.callback(os.sched_setaffinity, 0, os.sched_getaffinity(0))
             os.sched_setaffinity(0, set(train_role.device_mapping))  # the trainer keeps to its own CPU slots
-        train = stack.enter_context(Fsdp2TrainStrategy(train_role, seed=cfg.seed, total_steps=total_steps,
-                                                       model_path=model_path))
+        train = stack.enter_context(build_strategy(train_role, seed=cfg.seed, total_steps=total_steps,
+                                                   model_path=model_path, ray_address=cfg.ray_address,
+                                                   devices_per_node=per_node))
         reference = None
         if cfg.reference is not None:
             reference = stack.enter_context(build_strategy(cfg.reference, seed=cfg.seed))
@@ -93,10 +96,10 @@ def start_roles(cfg: PipelineConfig, total_steps: int, model_path: str | None) -
     return Roles(infer, train, reference, rewards, colocated, sc.get("sleep_level") if colocated else None), stack
 
 
-def optimizer_steps_per_rollout(cfg: PipelineConfig) -> int:
+def optimizer_steps_per_rollout(cfg: PipelineConfig, ranks: int) -> int:
     args = cfg.actor_train.training_args
     rows = cfg.rollout_batch_size * cfg.num_return_sequences_in_group
-    return rows // (args.per_device_train_batch_size * args.gradient_accumulation_steps)
+    return rows // (args.per_device_train_batch_size * args.gradient_accumulation_steps * ranks)
 
 
 # -- one step, phase by phase ---------------------------------------------------------------------
@@ -145,9 +148,11 @@ def rollout_logprobs(batch: dict) -> torch.Tensor:
 
 
 def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temperature: float) -> dict:
-    """`ppo_epochs` passes over the rollout in shuffled mini-batches, one optimiser step each."""
+    """`ppo_epochs` passes over the rollout in shuffled mini-batches, one optimiser step each
+    (per_device_train_batch_size x gradient_accumulation_steps rows on each of the trainer's ranks)."""
     args = cfg.actor_train.training_args
-    micro_rows, steps_rows = args.per_device_train_batch_size, args.per_device_train_batch_size * args.gradient_accumulation_steps
+    micro_rows = args.per_device_train_batch_size * roles.train.world_size
+    steps_rows = micro_rows * args.gradient_accumulation_steps
     n = batch["input_ids"].shape[0]
     use_kl_loss = batch.get("ref_logp") is not None and cfg.init_kl_coef > 0 and not cfg.add_token_level_kl
     totals: dict[str, float] = {}
@@ -274,7 +279,11 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
     if ckpt:
         sampler.load_state_dict(state["data"])
         log.info("resuming from %s (step %d)", ckpt, state["step"])
-    total = cfg.max_steps * cfg.ppo_epochs * optimizer_steps_per_rollout(cfg)
+    from vroll.strategy.fsdp2_train import trainer_ranks
+    from vroll.strategy.vllm_compat import current_platform_name
+
+    ranks = trainer_ranks(cfg.actor_train, current_platform_name())
+    total = cfg.max_steps * cfg.ppo_epochs * optimizer_steps_per_rollout(cfg, ranks)
     metrics_log = MetricsLog(out_dir, resume_step=state["step"] if ckpt else None)
     (out_dir / "config.yaml").write_text(_config_yaml(cfg))
     roles, stack = start_roles(cfg, total, str(ckpt) if ckpt else None)

@@ -41,7 +41,7 @@ def run_sft(cfg: PipelineConfig, source: str | None = None, progress: bool | Non
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
+    from vroll.strategy.registry import build_strategy
     from vroll.strategy.vllm_strategy import resolve_model_path
 
     role, args = cfg.actor_train, cfg.actor_train.training_args
@@ -51,8 +51,10 @@ def run_sft(cfg: PipelineConfig, source: str | None = None, progress: bool | Non
     records = load_prompts(role.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args", with_response=True)
     sampler = PromptSampler(records, cfg.seed)
     metrics_log = MetricsLog(out_dir)
-    rows, micro = args.per_device_train_batch_size * args.gradient_accumulation_steps, args.per_device_train_batch_size
-    with Fsdp2TrainStrategy(role, seed=cfg.seed, total_steps=cfg.max_steps) as trainer:
+    with build_strategy(role, seed=cfg.seed, total_steps=cfg.max_steps, ray_address=cfg.ray_address) as trainer:
+        # per_device_train_batch_size rows per rank and micro-batch, as in transformers' Trainer
+        micro = args.per_device_train_batch_size * trainer.world_size
+        rows = micro * args.gradient_accumulation_steps
         bar = tqdm(range(1, cfg.max_steps + 1), desc="vroll sft", unit="step",
                    disable=(not sys.stderr.isatty()) if progress is None else not progress)
         for step in bar:

@@ -2,8 +2,9 @@
 and an LR schedule from `training_args`. The caller owns the loss (SFT or the RL policy loss); this
 module owns the model, the optimiser step and the weights it hands to the inference engine.
 
-One rank per role for now: on CPU the role's slots become torch's thread count, on CUDA it trains on
-one GPU (multi-rank training needs one process per rank and is not built yet).
+One rank trains in the calling process (on CPU the role's slots become torch's thread count); several
+ranks are Ray actors, one process each, driven by `vroll.cluster.train_cluster.TrainCluster` (see
+`trainer_ranks`). Every rank runs this same class on its share of each batch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,26 @@ log = logging.getLogger(__name__)
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 STATE_FILE = "trainer_state.pt"
+
+
+def trainer_ranks(role: RoleConfig, platform: str) -> int:
+    """Data-parallel ranks of a training role: one per GPU on CUDA; on CPU one per
+    `strategy_config.cpu_threads_per_rank` slots (default: all slots, one rank in the calling process)."""
+    slots = len(role.device_mapping) or 1
+    if platform != "cpu":
+        return slots
+    per_rank = (role.strategy_args.strategy_config if role.strategy_args else {}).get("cpu_threads_per_rank", slots)
+    return max(1, slots // per_rank)
+
+
+def multi_rank_mesh(device_type: str, rank: int, world_size: int, init_method: str):
+    """The ranks' own process group (this process hosts no engine) and a 1-D mesh over it."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    return init_device_mesh(device_type, (world_size,))
 
 
 def single_rank_mesh(device_type: str):
@@ -50,7 +71,7 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 class Fsdp2TrainStrategy:
     def __init__(self, role: RoleConfig, seed: int | None = None, total_steps: int = 1,
-                 model_path: str | None = None):
+                 model_path: str | None = None, rank: int = 0, world_size: int = 1, init_method: str | None = None):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
@@ -61,15 +82,21 @@ class Fsdp2TrainStrategy:
         path = model_path or resolve_model_path(role.model_args.model_name_or_path,
                                                 f"{self.name}.model_args.model_name_or_path")
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        self.rank, self.world_size = rank, world_size
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # tiny values late in training otherwise cost 10x on CPU
-            torch.set_num_threads(max(1, min(len(role.device_mapping), os.cpu_count() or 1)))
+            if world_size == 1:  # a rank actor sized its own pool to its slots
+                torch.set_num_threads(max(1, min(len(role.device_mapping), os.cpu_count() or 1)))
         torch.manual_seed(role.seed if seed is None else seed)
         # Master weights stay fp32; `dtype` is the compute dtype of forward and backward.
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
                                                      trust_remote_code=role.model_args.trust_remote_code)
         model.to(self.device)
-        mesh = single_rank_mesh(self.device.type)  # taken after the load, so a failed load holds nothing
+        # taken after the load, so a failed load holds nothing
+        if world_size == 1:
+            mesh = single_rank_mesh(self.device.type)
+        else:
+            mesh = multi_rank_mesh(self.device.type, rank, world_size, init_method)
         self._closed = False
         if not role.model_args.disable_gradient_checkpointing:
             model.gradient_checkpointing_enable()
@@ -121,7 +148,9 @@ class Fsdp2TrainStrategy:
             logp, entropy = token_logprobs(self.model, micro["input_ids"], micro["attention_mask"], temperature,
                                            with_entropy=True)
             loss, metrics = loss_fn(micro, logp, entropy)
-            loss.backward()
+            # FSDP2 averages gradients over the ranks, while each rank's loss is its share of a sum
+            # normalised over the whole step: scale back so that W ranks give one rank's gradient.
+            (loss * self.world_size).backward()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
@@ -142,23 +171,33 @@ class Fsdp2TrainStrategy:
             full = t.full_tensor() if hasattr(t, "full_tensor") else t
             yield name, full.detach().to("cpu")
 
+    def full_weights(self) -> dict[str, torch.Tensor] | None:
+        """All weights on rank 0 (None on the others); every rank must call it (it gathers)."""
+        weights = dict(self.named_weights())
+        return weights if self.rank == 0 else None
+
     def save(self, folder: str | Path, with_state: bool = True) -> None:
         """A standard Hugging Face folder (config, safetensors, tokenizer), plus optimiser, scheduler
-        and RNG state when `with_state`. The caller makes it atomic (write aside, then rename)."""
+        and RNG state when `with_state`. Every rank calls it (it gathers); rank 0 writes. The caller
+        makes it atomic (write aside, then rename)."""
         from safetensors.torch import save_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
+        weights = {n: t.contiguous() for n, t in self.named_weights()}
+        optim = None
+        if with_state:  # cpu_offload: only rank 0 receives the full state
+            optim = get_optimizer_state_dict(self.model, self.optimizer,
+                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.rank != 0:
+            return
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({n: t.contiguous() for n, t in self.named_weights()}, folder / "model.safetensors",
-                  metadata={"format": "pt"})
+        save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
         self.model.config.save_pretrained(folder)
         if getattr(self.model, "generation_config", None) is not None:
             self.model.generation_config.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
         if with_state:
-            optim = get_optimizer_state_dict(self.model, self.optimizer,
-                                             options=StateDictOptions(full_state_dict=True, cpu_offload=True))
             torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(),
                         "torch_rng": torch.get_rng_state()}, folder / STATE_FILE)
 
@@ -176,7 +215,12 @@ class Fsdp2TrainStrategy:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            vllm_compat.release_process_group()
+            if self.world_size == 1:
+                vllm_compat.release_process_group()
+            else:
+                import torch.distributed as dist
+
+                dist.destroy_process_group()
             self.model = self.optimizer = None
 
     def __enter__(self):

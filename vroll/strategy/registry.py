@@ -48,10 +48,12 @@ def closest(name: str, options) -> str:
 
 
 def build_strategy(role: RoleConfig, seed: int | None = None, ray_address: str | None = None,
-                   devices_per_node: int | None = None, on_ray: bool = False, total_steps: int = 1):
+                   devices_per_node: int | None = None, on_ray: bool = False, total_steps: int = 1,
+                   model_path: str | None = None):
     """Start the backend a role names: one in-process engine, or one Ray actor per engine when
     `device_mapping` holds several engines (or `on_ray`, to place even one engine on its own
-    devices). Fails clearly for strategies that are not implemented."""
+    devices); a trainer in-process, or one Ray actor per rank. Fails clearly for strategies that are
+    not implemented."""
     seed = role.seed if seed is None else seed  # the file's top-level seed unless given
     name = role.strategy_args.strategy_name if role.strategy_args else None
     info = STRATEGIES.get(name)
@@ -81,7 +83,15 @@ def build_strategy(role: RoleConfig, seed: int | None = None, ray_address: str |
 
         return VllmStrategy(role, seed=seed)
     if name == "fsdp2_train":
-        from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
+        from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy, trainer_ranks
+        from vroll.strategy.vllm_compat import current_platform_name
 
-        return Fsdp2TrainStrategy(role, seed=seed, total_steps=total_steps)
+        platform = current_platform_name()
+        ranks = trainer_ranks(role, platform)
+        if ranks > 1:
+            from vroll.cluster.train_cluster import TrainCluster
+
+            return TrainCluster(role, ranks, seed=seed, total_steps=total_steps, model_path=model_path,
+                                ray_address=ray_address, devices_per_node=devices_per_node, platform=platform)
+        return Fsdp2TrainStrategy(role, seed=seed, total_steps=total_steps, model_path=model_path)
     raise AssertionError(f"strategy {name} marked implemented but not wired")
