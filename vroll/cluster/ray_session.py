@@ -61,3 +61,15 @@ def alive_nodes() -> list[dict]:
 
     nodes = [n for n in ray.nodes() if n["Alive"]]
     return sorted(nodes, key=lambda n: (n["NodeManagerAddress"], n["NodeID"]))
+
+
+def stop_actors(actors: list, timeout_s: float = 30.0) -> None:
+    """Ask each actor to close (freeing what it holds), then kill it; a dead actor is just killed."""
+    import ray
+
+    for actor in actors:
+        try:
+            ray.get(actor.close.remote(), timeout=timeout_s)
+        except Exception:  # noqa: BLE001 - a dead or stuck actor has nothing left to close
+            pass
+        ray.kill(actor, no_restart=True)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from vroll.cluster.placement import EnginePlacement, place_engines
-from vroll.cluster.ray_session import alive_nodes, connect
+from vroll.cluster.ray_session import alive_nodes, connect, stop_actors
 from vroll.cluster.transport import pack_bucket
 from vroll.config.schema import GeneratingArgs, RoleConfig
 from vroll.strategy.results import PromptResult
@@ -208,12 +208,7 @@ class RoleCluster:
                  self.weight_version)
 
     def close(self) -> None:
-        for e in getattr(self, "engines", []):
-            try:
-                self._ray.get(e.actor.close.remote(), timeout=30)
-            except Exception:
-                pass
-            self._ray.kill(e.actor, no_restart=True)
+        stop_actors([e.actor for e in getattr(self, "engines", [])])
         self.engines = []
         if getattr(self, "_owns_ray", False):
             self._ray.shutdown()

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 
 from vroll.cluster.placement import EnginePlacement, place_engines
-from vroll.cluster.ray_session import alive_nodes, connect
+from vroll.cluster.ray_session import alive_nodes, connect, stop_actors
 from vroll.config.schema import RoleConfig
 
 log = logging.getLogger(__name__)
@@ -179,12 +179,7 @@ class TrainCluster:
         self._on_all("load_state", None, str(folder))
 
     def close(self) -> None:
-        for actor in self.actors:
-            try:
-                self._ray.get(actor.close.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - a dead rank has nothing left to close
-                pass
-            self._ray.kill(actor)
+        stop_actors(self.actors)
         self.actors = []
         if self._owns_ray:
             self._ray.shutdown()
