@@ -134,3 +134,25 @@ def test_two_ranks_train_like_one(tiny_model, tmp_path):
         c.load_state(tmp_path / "ckpt")
         resumed = c.train_step(micros, loss_fn)
     assert abs(resumed["loss"] - after_save["loss"]) < 1e-6 and resumed["train/lr"] == after_save["train/lr"]
+
+
+def test_a_dead_rank_is_named_at_once(tiny_model):
+    """The surviving rank would wait for the dead one in a collective: the call must not."""
+    import time
+
+    import ray
+
+    from vroll.cluster.train_cluster import TrainerFailure
+    from vroll.strategy.registry import build_strategy
+
+    role = train_role(tiny_model)
+    role.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
+    ids, mask = padded(SEQS)
+    with build_strategy(role) as cluster:
+        ray.kill(cluster.actors[1], no_restart=True)
+        start = time.monotonic()
+        with pytest.raises(TrainerFailure, match=r"actor_train rank 1 \(node .*, devices \[1\]\) died while "
+                                                 r"compute_logprobs"):
+            cluster.compute_logprobs(ids, mask)
+        assert time.monotonic() - start < 30
+    assert not cluster.actors

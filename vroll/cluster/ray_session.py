@@ -63,13 +63,15 @@ def alive_nodes() -> list[dict]:
     return sorted(nodes, key=lambda n: (n["NodeManagerAddress"], n["NodeID"]))
 
 
-def stop_actors(actors: list, timeout_s: float = 30.0) -> None:
-    """Ask each actor to close (freeing what it holds), then kill it; a dead actor is just killed."""
+def stop_actors(actors: list, timeout_s: float = 30.0, polite: bool = True) -> None:
+    """Ask each actor to close (freeing what it holds), then kill it; a dead actor, or any actor when
+    not `polite` (one stuck in a collective would never answer), is just killed."""
     import ray
 
     for actor in actors:
-        try:
-            ray.get(actor.close.remote(), timeout=timeout_s)
-        except Exception:  # noqa: BLE001 - a dead or stuck actor has nothing left to close
-            pass
+        if polite:
+            try:
+                ray.get(actor.close.remote(), timeout=timeout_s)
+            except Exception:  # noqa: BLE001 - a dead or stuck actor has nothing left to close
+                pass
         ray.kill(actor, no_restart=True)

@@ -81,7 +81,7 @@ class TrainCluster:
         self._owns_ray = connect(ray_address)
         per_node = devices_per_node or (os.cpu_count() if platform == "cpu" else 8)
         self.placements = place_engines(role.device_mapping, len(role.device_mapping) // ranks, per_node)
-        self.actors = []
+        self.actors, self._broken = [], False
         self.where = [f"{self.name} rank {p.rank} (devices {list(p.devices)})" for p in self.placements]
         try:
             self.actors = [self._start_actor(p, platform) for p in self.placements]
@@ -107,23 +107,31 @@ class TrainCluster:
         ).remote(self.name, p.rank, list(p.local), platform)
 
     def _call(self, actors: list, what: str, submit: Callable) -> list:
-        """One call per rank, all in flight together (they meet in collectives); a dead or stuck rank
-        is named instead of waited on forever."""
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+        """One call per rank, all in flight together (they meet in collectives). The first rank to fail
+        is named at once: the others would wait for it in a collective, not return."""
+        from ray.exceptions import RayActorError, RayTaskError
 
         refs = [submit(r, a) for r, a in enumerate(actors)]
+        rank_of = {ref: r for r, ref in enumerate(refs)}
         deadline = time.monotonic() + self.call_timeout_s
-        out = []
-        for where, ref in zip(self.where, refs):
+        pending, out = list(refs), {}
+        while pending:
+            done, pending = self._ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0.001))
+            if not done:
+                self._broken = True
+                stuck = ", ".join(self.where[rank_of[ref]] for ref in pending)
+                raise TrainerFailure(f"{stuck} did not answer within {self.call_timeout_s:.0f} s while {what}")
+            ref = done[0]
             try:
-                out.append(self._ray.get(ref, timeout=max(deadline - time.monotonic(), 0.001)))
-            except GetTimeoutError:
-                raise TrainerFailure(f"{where} did not answer within {self.call_timeout_s:.0f} s while {what}") from None
+                out[rank_of[ref]] = self._ray.get(ref)
             except RayActorError as err:
-                raise TrainerFailure(f"{where} died while {what}: {str(err).splitlines()[0]}") from None
+                self._broken = True
+                raise TrainerFailure(f"{self.where[rank_of[ref]]} died while {what}: "
+                                     f"{str(err).splitlines()[0]}") from None
             except RayTaskError as err:
+                self._broken = True  # the other ranks may wait for this one in a collective
                 raise err.as_instanceof_cause() from None
-        return out
+        return [out[r] for r in range(len(refs))]
 
     def _on_all(self, method: str, per_rank_args: list[tuple] | None = None, *args) -> list:
         """`method` of every rank's trainer, with its own arguments or the same `args` for all."""
@@ -179,7 +187,7 @@ class TrainCluster:
         self._on_all("load_state", None, str(folder))
 
     def close(self) -> None:
-        stop_actors(self.actors)
+        stop_actors(self.actors, polite=not self._broken)
         self.actors = []
         if self._owns_ray:
             self._ray.shutdown()
