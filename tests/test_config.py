@@ -1,6 +1,8 @@
 """Loading, interpolation, overrides and every validation rule (no engine is started here)."""
 
 import copy
+import json
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +221,23 @@ def test_format_reward_needs_a_valid_pattern(tmp_path):
     joined = "\n".join(problems(tmp_path, data))
     assert "rewards.fmt.pattern: is required for reward_type: format" in joined
     assert "rewards.bad.pattern: '<answer>(\\\\d+' is not a valid regular expression: missing ), unterminated subpattern" in joined
+
+
+def test_trainer_memory_estimate_follows_ranks_batch_and_vocabulary(tmp_path, tiny_model):
+    from vroll.config.memory import count_parameters, plan_train_memory
+
+    data = engine_config(tiny_model)
+    data.update(prompt_length=100, response_length=28, rollout_batch_size=4, num_return_sequences_in_group=4)
+    data["actor_train"] = {"model_args": {"dtype": "fp32"}, "strategy_args": {"strategy_name": "fsdp2_train",
+                                                                              "strategy_config": {"cpu_threads_per_rank": 1}},
+                           "training_args": {"learning_rate": 1e-4, "per_device_train_batch_size": 8},
+                           "device_mapping": [0, 1]}
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", data))
+    plan = plan_train_memory(cfg, "cpu")
+    params = count_parameters(Path(tiny_model))
+    assert plan.ranks == 2 and plan.sharded_state_bytes == 16 * params // 2  # fp32 weights, grads, two moments
+    vocab = json.loads((Path(tiny_model) / "config.json").read_text())["vocab_size"]
+    assert plan.micro_tokens == 8 * 128 and plan.logits_bytes == 2 * 8 * 128 * vocab * 4  # fp32 logits
+    assert plan.checkpointing  # gradient checkpointing is on unless disabled: only layer inputs are kept
+    assert "estimated peak per rank" in plan.table()
+    assert plan_train_memory(cfg, "cuda").ranks == 2  # one per GPU of device_mapping

@@ -144,20 +144,26 @@ def cmd_validate(args) -> int:
         if issues:
             raise ConfigError(issues, args.config)
     print(OmegaConf.to_yaml(cfg.model_dump(mode="json", exclude_none=True)), end="")
-    plan = check_memory(cfg, args.config, "actor_infer")
+    from vroll.config.memory import plan_train_memory
+
+    plan = check_memory(cfg, args.config, "actor_infer", "train" if args.job == "train" else "generate")
     if plan is not None:
         print("# memory / batch / context balance of actor_infer:\n" +
               "\n".join(f"#   {line}" for line in plan.table().splitlines()), file=sys.stderr)
+    train_plan = plan_train_memory(cfg, platform or "cpu") if args.job else None
+    if train_plan is not None:
+        print("# memory of each actor_train rank (estimate):\n" +
+              "\n".join(f"#   {line}" for line in train_plan.table().splitlines()), file=sys.stderr)
     print(f"# valid{f' for platform {platform}' if platform else ''}: {args.config}", file=sys.stderr)
     return 0
 
 
-def check_memory(cfg, source: str, role: str):
+def check_memory(cfg, source: str, role: str, job: str = "generate"):
     """The role's memory plan (None when its model is not a local folder); raises when it cannot work."""
     from vroll.config import ConfigError
     from vroll.config.memory import plan_memory
 
-    plan = plan_memory(cfg, role)
+    plan = plan_memory(cfg, role, job)
     if plan is not None and plan.issues():
         raise ConfigError(plan.issues(), source)
     return plan
@@ -209,7 +215,12 @@ def load_job_config(args, job: str):
     if issues:
         raise ConfigError(issues, args.config)
     if job == "train":
-        check_memory(cfg, args.config, "actor_infer")
+        check_memory(cfg, args.config, "actor_infer", "train")
+    from vroll.config.memory import plan_train_memory
+
+    train_plan = plan_train_memory(cfg, platform)
+    if train_plan is not None:
+        log.info("memory of each actor_train rank (estimate):\n%s", train_plan.table())
     return cfg
 
 

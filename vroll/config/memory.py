@@ -1,4 +1,5 @@
-"""The memory / batch / context balance of a vllm role, computed before any engine starts.
+"""The memory / batch / context balance of a vllm role, computed before any engine starts, and an
+estimate of what each trainer rank holds.
 
 The guide asks users to balance `gpu_memory_utilization`, batch size and `max_model_len`; this
 makes the balance a table (`vroll validate` prints it) and a check: a KV cache that cannot hold one
@@ -74,19 +75,97 @@ def _n(x: int | None) -> str:
     return "set at start-up" if x is None else f"{x:,}"
 
 
-def count_parameters(model_dir: Path) -> int:
-    """Sum of tensor sizes from the safetensors headers (no weights are read)."""
-    total = 0
+def tensor_sizes(model_dir: Path) -> dict[str, int]:
+    """Element count of every tensor, from the safetensors headers (no weights are read)."""
+    sizes = {}
     for f in sorted(model_dir.glob("*.safetensors")):
         with open(f, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
-        total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
-    return total
+        sizes.update({k: math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__"})
+    return sizes
 
 
-def plan_memory(cfg, role_key: str = "actor_infer") -> MemoryPlan | None:
-    """The plan for a vllm role whose model is a local folder; None when it cannot be computed."""
+def count_parameters(model_dir: Path) -> int:
+    return sum(tensor_sizes(model_dir).values())
+
+
+@dataclass
+class TrainMemoryPlan:
+    """What one fsdp2_train rank holds at its peak, estimated from the model's shapes: the sharded
+    fp32 state, the one layer FSDP2 gathers at a time, and one micro-batch's activations and logits
+    (the logits, fp32 over the vocabulary, are often the largest term for small models)."""
+
+    ranks: int
+    parameters: int
+    sharded_state_bytes: int  # fp32 master weights + gradients + AdamW's two moments, 16 B/param / ranks
+    gathered_bytes: int  # the largest decoder layer plus the root (embeddings), in the compute dtype
+    micro_tokens: int  # per_device_train_batch_size x (prompt_length + response_length)
+    activation_bytes: int
+    logits_bytes: int
+    checkpointing: bool
+
+    @property
+    def total_bytes(self) -> int:
+        return self.sharded_state_bytes + self.gathered_bytes + self.activation_bytes + self.logits_bytes
+
+    def table(self) -> str:
+        rows = [
+            ("trainer ranks", f"{self.ranks}"),
+            ("parameters", f"{self.parameters / 1e6:,.2f} M"),
+            ("fp32 weights + grads + AdamW (sharded)", _mib(self.sharded_state_bytes)),
+            ("largest layer + root, gathered", _mib(self.gathered_bytes)),
+            ("tokens per micro-batch", f"{self.micro_tokens:,}"),
+            ("activations" + (" (checkpointed)" if self.checkpointing else ""), _mib(self.activation_bytes)),
+            ("logits (fp32, x2 with their gradient)", _mib(self.logits_bytes)),
+            ("estimated peak per rank", _mib(self.total_bytes)),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def plan_train_memory(cfg, platform: str = "cpu") -> TrainMemoryPlan | None:
+    """The estimate for actor_train (fsdp2_train on a local model folder); None when it cannot be made."""
+    from vroll.strategy.fsdp2_train import trainer_ranks
+
+    role = cfg.actor_train
+    if role is None or role.training_args is None or role.strategy_args is None \
+            or role.strategy_args.strategy_name != "fsdp2_train":
+        return None
+    model_dir = Path(role.model_args.model_name_or_path or "").expanduser()
+    if not (model_dir / "config.json").is_file():
+        return None
+    mc = json.loads((model_dir / "config.json").read_text())
+    mc = mc.get("text_config", mc)
+    sizes = tensor_sizes(model_dir)
+    params = sum(sizes.values())
+    layers: dict[str, int] = {}
+    for name, n in sizes.items():
+        parts = name.split(".")
+        if "layers" in parts:
+            key = ".".join(parts[:parts.index("layers") + 2])
+            layers[key] = layers.get(key, 0) + n
+    root = params - sum(layers.values())
+    compute = DTYPE_BYTES[role.model_args.dtype]
+    ranks = trainer_ranks(role, platform)
+    tokens = role.training_args.per_device_train_batch_size * (cfg.prompt_length + cfg.response_length)
+    h, inter, n_layers = mc["hidden_size"], mc.get("intermediate_size", 4 * mc["hidden_size"]), mc["num_hidden_layers"]
+    # Values kept for backward per token and layer: attention in/out, q, k, v, two norm inputs and
+    # the residual (~8h), the MLP's gate, up and activation (~3i). Checkpointing keeps only each
+    # layer's input, plus one layer's worth while it is recomputed.
+    per_layer = (8 * h + 3 * inter) * tokens * compute
+    checkpointing = not role.model_args.disable_gradient_checkpointing
+    activations = (n_layers * h * tokens * compute + per_layer) if checkpointing else n_layers * per_layer
+    return TrainMemoryPlan(
+        ranks=ranks, parameters=params, sharded_state_bytes=16 * params // ranks,
+        gathered_bytes=(max(layers.values(), default=0) + root) * compute, micro_tokens=tokens,
+        activation_bytes=activations, logits_bytes=2 * tokens * mc["vocab_size"] * 4, checkpointing=checkpointing)
+
+
+def plan_memory(cfg, role_key: str = "actor_infer", job: str = "generate") -> MemoryPlan | None:
+    """The plan for a vllm role whose model is a local folder; None when it cannot be computed. For
+    `job="train"` a step is what `vroll train` asks: rollout_batch_size x num_return_sequences_in_group
+    sequences of up to response_length new tokens."""
     role = cfg.roles().get(role_key)
     if role is None or role.strategy_args is None or role.strategy_args.strategy_name != "vllm":
         return None
@@ -114,9 +193,11 @@ def plan_memory(cfg, role_key: str = "actor_infer") -> MemoryPlan | None:
         budget = CPU_DEFAULT_KV_CACHE_BYTES if current_platform_name() == "cpu" else None
     engines = max(len(role.device_mapping) // tp // int(sc.get("pipeline_parallel_size", 1)), 1)
     g = role.generating_args
-    per_sequence = min(cfg.prompt_length + g.max_new_tokens, max_len) if max_len else cfg.prompt_length + g.max_new_tokens
+    new_tokens, n = (cfg.response_length, cfg.num_return_sequences_in_group) if job == "train" \
+        else (g.max_new_tokens, g.num_return_sequences)
+    per_sequence = min(cfg.prompt_length + new_tokens, max_len) if max_len else cfg.prompt_length + new_tokens
     return MemoryPlan(
         role=role_key, parameters=params, weight_bytes=params * dtype_bytes // tp, kv_bytes_per_token=kv_per_token,
         kv_budget_bytes=budget, max_model_len=max_len, tokens_per_sequence=per_sequence,
-        sequences_per_step=math.ceil(cfg.rollout_batch_size * g.num_return_sequences / engines),
+        sequences_per_step=math.ceil(cfg.rollout_batch_size * n / engines),
     )
