@@ -122,6 +122,8 @@ def test_two_ranks_train_like_one(tiny_model, tmp_path):
             assert s["train/lr"] == d["train/lr"]
         weights = dict(b.named_weights())
         assert weights.keys() == single_weights.keys()
+        streamed = list(b.named_weights(bucket_bytes=1 << 16))  # many buckets, one gather each
+        assert [n for n, _ in streamed] == list(weights) and all(torch.equal(t, weights[n]) for n, t in streamed)
         assert max((weights[k] - single_weights[k]).abs().max().item() for k in weights) < 1e-5
         logp = b.compute_logprobs(ids[:3], mask[:3])  # 3 rows over 2 ranks: padded, then trimmed
         assert logp.shape == single_logp.shape and torch.allclose(logp, single_logp, atol=1e-5)

@@ -39,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def is_engine_failure(e: Exception) -> bool:
+    """A role's process died or hung (an engine or a trainer rank): a message naming it, exit 1."""
     from vroll.cluster.ray_session import ClusterError
     from vroll.cluster.role_cluster import EngineFailure
+    from vroll.cluster.train_cluster import TrainerFailure
 
-    return isinstance(e, (EngineFailure, ClusterError))
+    return isinstance(e, (EngineFailure, TrainerFailure, ClusterError))
 
 
 def is_user_error(e: Exception) -> bool:

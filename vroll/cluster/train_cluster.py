@@ -176,9 +176,18 @@ class TrainCluster:
             summed[same] = results[0][same]
         return summed
 
-    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        weights = self._on_all("full_weights")[0]
-        yield from weights.items()
+    def named_weights(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
+        """All weights, gathered by the ranks and shipped from rank 0 one bucket at a time, so neither
+        rank 0 nor this process ever holds the whole model unsharded."""
+        names, size = [], 0
+        for name, nbytes in self._call(self.actors[:1], "listing weights", lambda r, a: a.call.remote("weight_sizes"))[0]:
+            if names and size + nbytes > bucket_bytes:
+                yield from self._on_all("full_weights", None, names)[0].items()
+                names, size = [], 0
+            names.append(name)
+            size += nbytes
+        if names:
+            yield from self._on_all("full_weights", None, names)[0].items()
 
     def save(self, folder, with_state: bool = True) -> None:
         self._on_all("save", None, str(folder), with_state)
