@@ -43,6 +43,7 @@ class EngineActor:
         import ray
 
         return {"rank": self.rank, "pid": os.getpid(), "node": ray.util.get_node_ip_address(),
+                "node_id": ray.get_runtime_context().get_node_id(),
                 "cores": sorted(os.sched_getaffinity(0)), "weight_version": self.strategy.weight_version,
                 "state": self.strategy.state.name}
 
