@@ -65,3 +65,25 @@ def test_engines_are_placed_node_by_node_and_weights_reach_both(two_nodes, tiny_
         results = role.generate(PROMPTS, GREEDY)
         assert {r.weight_version for r in results} == {version}
         assert [r.samples[0].token_ids for r in results] == hf_greedy_texts((moved, tok), PROMPTS, 12)
+
+
+def test_trainer_ranks_span_the_two_nodes(two_nodes, tiny_model):
+    from test_trainer import SEQS, padded, train_role
+    from vroll.cluster.ray_session import alive_nodes
+    from vroll.strategy.registry import build_strategy
+
+    role = train_role(tiny_model)
+    role.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
+    ids, mask = padded(SEQS + [[3, 4, 5]])
+    tokens = (mask[:, 1:] * mask[:, :-1]).sum()
+
+    def loss_fn(micro, logp, entropy):
+        m = micro["attention_mask"][:, 1:] * micro["attention_mask"][:, :-1]
+        return -(logp * m).sum() / tokens, {}
+
+    with build_strategy(role, ray_address=two_nodes.address, devices_per_node=1) as trainer:
+        assert trainer.world_size == 2 and trainer.node_ids == [n["NodeID"] for n in alive_nodes()]
+        before = dict(trainer.named_weights())
+        assert trainer.train_step([{"input_ids": ids, "attention_mask": mask}], loss_fn)["train/grad_norm"] > 0
+        after = dict(trainer.named_weights())
+    assert any(not torch.equal(before[k], after[k]) for k in before)

@@ -51,7 +51,8 @@ class TrainRankActor:
 
         self.strategy = Fsdp2TrainStrategy(role, seed=seed, total_steps=total_steps, model_path=model_path,
                                            rank=self.rank, world_size=world_size, init_method=init_method)
-        return {"node": ray.util.get_node_ip_address(), "pid": os.getpid()}
+        return {"node": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+                "pid": os.getpid()}
 
     def call(self, method: str, *args, **kwargs):
         return getattr(self.strategy, method)(*args, **kwargs)
@@ -93,6 +94,7 @@ class TrainCluster:
             raise
         self.where = [f"{self.name} rank {p.rank} (node {i['node']}, pid {i['pid']}, devices {list(p.devices)})"
                       for p, i in zip(self.placements, infos)]
+        self.node_ids = [i["node_id"] for i in infos]
         log.info("%s: fsdp2_train on %d ranks: %s", self.name, ranks, "; ".join(self.where))
 
     def _start_actor(self, p: EnginePlacement, platform: str):
