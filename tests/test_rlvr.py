@@ -198,3 +198,21 @@ def test_trainer_ranks_are_checked_before_starting(tmp_path, tiny_model, data):
     found = [str(i) for i in check_train_config(load_config(write_yaml(tmp_path / "b.yaml", cfg)), "train", "cpu")]
     assert found == ["rollout_batch_size: rollout_batch_size * num_return_sequences_in_group = 16 is not divisible by "
                      "per_device_train_batch_size * gradient_accumulation_steps * ranks (2) = 32 (one optimiser step)"]
+
+
+def test_evaluate_scores_a_model_on_the_held_out_prompts(tmp_path, tiny_model, data):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    cfg = write_yaml(tmp_path / "c.yaml", rl_config(tmp_path, tiny_model, data))
+    r = subprocess.run([sys.executable, "-m", "vroll.cli.main", "evaluate", cfg, "--model", tiny_model,
+                        "--output", str(tmp_path / "ev")], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "val/accuracy: " in r.stdout
+    rows = [json.loads(line) for line in open(tmp_path / "ev" / "validation" / "step_0.jsonl")]
+    assert len(rows) == 8 and all("response_token_ids" in row for row in rows)
+    r = subprocess.run([sys.executable, "-m", "vroll.cli.main", "evaluate", cfg, "validation=null", "--model",
+                        tiny_model], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert r.returncode == 2 and "validation.data_args: is required by `vroll evaluate`" in r.stderr

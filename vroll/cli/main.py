@@ -1,4 +1,4 @@
-"""`vroll validate | generate | train | sft | arithmetic-data | tiny-model`. User mistakes print a message and exit 2, never a traceback."""
+"""`vroll validate | generate | train | sft | evaluate | arithmetic-data | tiny-model`. User mistakes print a message and exit 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         r.add_argument("config")
         r.add_argument("overrides", nargs="*", help="key.path=value")
         r.set_defaults(func=cmd_train if name == "train" else cmd_sft)
+
+    e = sub.add_parser("evaluate", help="held-out accuracy of a model (e.g. a checkpoint) with the file's "
+                                        "validation prompts, actor_infer's engine and the reward workers")
+    e.add_argument("config")
+    e.add_argument("overrides", nargs="*", help="key.path=value")
+    e.add_argument("--model", required=True, help="a Hugging Face folder: pretrain, outputs/.../checkpoints/step_N")
+    e.add_argument("--output", default=None, help="where the answers go (default: MODEL/evaluation)")
+    e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("arithmetic-data", help="write the synthetic arithmetic task (train / eval / sft JSONL)")
     d.add_argument("--out", required=True)
@@ -239,6 +247,28 @@ def cmd_sft(args) -> int:
 
     summary = run_sft(load_job_config(args, "sft"), source=args.config)
     print_run_summary(summary)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from vroll.config import ConfigError, load_config
+    from vroll.config.rules import check_eval_config
+    from vroll.pipeline.sft import evaluate_model
+    from vroll.strategy.vllm_compat import current_platform_name
+    from vroll.strategy.vllm_strategy import resolve_model_path
+
+    cfg = load_config(args.config, args.overrides, platform=current_platform_name())
+    issues = check_eval_config(cfg)
+    if issues:
+        raise ConfigError(issues, args.config)
+    model = resolve_model_path(args.model, "--model")
+    out = Path(args.output) if args.output else Path(model) / "evaluation"
+    summary = evaluate_model(cfg, model, AutoTokenizer.from_pretrained(model), out, step=0, source=args.config)
+    print_run_summary({**summary, "answers": str(out / "validation" / "step_0.jsonl")})
     return 0
 
 

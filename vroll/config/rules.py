@@ -213,6 +213,21 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
     return issues
 
 
+def check_eval_config(cfg: PipelineConfig) -> list[Issue]:
+    """What `vroll evaluate` needs: an engine role, held-out prompts that exist, reward workers."""
+    issues = []
+    if cfg.actor_infer is None or cfg.actor_infer.strategy_args is None \
+            or cfg.actor_infer.strategy_args.strategy_name != "vllm":
+        issues.append(Issue("actor_infer", "is required by `vroll evaluate`, with strategy_name: vllm"))
+    if cfg.validation is None or cfg.validation.data_args is None:
+        issues.append(Issue("validation.data_args", "is required by `vroll evaluate`: the held-out prompts"))
+    else:
+        issues += check_data_files("validation.data_args", cfg.validation.data_args)
+    if not cfg.rewards:
+        issues.append(Issue("rewards", "needs at least one reward worker (e.g. reward_type: math_rule)"))
+    return issues
+
+
 def check_data_files(key: str, data_args) -> list[Issue]:
     from pathlib import Path
 

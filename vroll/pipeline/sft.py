@@ -94,19 +94,25 @@ def save_model(trainer, folder: Path) -> Path:
     return folder
 
 
-def evaluate_model(cfg: PipelineConfig, model_dir: str, tokenizer, out_dir: Path) -> dict:
-    """Held-out accuracy of a saved model with actor_infer's engine and the reward workers."""
+def evaluate_model(cfg: PipelineConfig, model_dir: str, tokenizer, out_dir: Path, step: int | None = None,
+                   source: str | None = None) -> dict:
+    """Held-out accuracy of a saved model with actor_infer's engine and the reward workers; the
+    answers go to out_dir/validation/step_N.jsonl (N: `step`, default max_steps)."""
+    from vroll.config.errors import ConfigError
     from vroll.pipeline.rlvr import Roles, validate
-    from vroll.rewards.workers import RewardRouter
+    from vroll.rewards.workers import RewardRouter, unrouted_tags
     from vroll.strategy.registry import build_strategy
 
     records = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args")
+    issues = unrouted_tags(cfg.rewards, {r.tag for r in records})
+    if issues:
+        raise ConfigError(issues, source)
     role = cfg.actor_infer.model_copy(deep=True)
     role.model_args.model_name_or_path = model_dir
     role.strategy_args.strategy_config.pop("load_format", None)  # the saved weights are the point
     rewards = RewardRouter(cfg.rewards, seed=cfg.seed)
     with build_strategy(role, seed=cfg.seed) as infer:
         roles = Roles(infer, None, None, rewards, colocated=False, sleep_level=None)
-        result = validate(cfg, roles, records, cfg.max_steps, out_dir)
+        result = validate(cfg, roles, records, cfg.max_steps if step is None else step, out_dir)
     rewards.close()
     return {k: v for k, v in result.items() if k != "step"}
