@@ -51,7 +51,9 @@ def run_sft(cfg: PipelineConfig, source: str | None = None, progress: bool | Non
     records = load_prompts(role.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args", with_response=True)
     sampler = PromptSampler(records, cfg.seed)
     metrics_log = MetricsLog(out_dir)
-    with build_strategy(role, seed=cfg.seed, total_steps=cfg.max_steps, ray_address=cfg.ray_address) as trainer:
+    per_node = cfg.num_gpus_per_node if cfg.ray_address else None  # device slots per node of a joined cluster
+    with build_strategy(role, seed=cfg.seed, total_steps=cfg.max_steps, ray_address=cfg.ray_address,
+                        devices_per_node=per_node) as trainer:
         # per_device_train_batch_size rows per rank and micro-batch, as in transformers' Trainer
         micro = args.per_device_train_batch_size * trainer.world_size
         rows = micro * args.gradient_accumulation_steps
