@@ -87,3 +87,16 @@ def test_trainer_ranks_span_the_two_nodes(two_nodes, tiny_model):
         assert trainer.train_step([{"input_ids": ids, "attention_mask": mask}], loss_fn)["train/grad_norm"] > 0
         after = dict(trainer.named_weights())
     assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_mapping_beyond_the_cluster_is_named_before_any_rank_starts(two_nodes, tiny_model):
+    from test_trainer import train_role
+    from vroll.cluster.train_cluster import TrainerFailure
+    from vroll.strategy.registry import build_strategy
+
+    role = train_role(tiny_model)
+    role.device_mapping = [0, 1, 2]
+    role.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
+    with pytest.raises(TrainerFailure, match=r"actor_train.device_mapping: devices \[2\] need node 2, but the "
+                                             r"cluster has 2 node\(s\) of 1 devices"):
+        build_strategy(role, ray_address=two_nodes.address, devices_per_node=1)

@@ -63,6 +63,18 @@ def alive_nodes() -> list[dict]:
     return sorted(nodes, key=lambda n: (n["NodeManagerAddress"], n["NodeID"]))
 
 
+def missing_devices(name: str, placements, per_node: int, platform: str) -> str | None:
+    """Why the cluster cannot host these placements (a node or a CPU slot that does not exist), or None."""
+    nodes = alive_nodes()
+    for p in placements:
+        if p.node >= len(nodes):
+            return (f"{name}.device_mapping: devices {list(p.devices)} need node {p.node}, but the cluster has "
+                    f"{len(nodes)} node(s) of {per_node} devices")
+        if platform == "cpu" and max(p.local) >= int(nodes[p.node]["Resources"].get("CPU", 0)):
+            return f"{name}.device_mapping: CPU slot {max(p.local)} does not exist on node {nodes[p.node]['NodeManagerAddress']}"
+    return None
+
+
 def stop_actors(actors: list, timeout_s: float = 30.0, polite: bool = True) -> None:
     """Ask each actor to close (freeing what it holds), then kill it; a dead actor, or any actor when
     not `polite` (one stuck in a collective would never answer), is just killed."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from vroll.cluster.placement import EnginePlacement, place_engines
-from vroll.cluster.ray_session import alive_nodes, connect, stop_actors
+from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, stop_actors
 from vroll.cluster.transport import pack_bucket
 from vroll.config.schema import GeneratingArgs, RoleConfig
 from vroll.strategy.results import PromptResult
@@ -69,14 +69,9 @@ class RoleCluster:
 
     # -- placement ------------------------------------------------------------------------
     def _check_devices_exist(self, per_node: int) -> None:
-        nodes = alive_nodes()
-        for p in self.placements:
-            if p.node >= len(nodes):
-                raise EngineFailure(f"{self.name}.device_mapping: devices {list(p.devices)} need node {p.node}, "
-                                    f"but the cluster has {len(nodes)} node(s) of {per_node} devices")
-            if self.platform == "cpu" and max(p.local) >= int(nodes[p.node]["Resources"].get("CPU", 0)):
-                raise EngineFailure(f"{self.name}.device_mapping: CPU slot {max(p.local)} does not exist on node "
-                                    f"{nodes[p.node]['NodeManagerAddress']}")
+        problem = missing_devices(self.name, self.placements, per_node, self.platform)
+        if problem:
+            raise EngineFailure(problem)
 
     def _start(self, p: EnginePlacement) -> Engine:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

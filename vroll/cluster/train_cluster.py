@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 
 from vroll.cluster.placement import EnginePlacement, place_engines
-from vroll.cluster.ray_session import alive_nodes, connect, stop_actors
+from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, stop_actors
 from vroll.config.schema import RoleConfig
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,9 @@ class TrainCluster:
         self.actors, self._broken = [], False
         self.where = [f"{self.name} rank {p.rank} (devices {list(p.devices)})" for p in self.placements]
         try:
+            problem = missing_devices(self.name, self.placements, per_node, platform)
+            if problem:
+                raise TrainerFailure(problem)
             self.actors = [self._start_actor(p, platform) for p in self.placements]
             init_method = self._call(self.actors[:1], "rendezvous", lambda r, a: a.rendezvous.remote())[0]
             infos = self._call(self.actors, "start", lambda r, a: a.start.remote(
