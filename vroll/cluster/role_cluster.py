@@ -53,16 +53,21 @@ class RoleCluster:
         sc = role.strategy_args.strategy_config
         self.call_timeout_s = call_timeout_s or float(sc.get("engine_call_timeout_s", 1800.0))
         self.platform = platform or current_platform_name()
-        self._owns_ray = connect(ray_address)
-        per_node = devices_per_node or (os.cpu_count() if self.platform == "cpu" else 8)
-        self.placements = place_engines(role.device_mapping, devices_per_engine(sc), per_node)
-        self._check_devices_exist(per_node)
         self.weight_version = 0
         self._calls = 0
         self._replay: list[tuple[Any, Any, bool]] = []  # (bucket ref, specs, partial) since the last full update
-        self._ray = ray
-        self.engines = [self._start(p) for p in self.placements]
-        self._wait_ready(self.engines)
+        self._ray, self.engines = ray, []
+        self._owns_ray = connect(ray_address)
+        try:  # a role that cannot start leaves no engine, and no Ray it started, behind
+            per_node = devices_per_node or (os.cpu_count() if self.platform == "cpu" else 8)
+            self.placements = place_engines(role.device_mapping, devices_per_engine(sc), per_node)
+            self._check_devices_exist(per_node)
+            for p in self.placements:
+                self.engines.append(self._start(p))
+            self._wait_ready(self.engines)
+        except BaseException:
+            self.close()
+            raise
         log.info("%s: %d engine(s) ready: %s", self.name, len(self.engines),
                  ", ".join(f"rank {e.placement.rank} on {e.node_ip} devices {list(e.placement.local)}"
                            for e in self.engines))
