@@ -70,6 +70,13 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(trainer, tmp_path):
         assert torch.allclose(token_logprobs(loaded, ids, mask), trainer.compute_logprobs(ids, mask), atol=1e-6)
 
 
+def test_weights_go_out_in_the_engines_dtype(trainer):
+    full = dict(trainer.named_weights())
+    half = dict(trainer.named_weights(dtype=torch.bfloat16))
+    assert half.keys() == full.keys() and all(t.dtype == torch.bfloat16 for t in half.values())
+    assert all(torch.equal(half[k], full[k].to(torch.bfloat16)) for k in full)  # the engine's own rounding
+
+
 def test_resumed_optimiser_continues_exactly(tiny_model, tmp_path):
     from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
 
@@ -124,6 +131,8 @@ def test_two_ranks_train_like_one(tiny_model, tmp_path):
         assert weights.keys() == single_weights.keys()
         streamed = list(b.named_weights(bucket_bytes=1 << 16))  # many buckets, one gather each
         assert [n for n, _ in streamed] == list(weights) and all(torch.equal(t, weights[n]) for n, t in streamed)
+        some = dict(b.named_weights(names=list(weights)[:3], dtype=torch.bfloat16))
+        assert list(some) == list(weights)[:3] and all(t.dtype == torch.bfloat16 for t in some.values())
         assert max((weights[k] - single_weights[k]).abs().max().item() for k in weights) < 1e-5
         logp = b.compute_logprobs(ids[:3], mask[:3])  # 3 rows over 2 ranks: padded, then trimmed
         assert logp.shape == single_logp.shape and torch.allclose(logp, single_logp, atol=1e-5)

@@ -181,18 +181,22 @@ class TrainCluster:
             summed[same] = results[0][same]
         return summed
 
-    def named_weights(self, bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
-        """All weights, gathered by the ranks and shipped from rank 0 one bucket at a time, so neither
-        rank 0 nor this process ever holds the whole model unsharded."""
-        names, size = [], 0
-        for name, nbytes in self._call(self.actors[:1], "listing weights", lambda r, a: a.call.remote("weight_sizes"))[0]:
-            if names and size + nbytes > bucket_bytes:
-                yield from self._on_all("full_weights", None, names)[0].items()
-                names, size = [], 0
-            names.append(name)
+    def named_weights(self, names: list[str] | None = None, dtype: torch.dtype | None = None,
+                      bucket_bytes: int = 256 << 20) -> Iterator[tuple[str, torch.Tensor]]:
+        """The weights (all, or `names`), gathered by the ranks and shipped from rank 0 one bucket at a
+        time, so neither rank 0 nor this process ever holds the whole model unsharded."""
+        sizes = self._call(self.actors[:1], "listing weights", lambda r, a: a.call.remote("weight_sizes"))[0]
+        bucket, size = [], 0
+        for name, nbytes in sizes:
+            if names is not None and name not in names:
+                continue
+            if bucket and size + nbytes > bucket_bytes:
+                yield from self._on_all("full_weights", None, bucket, dtype)[0].items()
+                bucket, size = [], 0
+            bucket.append(name)
             size += nbytes
-        if names:
-            yield from self._on_all("full_weights", None, names)[0].items()
+        if bucket:
+            yield from self._on_all("full_weights", None, bucket, dtype)[0].items()
 
     def save(self, folder, with_state: bool = True) -> None:
         self._on_all("save", None, str(folder), with_state)

@@ -187,10 +187,18 @@ def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temper
     return {k: v / count for k, v in totals.items()}
 
 
-def push_weights(roles: Roles) -> int:
+def engine_weights(cfg: PipelineConfig, roles: Roles):
+    """The trainer's weights in the engine's dtype: fp32 master weights travel as bf16 to a bf16
+    engine (half the bytes; the engine would round them the same way on load)."""
+    from vroll.strategy.fsdp2_train import TORCH_DTYPES
+
+    return roles.train.named_weights(dtype=TORCH_DTYPES[cfg.actor_infer.model_args.dtype])
+
+
+def push_weights(cfg: PipelineConfig, roles: Roles) -> int:
     if roles.sleep_level == 2:
         roles.infer.wake_up(tags=["weights"])  # weights first, KV cache at the next generation
-    return roles.infer.update_weights(roles.train.named_weights())
+    return roles.infer.update_weights(engine_weights(cfg, roles))
 
 
 def train_step(cfg: PipelineConfig, roles: Roles, records: list[PromptRecord], step: int) -> dict:
@@ -227,7 +235,7 @@ def train_step(cfg: PipelineConfig, roles: Roles, records: list[PromptRecord], s
     with timer("train"):
         metrics.update(ppo_update(cfg, roles, batch, step, g.temperature))
     with timer("weight_sync"):
-        new_version = push_weights(roles)
+        new_version = push_weights(cfg, roles)
     lengths = [len(s.token_ids) for r in results for s in r.samples]
     rule = [c for c in correct if c is not None]
     metrics.update({
@@ -292,7 +300,7 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
         if ckpt:
             roles.train.load_state(ckpt)
         if ckpt or _needs_initial_push(cfg):
-            roles.infer.update_weights(roles.train.named_weights())
+            roles.infer.update_weights(engine_weights(cfg, roles))
         if ckpt:
             roles.infer.adopt_weight_version(state["weight_version"])
         step = state["step"]

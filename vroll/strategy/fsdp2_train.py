@@ -162,25 +162,28 @@ class Fsdp2TrainStrategy:
         return {**sums, "train/grad_norm": float(grad_norm), "train/lr": lr}
 
     # -- weights out --------------------------------------------------------------------------
-    def named_weights(self, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+    def named_weights(self, names: list[str] | None = None, dtype: torch.dtype | None = None
+                      ) -> Iterator[tuple[str, torch.Tensor]]:
         """Full (unsharded) weights in Hugging Face naming (all, or `names`), one tensor at a time, for
-        the engine or a checkpoint. A tied lm_head is left out: it is the embedding."""
+        the engine or a checkpoint; cast to `dtype` when given (the engine's: bf16 halves the bytes
+        moved, and the engine would round the same way). A tied lm_head is left out: it is the embedding."""
         wanted = set(names) if names is not None else None
         for name, t in self.model.state_dict().items():
             if (self.tied and name == "lm_head.weight") or (wanted is not None and name not in wanted):
                 continue
             full = t.full_tensor() if hasattr(t, "full_tensor") else t
-            yield name, full.detach().to("cpu")
+            yield name, full.detach().to(dtype or full.dtype).to("cpu")
 
     def weight_sizes(self) -> list[tuple[str, int]]:
         """(name, bytes) of every weight `named_weights` yields, in its order; nothing is gathered."""
         return [(n, t.numel() * t.element_size()) for n, t in self.model.state_dict().items()
                 if not (self.tied and n == "lm_head.weight")]
 
-    def full_weights(self, names: list[str] | None = None) -> dict[str, torch.Tensor] | None:
+    def full_weights(self, names: list[str] | None = None, dtype: torch.dtype | None = None
+                     ) -> dict[str, torch.Tensor] | None:
         """The weights (all, or `names`) on rank 0, None on the others; every rank must call it with
         the same names (it gathers)."""
-        weights = dict(self.named_weights(names))
+        weights = dict(self.named_weights(names, dtype))
         return weights if self.rank == 0 else None
 
     def save(self, folder: str | Path, with_state: bool = True) -> None:
