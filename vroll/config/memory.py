@@ -86,6 +86,15 @@ def tensor_sizes(model_dir: Path) -> dict[str, int]:
     return sizes
 
 
+def local_model_config(role) -> tuple[Path | None, dict]:
+    """The role's model folder and its (text) config, or (None, {}) when the model is not a local folder."""
+    model_dir = Path(role.model_args.model_name_or_path or "").expanduser()
+    if not (model_dir / "config.json").is_file():
+        return None, {}
+    mc = json.loads((model_dir / "config.json").read_text())
+    return model_dir, mc.get("text_config", mc)
+
+
 def count_parameters(model_dir: Path) -> int:
     return sum(tensor_sizes(model_dir).values())
 
@@ -132,11 +141,9 @@ def plan_train_memory(cfg, platform: str = "cpu") -> TrainMemoryPlan | None:
     if role is None or role.training_args is None or role.strategy_args is None \
             or role.strategy_args.strategy_name != "fsdp2_train":
         return None
-    model_dir = Path(role.model_args.model_name_or_path or "").expanduser()
-    if not (model_dir / "config.json").is_file():
+    model_dir, mc = local_model_config(role)
+    if model_dir is None:
         return None
-    mc = json.loads((model_dir / "config.json").read_text())
-    mc = mc.get("text_config", mc)
     sizes = tensor_sizes(model_dir)
     params = sum(sizes.values())
     layers: dict[str, int] = {}
@@ -169,11 +176,9 @@ def plan_memory(cfg, role_key: str = "actor_infer", job: str = "generate") -> Me
     role = cfg.roles().get(role_key)
     if role is None or role.strategy_args is None or role.strategy_args.strategy_name != "vllm":
         return None
-    model_dir = Path(role.model_args.model_name_or_path or "").expanduser()
-    if not (model_dir / "config.json").is_file():
+    model_dir, mc = local_model_config(role)
+    if model_dir is None:
         return None
-    mc = json.loads((model_dir / "config.json").read_text())
-    mc = mc.get("text_config", mc)
     sc = role.strategy_args.strategy_config
     tp = int(sc.get("tensor_parallel_size", 1))
     dtype_bytes = DTYPE_BYTES[role.model_args.dtype]
