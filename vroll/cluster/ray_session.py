@@ -87,3 +87,12 @@ def stop_actors(actors: list, timeout_s: float = 30.0, polite: bool = True) -> N
             except Exception:  # noqa: BLE001 - a dead or stuck actor has nothing left to close
                 pass
         ray.kill(actor, no_restart=True)
+
+
+def release(actors: list, owns_ray: bool, polite: bool = True) -> None:
+    """Stop a role's actors, and shut Ray down when the role started it."""
+    import ray
+
+    stop_actors(actors, polite=polite)
+    if owns_ray:
+        ray.shutdown()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from vroll.cluster.placement import EnginePlacement, place_engines
-from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, stop_actors
+from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, release
 from vroll.cluster.transport import pack_bucket
 from vroll.config.schema import GeneratingArgs, RoleConfig
 from vroll.strategy.results import PromptResult
@@ -208,11 +208,8 @@ class RoleCluster:
                  self.weight_version)
 
     def close(self) -> None:
-        stop_actors([e.actor for e in getattr(self, "engines", [])])
-        self.engines = []
-        if getattr(self, "_owns_ray", False):
-            self._ray.shutdown()
-            self._owns_ray = False
+        release([e.actor for e in getattr(self, "engines", [])], getattr(self, "_owns_ray", False))
+        self.engines, self._owns_ray = [], False
 
     def __enter__(self):
         return self

@@ -12,7 +12,7 @@ from typing import Callable, Iterator
 import torch
 
 from vroll.cluster.placement import EnginePlacement, place_engines
-from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, stop_actors
+from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, release
 from vroll.config.schema import RoleConfig
 
 log = logging.getLogger(__name__)
@@ -205,11 +205,8 @@ class TrainCluster:
         self._on_all("load_state", None, str(folder))
 
     def close(self) -> None:
-        stop_actors(self.actors, polite=not self._broken)
-        self.actors = []
-        if self._owns_ray:
-            self._ray.shutdown()
-            self._owns_ray = False
+        release(self.actors, self._owns_ray, polite=not self._broken)
+        self.actors, self._owns_ray = [], False
 
     def __enter__(self):
         return self

@@ -184,8 +184,7 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
     if cfg.actor_infer is not None and (cfg.actor_infer.strategy_args is None
                                         or cfg.actor_infer.strategy_args.strategy_name != "vllm"):
         issues.append(Issue("actor_infer.strategy_args.strategy_name", "`vroll train` generates with 'vllm'"))
-    if not cfg.rewards:
-        issues.append(Issue("rewards", "needs at least one reward worker (e.g. reward_type: math_rule)"))
+    issues += check_rewards_present(cfg)
     if cfg.reference is None and cfg.init_kl_coef > 0:
         issues.append(Issue("init_kl_coef", f"{cfg.init_kl_coef} needs a `reference` role to compute the KL against"))
     if cfg.adv_estimator == "grpo" and cfg.num_return_sequences_in_group < 2:
@@ -213,6 +212,10 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
     return issues
 
 
+def check_rewards_present(cfg: PipelineConfig) -> list[Issue]:
+    return [] if cfg.rewards else [Issue("rewards", "needs at least one reward worker (e.g. reward_type: math_rule)")]
+
+
 def check_eval_config(cfg: PipelineConfig) -> list[Issue]:
     """What `vroll evaluate` needs: an engine role, held-out prompts that exist, reward workers."""
     issues = []
@@ -223,8 +226,7 @@ def check_eval_config(cfg: PipelineConfig) -> list[Issue]:
         issues.append(Issue("validation.data_args", "is required by `vroll evaluate`: the held-out prompts"))
     else:
         issues += check_data_files("validation.data_args", cfg.validation.data_args)
-    if not cfg.rewards:
-        issues.append(Issue("rewards", "needs at least one reward worker (e.g. reward_type: math_rule)"))
+    issues += check_rewards_present(cfg)
     return issues
 
 
