@@ -29,7 +29,7 @@ def main() -> None:
     add_workload_args(ap)
     args = ap.parse_args()
 
-    from vroll.cluster.role_cluster import RoleCluster
+    from vroll.roles.ray_engines import RayEngines
     from vroll.config.schema import GeneratingArgs
     from vroll.data.arithmetic import make_problems
     from vroll.strategy.vllm_strategy import VllmStrategy
@@ -47,13 +47,13 @@ def main() -> None:
     os.sched_setaffinity(0, {0})
     torch.set_num_threads(1)  # one OpenMP thread per core: more would spin against each other
     local = VllmStrategy(role_for(args.model, [0], g), seed=0)
-    one = RoleCluster(role_for(args.model, [1], g), seed=0)
+    one = RayEngines(role_for(args.model, [1], g), seed=0)
     times = alternate({"in-process engine": lambda: local.generate(prompts, g),
                        "one engine behind Ray": lambda: one.generate(prompts, g)}, args.rounds)
     local.close()
     one.close()  # shuts its local Ray down
     os.sched_setaffinity(0, set(range(os.cpu_count())))
-    two = RoleCluster(role_for(args.model, [0, 1], g), seed=0)
+    two = RayEngines(role_for(args.model, [0, 1], g), seed=0)
     times["two engines behind Ray (cores 0 and 1)"] = timed(lambda: two.generate(prompts, g), args.rounds)
     base = statistics.median(times["in-process engine"])
     print(f"\n{args.prompts} prompts x n={args.n} x {args.max_new_tokens} tokens, fp32, {args.model}, "
@@ -84,7 +84,7 @@ def main() -> None:
     os.sched_setaffinity(0, {0})
     up_times = {k: timed(fn, 3) for k, fn in up.items()}
     local.close()
-    remote = RoleCluster(role_for(mid, [1], g), seed=0)  # this process keeps core 0
+    remote = RayEngines(role_for(mid, [1], g), seed=0)  # this process keeps core 0
     up_times["update_weights into an engine actor (Ray object store)"] = timed(lambda: remote.update_weights(state), 3)
     remote.close()
     base = statistics.median(up_times["plain tensor copy of the same bytes"])

@@ -33,12 +33,11 @@ def main() -> None:
     g = GeneratingArgs(max_new_tokens=args.max_new_tokens, temperature=1.0, top_p=0.99, top_k=100,
                        num_return_sequences=args.n, ignore_eos=True)
     role = vllm_role(args.model, g, kv_mib=512)
-    sc = role.strategy_args.strategy_config
     strategy = VllmStrategy(role, seed=0)
     tok = strategy.tokenizer
     texts = [p.question for p in make_problems(args.prompts, seed=1)]
     ids = [tok(t)["input_ids"] for t in texts]
-    plain = LLM(**engine_kwargs(role, 0, dict(sc), "cpu"))
+    plain = LLM(**engine_kwargs(role, 0, "cpu"))
     tokens = args.prompts * args.n * args.max_new_tokens
 
     def run_strategy():

@@ -76,13 +76,13 @@ def main() -> None:
             "plain train step": plain_step,
             "fsdp2_train train_step": lambda: trainer.train_step(micro, loss_fn),
             "plain forward (log-probs)": plain_forward,
-            "fsdp2_train compute_logprobs": lambda: trainer.compute_logprobs(ids, mask, batch_size=args.rows),
+            "fsdp2_train batch_logprobs": lambda: trainer.batch_logprobs(ids, mask, batch_size=args.rows),
         }, args.rounds)
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"\n{args.rows} rows x {args.length} tokens, {args.model}, {args.rounds} rounds, 2 threads\n")
     print("| work | plain torch (s) | fsdp2_train (s) | fsdp2_train / plain |\n|---|---|---|---|")
     for what, a, b in (("train step", "plain train step", "fsdp2_train train_step"),
-                       ("log-prob forward", "plain forward (log-probs)", "fsdp2_train compute_logprobs")):
+                       ("log-prob forward", "plain forward (log-probs)", "fsdp2_train batch_logprobs")):
         print(f"| {what} | {med[a]:.4f} | {med[b]:.4f} | {med[b] / med[a]:.2f}x |")
 
 

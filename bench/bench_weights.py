@@ -9,6 +9,7 @@ Prints Markdown tables (ratios are what to compare; absolute times vary between 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import os
 import statistics
 import tempfile
@@ -54,7 +55,7 @@ def main() -> None:
 
     def update(bucket_bytes, streamed):
         def go():
-            engine.options["weight_update_bucket_bytes"] = bucket_bytes
+            engine.options = replace(engine.options, weight_update_bucket_bytes=bucket_bytes)
             engine.update_weights(iter(state.items()) if streamed else state)
         return go
 
@@ -78,13 +79,13 @@ def main() -> None:
 
     # sleep / wake
     targets.clear()
-    engine.options["weight_update_bucket_bytes"] = 256 << 20
+    engine.options = replace(engine.options, weight_update_bucket_bytes=256 << 20)
     print(f"\nKV cache {engine.kv_cache_bytes() / 2**20:.0f} MiB, weights {engine.weight_bytes() / 2**20:.0f} MiB\n")
     print("| step | time | resident memory | released vs expected |")
     print("|---|---|---|---|")
     print(f"| awake | | {rss_mib():.0f} MiB | |")
     for level in (1, 2):
-        rep = engine.sleep(level)
+        (rep,) = engine.sleep(level)
         print(f"| sleep level {level} | {rep['seconds'] * 1e3:.0f} ms | {rss_mib():.0f} MiB | "
               f"{rep['released_bytes'] / 2**20:.0f} / {rep['expected_bytes'] / 2**20:.0f} MiB "
               f"({rep['released_bytes'] / rep['expected_bytes']:.0%}) |")

@@ -9,7 +9,7 @@ import torch
 from conftest import engine_config, hf_greedy_texts, write_yaml
 from vroll.config import ConfigError, load_config
 from vroll.config.schema import GeneratingArgs
-from vroll.strategy import build_strategy
+from vroll.roles.launcher import launch_role
 from vroll.strategy.engine_state import EngineStateError
 
 PROMPTS = ["What is 12+7?", "What is 45-18? The answer is", "hello there", "What is 6*7?", "What is 99+1?"]
@@ -26,7 +26,7 @@ def config(tmp_path, model, mapping, **sc):
 @pytest.fixture(scope="module")
 def cluster(tiny_model, tmp_path_factory):
     cfg = config(tmp_path_factory.mktemp("cluster"), tiny_model, "list(range(0,2))", engine_call_timeout_s=120)
-    c = build_strategy(cfg.actor_infer, seed=cfg.seed)
+    c = launch_role(cfg.actor_infer, seed=cfg.seed)
     yield c
     c.close()
 
@@ -34,7 +34,7 @@ def cluster(tiny_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def single(tiny_model, tmp_path_factory, cluster):
     cfg = config(tmp_path_factory.mktemp("single"), tiny_model, [0])
-    s = build_strategy(cfg.actor_infer, seed=cfg.seed)
+    s = launch_role(cfg.actor_infer, seed=cfg.seed)
     yield s
     s.close()
 
@@ -44,9 +44,9 @@ def tokens(results):
 
 
 def test_two_engines_are_pinned_to_their_own_cores(cluster):
-    from vroll.cluster.role_cluster import RoleCluster
+    from vroll.roles.ray_engines import RayEngines
 
-    assert isinstance(cluster, RoleCluster) and len(cluster.engines) == 2
+    assert isinstance(cluster, RayEngines) and len(cluster.engines) == 2
     infos = cluster.info()
     assert [i["cores"] for i in infos] == [[0], [1]]
     assert len({i["pid"] for i in infos}) == 2 and os.getpid() not in {i["pid"] for i in infos}
@@ -59,6 +59,26 @@ def test_results_equal_one_engine_in_input_order(cluster, single):
         assert tokens(got) == tokens(single.generate(batch, GREEDY))
     # per-prompt seeds follow the prompt, not the engine: sampled results match too
     assert tokens(cluster.generate(PROMPTS, SAMPLED)) == tokens(single.generate(PROMPTS, SAMPLED))
+
+
+def test_engines_on_ray_serve_the_engine_interface_like_one_engine(cluster, single, hf):
+    """The same `GenerationEngine` contract in this process and on Ray, return types included."""
+    from vroll.roles.interfaces import GenerationEngine
+
+    _, tok = hf
+    assert isinstance(cluster, GenerationEngine) and isinstance(single, GenerationEngine)
+    assert type(cluster).__name__ == "RayEngines" and type(single).__name__ == "VllmStrategy"
+    seqs = [tok(t)["input_ids"] for t in PROMPTS]
+    on_ray, here = cluster.sequence_logprobs(seqs), single.sequence_logprobs(seqs)  # split over two engines
+    assert [len(lp) for lp in on_ray] == [len(s) - 1 for s in seqs]
+    assert torch.allclose(torch.tensor(sum(on_ray, [])), torch.tensor(sum(here, [])), atol=1e-5)
+    for role in (cluster, single):
+        reports = role.sleep(1)
+        assert isinstance(reports, list) and len(reports) == len(getattr(role, "engines", [role]))
+        assert all(r["level"] == 1 for r in reports)
+        woken = role.wake_up()
+        assert isinstance(woken, list) and all(w["tags"] == ["kv_cache"] for w in woken)
+    assert tokens(cluster.generate(PROMPTS, GREEDY)) == tokens(single.generate(PROMPTS, GREEDY))
 
 
 def hf_greedy(model, tok, texts, n):
@@ -88,7 +108,7 @@ def test_weight_update_and_sleep_reach_every_engine(cluster, hf):
 def test_a_dead_engine_is_named_quickly_and_restart_recovers(cluster, hf):
     import ray
 
-    from vroll.cluster.role_cluster import EngineFailure
+    from vroll.roles.ray_engines import EngineFailure
 
     model, tok = hf
     victim = cluster.engines[1]
@@ -105,7 +125,7 @@ def test_a_dead_engine_is_named_quickly_and_restart_recovers(cluster, hf):
 
 
 def test_a_stuck_engine_is_named_at_its_deadline(cluster):
-    from vroll.cluster.role_cluster import EngineFailure
+    from vroll.roles.ray_engines import EngineFailure
 
     slow = GeneratingArgs(max_new_tokens=200, ignore_eos=True, num_return_sequences=16, temperature=1.0)
     cluster.call_timeout_s = 0.5
@@ -131,10 +151,10 @@ def test_invalid_mappings_are_validation_errors(tmp_path):
 
 def test_colocated_roles_share_devices_and_take_turns(cluster, tiny_model, tmp_path):
     """A second role on the same two CPU slots: both start, and one sleeps while the other works."""
-    from vroll.cluster.role_cluster import RoleCluster
+    from vroll.roles.ray_engines import RayEngines
 
     cfg = config(tmp_path, tiny_model, [0, 1])
-    other = RoleCluster(cfg.actor_infer.model_copy(update={"name": "reference"}), seed=cfg.seed)
+    other = RayEngines(cfg.actor_infer.model_copy(update={"name": "reference"}), seed=cfg.seed)
     try:
         assert [i["cores"] for i in other.info()] == [i["cores"] for i in cluster.info()] == [[0], [1]]
         cluster.sleep(1)

@@ -42,12 +42,13 @@ def test_whole_file_with_other_roles_loads():
 
 
 def test_unimplemented_strategy_fails_when_used_not_when_loaded():
-    from vroll.strategy import StrategyNotAvailable, build_strategy
+    from vroll.config.strategies import StrategyNotAvailable
+    from vroll.roles.launcher import launch_role
 
     cfg = load_config(WHOLE, platform="cuda")
     with pytest.raises(StrategyNotAvailable, match="reference.strategy_args.strategy_name: strategy 'megatron_infer' "
                                                    "is not implemented"):
-        build_strategy(cfg.reference)
+        launch_role(cfg.reference)
 
 
 def test_overrides_and_interpolation_follow_them():

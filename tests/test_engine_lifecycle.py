@@ -1,13 +1,15 @@
 """Weight updates, `load_format: dummy` and sleep/wake on the real engine, checked against
 transformers' greedy output on the same weights."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
 from conftest import engine_config, hf_greedy_texts, write_yaml
 from vroll.config import load_config
 from vroll.config.schema import GeneratingArgs
-from vroll.strategy import build_strategy
+from vroll.roles.launcher import launch_role
 from vroll.strategy.engine_state import EngineStateError
 from vroll.strategy.weights import WeightUpdateError
 
@@ -18,7 +20,7 @@ KV_BYTES = 256 << 20
 
 def start(tmp_path, model, **strategy_config):
     cfg = load_config(write_yaml(tmp_path / "engine.yaml", engine_config(model, **strategy_config)), platform="cpu")
-    return build_strategy(cfg.actor_infer, seed=cfg.seed)
+    return launch_role(cfg.actor_infer, seed=cfg.seed)
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +59,11 @@ def test_update_makes_greedy_output_equal_transformers_on_new_weights(engine, hf
     assert [r.samples[0].token_ids for r in results] == expected
     assert all(r.weight_version == v0 + 1 for r in results)
     perturb(model, seed=2)  # a second update, from state_dict() this time, streamed in small buckets
-    engine.options["weight_update_bucket_bytes"] = 1 << 20
+    engine.options = replace(engine.options, weight_update_bucket_bytes=1 << 20)
     try:
         engine.update_weights((k, v) for k, v in model.state_dict().items())
     finally:
-        engine.options["weight_update_bucket_bytes"] = 256 << 20
+        engine.options = replace(engine.options, weight_update_bucket_bytes=256 << 20)
     assert engine_greedy(engine) == hf_greedy_all(hf)
 
 
@@ -93,12 +95,12 @@ def test_failure_half_way_invalidates_until_a_complete_update(engine, hf):
         for i, (k, v) in enumerate(model.state_dict().items()):
             yield (k, torch.zeros(2) if i == 30 else v)
 
-    engine.options["weight_update_bucket_bytes"] = 1 << 20
+    engine.options = replace(engine.options, weight_update_bucket_bytes=1 << 20)
     try:
         with pytest.raises(WeightUpdateError, match="weights now invalid"):
             engine.update_weights(stream_with_a_bad_tensor())
     finally:
-        engine.options["weight_update_bucket_bytes"] = 256 << 20
+        engine.options = replace(engine.options, weight_update_bucket_bytes=256 << 20)
     assert engine.state.name == "weights invalid"
     with pytest.raises(EngineStateError, match="cannot generate: the engine is weights invalid; the last weight "
                                                "update failed half-way"):
@@ -121,12 +123,12 @@ def test_an_update_has_a_deadline(engine, hf):
                 time.sleep(0.1)
             yield k, v
 
-    engine.options["weight_update_bucket_bytes"] = 1 << 20
+    engine.options = replace(engine.options, weight_update_bucket_bytes=1 << 20)
     try:
         with pytest.raises(TimeoutError, match="deadline"):
             engine.update_weights(stalling_sender(), timeout_s=0.5)
     finally:
-        engine.options["weight_update_bucket_bytes"] = 256 << 20
+        engine.options = replace(engine.options, weight_update_bucket_bytes=256 << 20)
     assert engine.state.name == "weights invalid"
     engine.update_weights(model.state_dict())
     assert engine_greedy(engine) == hf_greedy_all(hf)
@@ -158,13 +160,13 @@ def test_sleep_wake_cycles_release_memory_and_stay_correct(engine, hf):
     for cycle in range(2):
         # level 1: the KV cache goes, the weights stay
         before = rss()
-        report = engine.sleep(1)
+        (report,) = engine.sleep(1)  # one report per engine
         assert before - rss() > 0.9 * KV_BYTES, (before, rss())
         assert report["released_bytes"] > 0.9 * report["expected_bytes"]
         assert engine.state.name.startswith("asleep (level 1")
         with pytest.raises(EngineStateError, match=r"cannot generate: the engine is asleep \(level 1"):
             engine.generate(PROMPTS, GREEDY)
-        assert engine.sleep(1) == {}  # a second sleep is a documented no-op
+        assert engine.sleep(1) == [{}]  # a second sleep is a documented no-op
         engine.wake_up()
         assert engine_greedy(engine) == expected
 

@@ -45,13 +45,13 @@ def two_nodes():
 
 def test_engines_are_placed_node_by_node_and_weights_reach_both(two_nodes, tiny_model, hf, tmp_path):
     from vroll.cluster.ray_session import alive_nodes
-    from vroll.strategy import build_strategy
+    from vroll.roles.launcher import launch_role
 
     data = engine_config(tiny_model, engine_call_timeout_s=180)
     data.update(ray_address=two_nodes.address, num_gpus_per_node=1)  # one slot per node: engine k on node k
     data["actor_infer"]["device_mapping"] = [0, 1]
     cfg = load_config(write_yaml(tmp_path / "c.yaml", data))
-    with build_strategy(cfg.actor_infer, seed=cfg.seed, ray_address=cfg.ray_address,
+    with launch_role(cfg.actor_infer, seed=cfg.seed, ray_address=cfg.ray_address,
                         devices_per_node=cfg.num_gpus_per_node) as role:
         nodes = [n["NodeID"] for n in alive_nodes()]
         assert len(nodes) == 2 and [i["node_id"] for i in role.info()] == nodes
@@ -70,7 +70,7 @@ def test_engines_are_placed_node_by_node_and_weights_reach_both(two_nodes, tiny_
 def test_trainer_ranks_span_the_two_nodes(two_nodes, tiny_model):
     from test_trainer import SEQS, padded, train_role
     from vroll.cluster.ray_session import alive_nodes
-    from vroll.strategy.registry import build_strategy
+    from vroll.roles.launcher import launch_role
 
     role = train_role(tiny_model)
     role.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
@@ -81,7 +81,7 @@ def test_trainer_ranks_span_the_two_nodes(two_nodes, tiny_model):
         m = micro["attention_mask"][:, 1:] * micro["attention_mask"][:, :-1]
         return -(logp * m).sum() / tokens, {}
 
-    with build_strategy(role, ray_address=two_nodes.address, devices_per_node=1) as trainer:
+    with launch_role(role, ray_address=two_nodes.address, devices_per_node=1) as trainer:
         assert trainer.world_size == 2 and trainer.node_ids == [n["NodeID"] for n in alive_nodes()]
         before = dict(trainer.named_weights())
         assert trainer.train_step([{"input_ids": ids, "attention_mask": mask}], loss_fn)["train/grad_norm"] > 0
@@ -91,12 +91,12 @@ def test_trainer_ranks_span_the_two_nodes(two_nodes, tiny_model):
 
 def test_a_mapping_beyond_the_cluster_is_named_before_any_rank_starts(two_nodes, tiny_model):
     from test_trainer import train_role
-    from vroll.cluster.train_cluster import TrainerFailure
-    from vroll.strategy.registry import build_strategy
+    from vroll.roles.ray_trainer import TrainerFailure
+    from vroll.roles.launcher import launch_role
 
     role = train_role(tiny_model)
     role.device_mapping = [0, 1, 2]
     role.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
     with pytest.raises(TrainerFailure, match=r"actor_train.device_mapping: devices \[2\] need node 2, but the "
                                              r"cluster has 2 node\(s\) of 1 devices"):
-        build_strategy(role, ray_address=two_nodes.address, devices_per_node=1)
+        launch_role(role, ray_address=two_nodes.address, devices_per_node=1)

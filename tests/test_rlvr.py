@@ -94,6 +94,11 @@ def test_one_step_pushes_weights_that_vllm_serves_like_transformers(tmp_path, ti
                 "time/weight_sync", "time/sleep", "memory/rss_gib", "val/accuracy"):
         assert key in step, key
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+    # the saved file is what ran: the engine's log-prob mode that vroll train chose is in it
+    from omegaconf import OmegaConf
+
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert saved.actor_infer.strategy_args.strategy_config.logprobs_mode == "processed_logprobs"
 
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_model, data):
@@ -185,15 +190,21 @@ def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, da
 
 
 def test_trainer_ranks_are_checked_before_starting(tmp_path, tiny_model, data):
+    from vroll.config import ConfigError
     from vroll.config.rules import check_train_config
 
     cfg = rl_config(tmp_path, tiny_model, data)
     cfg["actor_train"]["strategy_args"]["strategy_config"] = {"cpu_threads_per_rank": 3, "zero_stage": 3}
-    found = [str(i) for i in check_train_config(load_config(write_yaml(tmp_path / "a.yaml", cfg)), "train", "cpu")]
+    with pytest.raises(ConfigError) as e:  # fsdp2_train's own keys are typed options, checked at load time
+        load_config(write_yaml(tmp_path / "a.yaml", cfg))
+    found = [str(i) for i in e.value.issues]
     assert "actor_train.strategy_args.strategy_config.zero_stage: unknown key for fsdp2_train " \
            "(known: cpu_threads_per_rank)" in found
-    assert "actor_train.strategy_args.strategy_config.cpu_threads_per_rank: 3: must be a whole number >= 1 that " \
-           "divides the role's 2 CPU slots" in found
+    assert "actor_train.strategy_args.strategy_config.cpu_threads_per_rank: 3: must divide the role's 2 CPU " \
+           "slots" in found
+    cfg["actor_train"]["strategy_args"]["strategy_config"] = {"cpu_threads_per_rank": True}
+    with pytest.raises(ConfigError, match="cpu_threads_per_rank: True is not allowed: a whole number >= 1"):
+        load_config(write_yaml(tmp_path / "t.yaml", cfg))
     cfg["actor_train"]["strategy_args"]["strategy_config"] = {"cpu_threads_per_rank": 1}  # two ranks
     found = [str(i) for i in check_train_config(load_config(write_yaml(tmp_path / "b.yaml", cfg)), "train", "cpu")]
     assert found == ["rollout_batch_size: rollout_batch_size * num_return_sequences_in_group = 16 is not divisible by "

@@ -46,7 +46,7 @@ def trainer(tiny_model):
 def test_logprobs_equal_transformers_per_sequence(trainer, hf):
     model, _ = hf
     ids, mask = padded(SEQS)
-    got = trainer.compute_logprobs(ids, mask, batch_size=2)
+    got = trainer.batch_logprobs(ids, mask, batch_size=2)
     for i, s in enumerate(SEQS):
         with torch.no_grad():
             ref = torch.log_softmax(model(torch.tensor([s])).logits[0, :-1].float(), -1)
@@ -67,7 +67,7 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(trainer, tmp_path):
     trainer.save(tmp_path / "ckpt")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32).eval()
     with torch.no_grad():
-        assert torch.allclose(token_logprobs(loaded, ids, mask), trainer.compute_logprobs(ids, mask), atol=1e-6)
+        assert torch.allclose(token_logprobs(loaded, ids, mask), trainer.batch_logprobs(ids, mask), atol=1e-6)
 
 
 def test_weights_go_out_in_the_engines_dtype(trainer):
@@ -102,7 +102,8 @@ def test_two_ranks_train_like_one(tiny_model, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from vroll.models.logprobs import token_logprobs
-    from vroll.strategy.registry import build_strategy
+    from vroll.roles.interfaces import Trainer
+    from vroll.roles.launcher import launch_role
 
     seqs = SEQS + [[3, 4, 5, 6, 7, 8]]
     ids, mask = padded(seqs)
@@ -117,12 +118,13 @@ def test_two_ranks_train_like_one(tiny_model, tmp_path):
     two = train_role(tiny_model, per_device_train_batch_size=2, lr_scheduler_type="linear", warmup_steps=1)
     two.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
     micros = [{"input_ids": ids, "attention_mask": mask}]
-    with build_strategy(one, total_steps=6) as a:
+    with launch_role(one, total_steps=6) as a:
+        assert isinstance(a, Trainer) and type(a).__name__ == "Fsdp2TrainStrategy"  # in this process
         single = [a.train_step(micros, loss_fn) for _ in range(2)]
         single_weights = dict(a.named_weights())
-        single_logp = a.compute_logprobs(ids[:3], mask[:3])
-    with build_strategy(two, total_steps=6) as b:
-        assert type(b).__name__ == "TrainCluster" and b.world_size == 2
+        single_logp = a.batch_logprobs(ids[:3], mask[:3])
+    with launch_role(two, total_steps=6) as b:
+        assert isinstance(b, Trainer) and type(b).__name__ == "RayTrainer" and b.world_size == 2
         double = [b.train_step(micros, loss_fn) for _ in range(2)]
         for s, d in zip(single, double):
             assert abs(s["loss"] - d["loss"]) < 1e-5 and abs(s["train/grad_norm"] - d["train/grad_norm"]) < 1e-4
@@ -134,14 +136,14 @@ def test_two_ranks_train_like_one(tiny_model, tmp_path):
         some = dict(b.named_weights(names=list(weights)[:3], dtype=torch.bfloat16))
         assert list(some) == list(weights)[:3] and all(t.dtype == torch.bfloat16 for t in some.values())
         assert max((weights[k] - single_weights[k]).abs().max().item() for k in weights) < 1e-5
-        logp = b.compute_logprobs(ids[:3], mask[:3])  # 3 rows over 2 ranks: padded, then trimmed
+        logp = b.batch_logprobs(ids[:3], mask[:3])  # 3 rows over 2 ranks: padded, then trimmed
         assert logp.shape == single_logp.shape and torch.allclose(logp, single_logp, atol=1e-5)
         b.save(tmp_path / "ckpt")
         after_save = b.train_step(micros, loss_fn)
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt", dtype=torch.float32).eval()
     with torch.no_grad():
         assert torch.allclose(token_logprobs(loaded, ids[:3], mask[:3]), logp, atol=1e-6)
-    with build_strategy(two, total_steps=6, model_path=str(tmp_path / "ckpt")) as c:
+    with launch_role(two, total_steps=6, model_path=str(tmp_path / "ckpt")) as c:
         c.load_state(tmp_path / "ckpt")
         resumed = c.train_step(micros, loss_fn)
     assert abs(resumed["loss"] - after_save["loss"]) < 1e-6 and resumed["train/lr"] == after_save["train/lr"]
@@ -153,17 +155,17 @@ def test_a_dead_rank_is_named_at_once(tiny_model):
 
     import ray
 
-    from vroll.cluster.train_cluster import TrainerFailure
-    from vroll.strategy.registry import build_strategy
+    from vroll.roles.ray_trainer import TrainerFailure
+    from vroll.roles.launcher import launch_role
 
     role = train_role(tiny_model)
     role.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
     ids, mask = padded(SEQS)
-    with build_strategy(role) as cluster:
-        ray.kill(cluster.actors[1], no_restart=True)
+    with launch_role(role) as cluster:
+        ray.kill(cluster.group.members[1].actor, no_restart=True)
         start = time.monotonic()
         with pytest.raises(TrainerFailure, match=r"actor_train rank 1 \(node .*, devices \[1\]\) died while "
-                                                 r"compute_logprobs"):
-            cluster.compute_logprobs(ids, mask)
+                                                 r"batch_logprobs"):
+            cluster.batch_logprobs(ids, mask)
         assert time.monotonic() - start < 30
-    assert not cluster.actors
+    assert not cluster.group.members

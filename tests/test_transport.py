@@ -1,6 +1,6 @@
 import torch
 
-from vroll.cluster.transport import pack_bucket, unpack_bucket
+from vroll.strategy.transport import pack_bucket, unpack_bucket
 
 
 def test_buckets_round_trip_every_dtype_and_shape():

@@ -6,7 +6,7 @@ import torch
 from conftest import engine_config, hf_greedy, write_yaml
 from vroll.config import load_config
 from vroll.config.schema import GeneratingArgs
-from vroll.strategy import build_strategy
+from vroll.roles.launcher import launch_role
 from vroll.strategy.prompts import PromptError
 
 PROMPTS = ["What is 12+7?", "What is 45-18? The answer is", "What is 6*7?", "hello there"]
@@ -17,7 +17,7 @@ def start(tmp_path, model, seed=None, **strategy_config):
     if seed is not None:
         data["seed"] = seed
     cfg = load_config(write_yaml(tmp_path / "engine.yaml", data), platform="cpu")
-    return build_strategy(cfg.actor_infer, seed=cfg.seed)
+    return launch_role(cfg.actor_infer, seed=cfg.seed)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_processed_logprobs_mode_applies_temperature(tiny_model, hf, tmp_path):
 def test_forward_only_logprobs_match_transformers(strategy, hf):
     model, tok = hf
     seqs = [tok(p)["input_ids"] for p in PROMPTS]
-    got = strategy.compute_logprobs(seqs)  # micro-batches of infer_batch_size (1 here)
+    got = strategy.sequence_logprobs(seqs)  # micro-batches of infer_batch_size (1 here)
     for seq, lp in zip(seqs, got):
         ref = hf_token_logprobs(model, seq[:1], seq[1:])
         assert torch.allclose(torch.tensor(lp), ref, atol=1e-3)

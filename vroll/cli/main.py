@@ -40,23 +40,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def is_engine_failure(e: Exception) -> bool:
     """A role's process died or hung (an engine or a trainer rank): a message naming it, exit 1."""
+    from vroll.cluster.actors import RoleFailure
     from vroll.cluster.ray_session import ClusterError
-    from vroll.cluster.role_cluster import EngineFailure
-    from vroll.cluster.train_cluster import TrainerFailure
 
-    return isinstance(e, (EngineFailure, TrainerFailure, ClusterError))
+    return isinstance(e, (RoleFailure, ClusterError))
 
 
 def is_user_error(e: Exception) -> bool:
-    from vroll.cli.prompts_io import InputError
-    from vroll.config.errors import ConfigError
-    from vroll.strategy.prompts import PromptError
-    from vroll.strategy.registry import StrategyNotAvailable
-    from vroll.strategy.vllm_compat import UnsupportedVllm
-    from vroll.strategy.vllm_strategy import ModelNotFound
+    from vroll.config.errors import UserError
 
-    return isinstance(e, (ConfigError, InputError, PromptError, StrategyNotAvailable, UnsupportedVllm, ModelNotFound,
-                          NotImplementedError))
+    return isinstance(e, (UserError, NotImplementedError))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,9 +135,8 @@ def platform_of(choice: str) -> str | None:
 def cmd_validate(args) -> int:
     from omegaconf import OmegaConf
 
-    from vroll.config import load_config
-
-    from vroll.config import ConfigError
+    from vroll.config import ConfigError, load_config
+    from vroll.config.memory import plan_train_memory
     from vroll.config.rules import check_train_config
 
     platform = platform_of(args.platform)
@@ -154,9 +146,7 @@ def cmd_validate(args) -> int:
         if issues:
             raise ConfigError(issues, args.config)
     print(OmegaConf.to_yaml(cfg.model_dump(mode="json", exclude_none=True)), end="")
-    from vroll.config.memory import plan_train_memory
-
-    plan = check_memory(cfg, args.config, "actor_infer", "train" if args.job == "train" else "generate")
+    plan = check_memory(cfg, args.config, "actor_infer", "train" if args.job == "train" else "generate", platform)
     if plan is not None:
         print("# memory / batch / context balance of actor_infer:\n" +
               "\n".join(f"#   {line}" for line in plan.table().splitlines()), file=sys.stderr)
@@ -168,12 +158,12 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def check_memory(cfg, source: str, role: str, job: str = "generate"):
+def check_memory(cfg, source: str, role: str, job: str = "generate", platform: str | None = None):
     """The role's memory plan (None when its model is not a local folder); raises when it cannot work."""
     from vroll.config import ConfigError
     from vroll.config.memory import plan_memory
 
-    plan = plan_memory(cfg, role, job)
+    plan = plan_memory(cfg, role, job, platform)
     if plan is not None and plan.issues():
         raise ConfigError(plan.issues(), source)
     return plan
@@ -182,17 +172,17 @@ def check_memory(cfg, source: str, role: str, job: str = "generate"):
 def cmd_generate(args) -> int:
     from vroll.cli.prompts_io import read_prompts, write_jsonl
     from vroll.config import ConfigError, Issue, load_config
-    from vroll.strategy import build_strategy
+    from vroll.roles.launcher import launch
     from vroll.strategy.vllm_compat import current_platform_name
 
-    cfg = load_config(args.config, args.overrides, platform=current_platform_name())
+    platform = current_platform_name()
+    cfg = load_config(args.config, args.overrides, platform=platform)
     role = cfg.roles().get(args.role)
     if role is None:
         raise ConfigError([Issue(args.role, f"no such role in the file (roles: {', '.join(cfg.roles())})")], args.config)
-    check_memory(cfg, args.config, args.role)
+    check_memory(cfg, args.config, args.role, platform=platform)
     prompts = read_prompts(args.input)  # all input problems before the engine starts
-    per_node = cfg.num_gpus_per_node if cfg.ray_address else None  # device slots per node of a joined cluster
-    with build_strategy(role, seed=cfg.seed, ray_address=cfg.ray_address, devices_per_node=per_node) as strategy:
+    with launch(cfg, role) as strategy:
         started = time.perf_counter()
         results = strategy.generate(prompts, prompt_overflow=args.overflow, use_tqdm=sys.stderr.isatty())
         elapsed = time.perf_counter() - started
@@ -225,7 +215,7 @@ def load_job_config(args, job: str):
     if issues:
         raise ConfigError(issues, args.config)
     if job == "train":
-        check_memory(cfg, args.config, "actor_infer", "train")
+        check_memory(cfg, args.config, "actor_infer", "train", platform)
     from vroll.config.memory import plan_train_memory
 
     train_plan = plan_train_memory(cfg, platform)
@@ -257,9 +247,9 @@ def cmd_evaluate(args) -> int:
 
     from vroll.config import ConfigError, load_config
     from vroll.config.rules import check_eval_config
-    from vroll.pipeline.sft import evaluate_model
+    from vroll.models.paths import resolve_model_path
+    from vroll.pipeline.evaluation import evaluate_model
     from vroll.strategy.vllm_compat import current_platform_name
-    from vroll.strategy.vllm_strategy import resolve_model_path
 
     cfg = load_config(args.config, args.overrides, platform=current_platform_name())
     issues = check_eval_config(cfg)

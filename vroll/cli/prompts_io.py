@@ -6,10 +6,12 @@ import json
 import os
 from pathlib import Path
 
+from vroll.config.errors import UserError
+
 PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     pass
 
 

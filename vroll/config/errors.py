@@ -5,6 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+class UserError(Exception):
+    """A mistake in what the user gave (a file, a key, a path, a prompt, the installed vLLM): the CLI
+    prints the message and exits 2, without a traceback."""
+
+
 @dataclass(frozen=True)
 class Issue:
     path: str  # dotted key path, e.g. "actor_infer.generating_args.top_p"
@@ -14,7 +19,7 @@ class Issue:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """Raised with all problems of a configuration at once."""
 
     def __init__(self, issues: list[Issue], source: str | None = None):

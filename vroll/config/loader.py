@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from vroll.config.errors import ConfigError, Issue
 from vroll.config.rules import check_config
 from vroll.config.schema import PipelineConfig, RewardConfig
-from vroll.strategy.registry import closest
+from vroll.config.suggest import closest
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, platform: str | None = None) -> PipelineConfig:

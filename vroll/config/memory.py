@@ -14,10 +14,11 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from vroll.config.dtypes import DTYPES
+from vroll.config.engine_args import engine_defaults
 from vroll.config.errors import Issue
+from vroll.config.layout import engine_count, trainer_ranks
 
-DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp32": 4}
-SAFETENSORS_BYTES = {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "I8": 1, "U8": 1, "BOOL": 1}
 
 
 @dataclass
@@ -135,8 +136,6 @@ class TrainMemoryPlan:
 
 def plan_train_memory(cfg, platform: str = "cpu") -> TrainMemoryPlan | None:
     """The estimate for actor_train (fsdp2_train on a local model folder); None when it cannot be made."""
-    from vroll.strategy.fsdp2_train import trainer_ranks
-
     role = cfg.actor_train
     if role is None or role.training_args is None or role.strategy_args is None \
             or role.strategy_args.strategy_name != "fsdp2_train":
@@ -153,7 +152,7 @@ def plan_train_memory(cfg, platform: str = "cpu") -> TrainMemoryPlan | None:
             key = ".".join(parts[:parts.index("layers") + 2])
             layers[key] = layers.get(key, 0) + n
     root = params - sum(layers.values())
-    compute = DTYPE_BYTES[role.model_args.dtype]
+    compute = DTYPES[role.model_args.dtype].bytes
     ranks = trainer_ranks(role, platform)
     tokens = role.training_args.per_device_train_batch_size * (cfg.prompt_length + cfg.response_length)
     h, inter, n_layers = mc["hidden_size"], mc.get("intermediate_size", 4 * mc["hidden_size"]), mc["num_hidden_layers"]
@@ -169,19 +168,21 @@ def plan_train_memory(cfg, platform: str = "cpu") -> TrainMemoryPlan | None:
         activation_bytes=activations, logits_bytes=2 * tokens * mc["vocab_size"] * 4, checkpointing=checkpointing)
 
 
-def plan_memory(cfg, role_key: str = "actor_infer", job: str = "generate") -> MemoryPlan | None:
+def plan_memory(cfg, role_key: str = "actor_infer", job: str = "generate",
+                platform: str | None = None) -> MemoryPlan | None:
     """The plan for a vllm role whose model is a local folder; None when it cannot be computed. For
     `job="train"` a step is what `vroll train` asks: rollout_batch_size x num_return_sequences_in_group
-    sequences of up to response_length new tokens."""
+    sequences of up to response_length new tokens. `platform` adds the KV cache vroll reserves there
+    when the file sets none."""
     role = cfg.roles().get(role_key)
     if role is None or role.strategy_args is None or role.strategy_args.strategy_name != "vllm":
         return None
     model_dir, mc = local_model_config(role)
     if model_dir is None:
         return None
-    sc = role.strategy_args.strategy_config
+    sc = role.strategy_args.backend_args
     tp = int(sc.get("tensor_parallel_size", 1))
-    dtype_bytes = DTYPE_BYTES[role.model_args.dtype]
+    dtype_bytes = DTYPES[role.model_args.dtype].bytes
     kv_dtype = str(sc.get("kv_cache_dtype", "auto"))
     kv_bytes = 1 if kv_dtype.startswith("fp8") else dtype_bytes
     heads = mc["num_attention_heads"]
@@ -190,13 +191,8 @@ def plan_memory(cfg, role_key: str = "actor_infer", job: str = "generate") -> Me
     kv_per_token = 2 * mc["num_hidden_layers"] * kv_heads * head_dim * kv_bytes
     params = count_parameters(model_dir)
     max_len = int(sc.get("max_model_len") or mc.get("max_position_embeddings", 0))
-    budget = sc.get("kv_cache_memory_bytes")
-    if budget is None and "gpu_memory_utilization" not in sc:
-        from vroll.strategy.vllm_args import CPU_DEFAULT_KV_CACHE_BYTES
-        from vroll.strategy.vllm_compat import current_platform_name
-
-        budget = CPU_DEFAULT_KV_CACHE_BYTES if current_platform_name() == "cpu" else None
-    engines = max(len(role.device_mapping) // tp // int(sc.get("pipeline_parallel_size", 1)), 1)
+    budget = (engine_defaults(sc, platform) if platform else sc).get("kv_cache_memory_bytes")
+    engines = engine_count(role)
     g = role.generating_args
     new_tokens, n = (cfg.response_length, cfg.num_return_sequences_in_group) if job == "train" \
         else (g.max_new_tokens, g.num_return_sequences)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from pathlib import Path
 
 from vroll.config.errors import Issue
 from vroll.config.schema import GeneratingArgs, PipelineConfig, RoleConfig
-from vroll.strategy.registry import ROLE_NEEDS, STRATEGIES, closest
+from vroll.config.engine_args import check_engine_args
+from vroll.config.layout import devices_per_engine, local_slots, trainer_ranks
+from vroll.config.options import parse_options
+from vroll.config.strategies import STRATEGIES, role_need
+from vroll.config.suggest import closest
 
 
 def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue]:
@@ -23,7 +29,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
 
 def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]:
     issues: list[Issue] = []
-    need = ROLE_NEEDS[path.split(".")[0]]
+    need = role_need(path)
     reward_rule = path.startswith("rewards.") and getattr(role, "reward_type", None) in ("math_rule", "format")
     if path.startswith("rewards.") and getattr(role, "reward_type", None) == "format":
         issues += check_format_pattern(path, role.pattern)
@@ -41,8 +47,6 @@ def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]
 
 
 def check_format_pattern(path: str, pattern: str | None) -> list[Issue]:
-    import re
-
     if not pattern:
         return [Issue(f"{path}.pattern", "is required for reward_type: format (a regular expression the whole "
                                          "response must match, e.g. '<answer>-?\\d+</answer>')")]
@@ -64,12 +68,13 @@ def check_strategy(path: str, role: RoleConfig, need: str, platform: str | None)
         fits = [n for n, i in STRATEGIES.items() if need in i.kinds]
         return [Issue(f"{where}.strategy_name",
                       f"{name!r} cannot serve this role (it needs a '{need}' strategy: {', '.join(fits)})")]
+    issues = parse_options(name, role.strategy_args.strategy_config, f"{where}.strategy_config")[1]
+    if name == "fsdp2_train":
+        issues += check_trainer_slots(path, role)
     if name != "vllm":
-        return []  # passed through untouched; checked when that strategy exists
+        return issues  # other strategies' configs pass through untouched
 
-    from vroll.strategy.vllm_args import check_strategy_config
-
-    issues = check_strategy_config(role.strategy_args.strategy_config, f"{where}.strategy_config", platform)
+    issues += check_engine_args(role.strategy_args.strategy_config, f"{where}.strategy_config", platform)
     max_len = role.strategy_args.strategy_config.get("max_model_len")
     if isinstance(max_len, int) and role.generating_args.max_new_tokens >= max_len:
         issues.append(Issue(f"{path}.generating_args.max_new_tokens",
@@ -90,8 +95,6 @@ def check_device_mapping(path: str, role: RoleConfig) -> list[Issue]:
     if any(d < 0 for d in ids):
         issues.append(Issue(where, f"{ids} has negative device ids; ids start at 0"))
     if role.strategy_args and role.strategy_args.strategy_name == "vllm":
-        from vroll.strategy.vllm_args import devices_per_engine
-
         try:
             per_engine = devices_per_engine(role.strategy_args.strategy_config)
         except (TypeError, ValueError):
@@ -104,9 +107,7 @@ def check_device_mapping(path: str, role: RoleConfig) -> list[Issue]:
 
 def check_local_cpu_slots(path: str, role: RoleConfig) -> list[Issue]:
     """On the CPU backend device ids name this machine's cores (when no cluster is joined)."""
-    import os
-
-    slots = os.cpu_count() or 1
+    slots = local_slots()
     beyond = sorted({d for d in role.device_mapping if d >= slots})
     if not beyond:
         return []
@@ -152,8 +153,6 @@ def check_train_config(cfg: PipelineConfig, job: str = "train", platform: str = 
                                 f"{name!r}: `vroll {job}` trains with 'fsdp2_train' (megatron_train and "
                                 "deepspeed_train are not implemented)"))
         issues += check_data_files("actor_train.data_args", train.data_args)
-        if name == "fsdp2_train":
-            issues += check_trainer_ranks(train)
         if train.training_args is None:
             issues.append(Issue("actor_train.training_args", "is required (learning_rate, batch sizes, ...)"))
     if job == "train":
@@ -163,23 +162,17 @@ def check_train_config(cfg: PipelineConfig, job: str = "train", platform: str = 
     return issues
 
 
-def check_trainer_ranks(train: RoleConfig) -> list[Issue]:
-    """fsdp2_train's own strategy_config: only `cpu_threads_per_rank`, dividing the role's slots."""
-    sc, where = train.strategy_args.strategy_config, "actor_train.strategy_args.strategy_config"
-    issues = [Issue(f"{where}.{k}", "unknown key for fsdp2_train (known: cpu_threads_per_rank)")
-              for k in sc if k != "cpu_threads_per_rank"]
-    per_rank = sc.get("cpu_threads_per_rank")
+def check_trainer_slots(path: str, train: RoleConfig) -> list[Issue]:
+    """`cpu_threads_per_rank` must divide the role's CPU slots (its type is checked with the options)."""
+    per_rank = train.strategy_args.strategy_config.get("cpu_threads_per_rank")
     slots = len(train.device_mapping)
-    if per_rank is not None and (isinstance(per_rank, bool) or not isinstance(per_rank, int) or per_rank < 1
-                                 or slots % per_rank):
-        issues.append(Issue(f"{where}.cpu_threads_per_rank", f"{per_rank!r}: must be a whole number >= 1 that "
-                                                             f"divides the role's {slots} CPU slots"))
-    return issues
+    if isinstance(per_rank, int) and not isinstance(per_rank, bool) and per_rank >= 1 and slots % per_rank:
+        return [Issue(f"{path}.strategy_args.strategy_config.cpu_threads_per_rank",
+                      f"{per_rank!r}: must divide the role's {slots} CPU slots")]
+    return []
 
 
 def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
-    from vroll.strategy.fsdp2_train import trainer_ranks
-
     issues = []
     if cfg.actor_infer is not None and (cfg.actor_infer.strategy_args is None
                                         or cfg.actor_infer.strategy_args.strategy_name != "vllm"):
@@ -194,7 +187,7 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
     if args is not None:
         train = cfg.actor_train
         sound = train.strategy_args is not None and train.strategy_args.strategy_name == "fsdp2_train" \
-            and not check_trainer_ranks(train)  # else reported already; count one rank
+            and not check_strategy("actor_train", train, "train", None)  # else reported already; count one rank
         ranks = trainer_ranks(train, platform) if sound else 1
         rows = cfg.rollout_batch_size * cfg.num_return_sequences_in_group
         per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * ranks
@@ -231,8 +224,6 @@ def check_eval_config(cfg: PipelineConfig) -> list[Issue]:
 
 
 def check_data_files(key: str, data_args) -> list[Issue]:
-    from pathlib import Path
-
     names = getattr(data_args, "file_name", None)
     if not names:
         return [Issue(f"{key}.file_name", "is required: the JSONL file(s) of prompts")]

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vroll.config.device_mapping import parse_device_mapping
+from vroll.config.options import parse_options, pass_through
 
 
 class Section(BaseModel):
@@ -53,6 +54,16 @@ class StrategyArgs(Section):
     @classmethod
     def _none_is_empty(cls, v):
         return {} if v is None else v
+
+    @property
+    def options(self):
+        """vroll's own keys, typed, defaults filled in (`options.py`); the loader reports bad values."""
+        return parse_options(self.strategy_name, self.strategy_config)[0]
+
+    @property
+    def backend_args(self) -> dict[str, Any]:
+        """The rest of strategy_config, handed to the backend as it is (for vllm: engine arguments)."""
+        return pass_through(self.strategy_name, self.strategy_config)
 
 
 class TrainingArgs(Section):

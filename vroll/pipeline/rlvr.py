@@ -6,40 +6,28 @@ generate (vLLM) -> sleep when colocated -> reward -> reference log-probs -> adva
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
-from contextlib import ExitStack
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import ConfigError
+from vroll.config.layout import trainer_ranks
 from vroll.config.schema import GeneratingArgs, PipelineConfig
+from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
 from vroll.pipeline.checkpoint import find_checkpoint, read_state, save_checkpoint
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
+from vroll.pipeline.evaluation import generate, score, validate
 from vroll.pipeline.tracking import MetricsLog, PhaseTimer, plot_curves, process_rss_bytes
-from vroll.rewards.workers import RewardItem, RewardRouter, unrouted_tags
-from vroll.strategy.results import PromptResult, to_padded_batch
+from vroll.rewards.workers import RewardRouter, unrouted_tags
+from vroll.roles.launcher import Roles, launch_rlvr_roles
+from vroll.strategy.results import to_padded_batch
+from vroll.strategy.vllm_compat import current_platform_name
 
 log = logging.getLogger(__name__)
-
-VALIDATION_CALL = 1_000_000  # seeds of validation generations never collide with a rollout's
-
-
-@dataclass
-class Roles:
-    """The running pipeline: the engine, the trainer, the reference and the reward workers."""
-
-    infer: object
-    train: object
-    reference: object | None
-    rewards: RewardRouter
-    colocated: bool
-    sleep_level: int | None
 
 
 # -- set-up ---------------------------------------------------------------------------------------
@@ -62,38 +50,13 @@ def rollout_args(cfg: PipelineConfig) -> GeneratingArgs:
         "logprobs": True, "num_beams": 1})
 
 
-def start_roles(cfg: PipelineConfig, total_steps: int, model_path: str | None) -> tuple[Roles, ExitStack]:
-    from vroll.strategy.fsdp2_train import trainer_ranks
-    from vroll.strategy.registry import build_strategy
-    from vroll.strategy.vllm_compat import current_platform_name
-
-    stack = ExitStack()
-    infer_role, train_role = cfg.actor_infer, cfg.actor_train
-    colocated = bool(set(infer_role.device_mapping) & set(train_role.device_mapping))
-    sc = infer_role.strategy_args.strategy_config
-    # The mismatch metric compares the trainer's tempered log-probs with the engine's: ask the engine
-    # for the same (processed) quantity unless the file chose otherwise.
-    sc.setdefault("logprobs_mode", "processed_logprobs")
-    per_node = cfg.num_gpus_per_node if cfg.ray_address else None
-    try:
-        infer = stack.enter_context(build_strategy(infer_role, seed=cfg.seed, ray_address=cfg.ray_address,
-                                                   devices_per_node=per_node, on_ray=not colocated))
-        in_process = trainer_ranks(train_role, current_platform_name()) == 1  # else rank actors pin themselves
-        if in_process and not colocated and not torch.cuda.is_available() and hasattr(os, "sched_setaffinity"):
-            stack.callback(os.sched_setaffinity, 0, os.sched_getaffinity(0))
-            os.sched_setaffinity(0, set(train_role.device_mapping))  # the trainer keeps to its own CPU slots
-        train = stack.enter_context(build_strategy(train_role, seed=cfg.seed, total_steps=total_steps,
-                                                   model_path=model_path, ray_address=cfg.ray_address,
-                                                   devices_per_node=per_node))
-        reference = None
-        if cfg.reference is not None:
-            reference = stack.enter_context(build_strategy(cfg.reference, seed=cfg.seed))
-        rewards = RewardRouter(cfg.rewards, seed=cfg.seed)
-        stack.callback(rewards.close)
-    except BaseException:
-        stack.close()
-        raise
-    return Roles(infer, train, reference, rewards, colocated, sc.get("sleep_level") if colocated else None), stack
+def with_train_defaults(cfg: PipelineConfig) -> PipelineConfig:
+    """The file as `vroll train` runs it (what output_dir/config.yaml records): the mismatch metric
+    compares the trainer's tempered log-probs with the engine's, so the engine is asked for the same
+    (processed) quantity unless the file chose otherwise."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.actor_infer.strategy_args.strategy_config.setdefault("logprobs_mode", "processed_logprobs")
+    return cfg
 
 
 def optimizer_steps_per_rollout(cfg: PipelineConfig, ranks: int) -> int:
@@ -103,19 +66,6 @@ def optimizer_steps_per_rollout(cfg: PipelineConfig, ranks: int) -> int:
 
 
 # -- one step, phase by phase ---------------------------------------------------------------------
-def generate(roles: Roles, records: list[PromptRecord], g: GeneratingArgs, call: int) -> list[PromptResult]:
-    roles.infer.wake_up()  # nothing to do when awake
-    results = roles.infer.generate([{"prompt_token_ids": r.prompt_ids} for r in records], g, call=call,
-                                   prompt_overflow="error")
-    return results
-
-
-def score(roles: Roles, records: list[PromptRecord], results: list[PromptResult]):
-    items = [RewardItem(rec.prompt_text, s.text, rec.ground_truth, rec.tag)
-             for rec, res in zip(records, results) for s in res.samples]
-    return roles.rewards.score(items)
-
-
 def sequences_of(batch: dict) -> tuple[list[list[int]], list[int]]:
     """Each row's real tokens, and where they start in the padded row."""
     seqs, starts = [], []
@@ -133,7 +83,7 @@ def reference_logprobs(roles: Roles, batch: dict) -> torch.Tensor | None:
         return None
     seqs, starts = sequences_of(batch)
     out = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
-    for i, (lp, start) in enumerate(zip(roles.reference.compute_logprobs(seqs), starts)):
+    for i, (lp, start) in enumerate(zip(roles.reference.sequence_logprobs(seqs), starts)):
         out[i, start:start + len(lp)] = torch.tensor(lp)
     return out
 
@@ -190,9 +140,7 @@ def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temper
 def engine_weights(cfg: PipelineConfig, roles: Roles):
     """The trainer's weights in the engine's dtype: fp32 master weights travel as bf16 to a bf16
     engine (half the bytes; the engine would round them the same way on load)."""
-    from vroll.strategy.fsdp2_train import TORCH_DTYPES
-
-    return roles.train.named_weights(dtype=TORCH_DTYPES[cfg.actor_infer.model_args.dtype])
+    return roles.train.named_weights(dtype=torch_dtype(cfg.actor_infer.model_args.dtype))
 
 
 def push_weights(cfg: PipelineConfig, roles: Roles) -> int:
@@ -201,27 +149,28 @@ def push_weights(cfg: PipelineConfig, roles: Roles) -> int:
     return roles.infer.update_weights(engine_weights(cfg, roles))
 
 
-def train_step(cfg: PipelineConfig, roles: Roles, records: list[PromptRecord], step: int) -> dict:
+def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: list[PromptRecord],
+               step: int) -> dict:
     timer = PhaseTimer()
     g = rollout_args(cfg)
     if roles.sleep_level:
         with timer("wake"):
             roles.infer.wake_up()
     with timer("generate"):
-        results = generate(roles, records, g, call=step)
+        results = generate(roles.infer, records, g, call=step)
     version = results[0].weight_version
     if roles.sleep_level:
         with timer("sleep"):
             roles.infer.sleep()
     with timer("reward"):
-        scores, correct, reward_metrics = score(roles, records, results)
+        scores, correct, reward_metrics = score(rewards, records, results)
     padded = to_padded_batch(results, roles.train.tokenizer.pad_token_id or 0)
     batch = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
              "mask": padded["response_mask"][:, 1:].float(), "rollout_logp": rollout_logprobs(padded)}
     with timer("reference"):
         batch["ref_logp"] = reference_logprobs(roles, padded)
     with timer("old_logprobs"):
-        batch["old_logp"] = roles.train.compute_logprobs(batch["input_ids"], batch["attention_mask"], g.temperature)
+        batch["old_logp"] = roles.train.batch_logprobs(batch["input_ids"], batch["attention_mask"], g.temperature)
     metrics = alg.mismatch(batch["old_logp"], batch["rollout_logp"], batch["mask"])
     scores_t = torch.tensor(scores)
     if batch["ref_logp"] is not None:
@@ -249,34 +198,13 @@ def train_step(cfg: PipelineConfig, roles: Roles, records: list[PromptRecord], s
     return metrics
 
 
-def validate(cfg: PipelineConfig, roles: Roles, records: list[PromptRecord], step: int, out_dir: Path) -> dict:
-    """Held-out prompts with `validation.generating_args`; samples go to validation/step_N.jsonl."""
-    g = cfg.validation.generating_args
-    results = generate(roles, records, g, call=VALIDATION_CALL + step)
-    scores, correct, _ = score(roles, records, results)
-    rule = [c for c in correct if c is not None]
-    folder = out_dir / "validation"
-    folder.mkdir(parents=True, exist_ok=True)
-    samples = [(rec, s) for rec, res in zip(records, results) for s in res.samples]
-    with (folder / f"step_{step}.jsonl").open("w") as f:
-        for (rec, s), reward in zip(samples, scores):
-            f.write(json.dumps({"prompt": rec.prompt_text, "response": s.text, "ground_truth": rec.ground_truth,
-                                "reward": reward, "response_token_ids": s.token_ids}) + "\n")
-    out = {"step": step, "val/reward_mean": sum(scores) / len(scores),
-           "val/response_length": sum(len(s.token_ids) for _, s in samples) / len(samples)}
-    if rule:
-        out["val/accuracy"] = sum(rule) / len(rule)
-    return out
-
-
 # -- the run --------------------------------------------------------------------------------------
 def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | None = None) -> dict:
     """The whole RLVR run; returns a summary (first and last validation, paths)."""
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    from vroll.strategy.vllm_strategy import resolve_model_path
-
+    cfg = with_train_defaults(cfg)
     out_dir = Path(cfg.output_dir)
     model_key = "actor_train.model_args.model_name_or_path"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.actor_train.model_args.model_name_or_path, model_key))
@@ -287,14 +215,12 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
     if ckpt:
         sampler.load_state_dict(state["data"])
         log.info("resuming from %s (step %d)", ckpt, state["step"])
-    from vroll.strategy.fsdp2_train import trainer_ranks
-    from vroll.strategy.vllm_compat import current_platform_name
-
     ranks = trainer_ranks(cfg.actor_train, current_platform_name())
     total = cfg.max_steps * cfg.ppo_epochs * optimizer_steps_per_rollout(cfg, ranks)
     metrics_log = MetricsLog(out_dir, resume_step=state["step"] if ckpt else None)
     (out_dir / "config.yaml").write_text(_config_yaml(cfg))
-    roles, stack = start_roles(cfg, total, str(ckpt) if ckpt else None)
+    roles, stack = launch_rlvr_roles(cfg, total, str(ckpt) if ckpt else None)
+    rewards = RewardRouter(cfg.rewards, roles.reward_models)
     summary: dict = {"output_dir": str(out_dir), "metrics": str(metrics_log.path)}
     with stack:
         if ckpt:
@@ -305,16 +231,16 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
             roles.infer.adopt_weight_version(state["weight_version"])
         step = state["step"]
         if val_records and step == 0:
-            record = validate(cfg, roles, val_records, 0, out_dir)
+            record = validate(cfg, roles.infer, rewards, val_records, 0, out_dir)
             metrics_log.write(record)
             log.info("validation before training: %s", _brief(record))
         bar = tqdm(range(step + 1, cfg.max_steps + 1), desc="vroll train", unit="step", initial=step,
                    total=cfg.max_steps, disable=(not sys.stderr.isatty()) if progress is None else not progress)
         for step in bar:
-            record = train_step(cfg, roles, sampler.next_batch(cfg.rollout_batch_size), step)
+            record = train_step(cfg, roles, rewards, sampler.next_batch(cfg.rollout_batch_size), step)
             record["data/epoch"] = sampler.epoch
             if val_records and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
-                record.update(validate(cfg, roles, val_records, step, out_dir))
+                record.update(validate(cfg, roles.infer, rewards, val_records, step, out_dir))
             metrics_log.write(record)
             bar.set_postfix(reward=f"{record['reward/mean']:.3f}",
                             **({"val_acc": f"{record['val/accuracy']:.3f}"} if "val/accuracy" in record else {}))
@@ -338,7 +264,7 @@ def _needs_initial_push(cfg: PipelineConfig) -> bool:
     """vLLM must serve the trainer's weights: push them before the first rollout unless it loaded the
     same checkpoint itself."""
     infer, train = cfg.actor_infer, cfg.actor_train
-    dummy = infer.strategy_args.strategy_config.get("load_format") == "dummy"
+    dummy = infer.strategy_args.backend_args.get("load_format") == "dummy"
     return dummy or infer.model_args.model_name_or_path != train.model_args.model_name_or_path
 
 

@@ -12,8 +12,12 @@ from pathlib import Path
 import torch
 
 from vroll.config.schema import PipelineConfig
+from vroll.models.padding import left_pad
+from vroll.models.paths import resolve_model_path
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
+from vroll.pipeline.evaluation import evaluate_model
 from vroll.pipeline.tracking import MetricsLog, PhaseTimer
+from vroll.roles.launcher import launch
 
 log = logging.getLogger(__name__)
 
@@ -24,25 +28,16 @@ def supervised_batch(records: list[PromptRecord], tokenizer, response_length: in
     for r in records:
         answer = tokenizer(r.response + tokenizer.eos_token, add_special_tokens=False)["input_ids"][:response_length]
         rows.append((r.prompt_ids, answer))
-    width = max(len(p) + len(a) for p, a in rows)
-    pad = tokenizer.pad_token_id or 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.long)
-    target = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, (p, a) in enumerate(rows):
-        seq = p + a
-        ids[i, width - len(seq):] = torch.tensor(seq)
-        attention[i, width - len(seq):] = 1
-        target[i, width - len(a):] = 1
+    ids, attention = left_pad([p + a for p, a in rows], tokenizer.pad_token_id or 0)
+    target = torch.zeros_like(attention)
+    for i, (_, a) in enumerate(rows):
+        target[i, target.shape[1] - len(a):] = 1
     return {"input_ids": ids, "attention_mask": attention, "mask": target[:, 1:].float()}
 
 
 def run_sft(cfg: PipelineConfig, source: str | None = None, progress: bool | None = None) -> dict:
     from tqdm import tqdm
     from transformers import AutoTokenizer
-
-    from vroll.strategy.registry import build_strategy
-    from vroll.strategy.vllm_strategy import resolve_model_path
 
     role, args = cfg.actor_train, cfg.actor_train.training_args
     out_dir = Path(cfg.output_dir)
@@ -51,9 +46,7 @@ def run_sft(cfg: PipelineConfig, source: str | None = None, progress: bool | Non
     records = load_prompts(role.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args", with_response=True)
     sampler = PromptSampler(records, cfg.seed)
     metrics_log = MetricsLog(out_dir)
-    per_node = cfg.num_gpus_per_node if cfg.ray_address else None  # device slots per node of a joined cluster
-    with build_strategy(role, seed=cfg.seed, total_steps=cfg.max_steps, ray_address=cfg.ray_address,
-                        devices_per_node=per_node) as trainer:
+    with launch(cfg, role, total_steps=cfg.max_steps) as trainer:
         # per_device_train_batch_size rows per rank and micro-batch, as in transformers' Trainer
         micro = args.per_device_train_batch_size * trainer.world_size
         rows = micro * args.gradient_accumulation_steps
@@ -94,27 +87,3 @@ def save_model(trainer, folder: Path) -> Path:
         shutil.rmtree(folder)
     os.replace(tmp, folder)
     return folder
-
-
-def evaluate_model(cfg: PipelineConfig, model_dir: str, tokenizer, out_dir: Path, step: int | None = None,
-                   source: str | None = None) -> dict:
-    """Held-out accuracy of a saved model with actor_infer's engine and the reward workers; the
-    answers go to out_dir/validation/step_N.jsonl (N: `step`, default max_steps)."""
-    from vroll.config.errors import ConfigError
-    from vroll.pipeline.rlvr import Roles, validate
-    from vroll.rewards.workers import RewardRouter, unrouted_tags
-    from vroll.strategy.registry import build_strategy
-
-    records = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args")
-    issues = unrouted_tags(cfg.rewards, {r.tag for r in records})
-    if issues:
-        raise ConfigError(issues, source)
-    role = cfg.actor_infer.model_copy(deep=True)
-    role.model_args.model_name_or_path = model_dir
-    role.strategy_args.strategy_config.pop("load_format", None)  # the saved weights are the point
-    rewards = RewardRouter(cfg.rewards, seed=cfg.seed)
-    with build_strategy(role, seed=cfg.seed) as infer:
-        roles = Roles(infer, None, None, rewards, colocated=False, sleep_level=None)
-        result = validate(cfg, roles, records, cfg.max_steps if step is None else step, out_dir)
-    rewards.close()
-    return {k: v for k, v in result.items() if k != "step"}

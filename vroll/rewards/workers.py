@@ -56,14 +56,13 @@ class FormatWorker:
 
 
 class ModelRewardWorker:
-    """A sequence-classification reward model on `hf_infer`, scoring prompt + response text."""
+    """A reward model (a `ScoringModel` the launcher started, e.g. on `hf_infer`), scoring prompt +
+    response text."""
 
     checks_answer = False
 
-    def __init__(self, cfg: RewardConfig, seed: int | None = None):
-        from vroll.strategy.hf_infer import HfInferStrategy
-
-        self.model = HfInferStrategy(cfg, seed=seed, reward_model=True)
+    def __init__(self, cfg: RewardConfig, model):
+        self.model = model
 
     def _ids(self, item: RewardItem) -> list[int]:
         return self.model.tokenizer(item.prompt_text + item.response_text, add_special_tokens=False)["input_ids"]
@@ -74,8 +73,6 @@ class ModelRewardWorker:
     def score_one(self, item: RewardItem) -> float:
         return self.model.score([self._ids(item)])[0]
 
-    def close(self) -> None:
-        self.model.close()
 
 
 def routes(configs: dict[str, RewardConfig], tag: str | None) -> list[str]:
@@ -92,20 +89,25 @@ def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> li
                              "tag_included, or leave a worker's tag_included empty to take every tag")]
 
 
-def build_worker(cfg: RewardConfig, seed: int | None = None):
+def build_worker(name: str, cfg: RewardConfig, models: dict):
     if cfg.reward_type == "math_rule":
         return MathRuleWorker(cfg)
     if cfg.reward_type == "format":
         return FormatWorker(cfg)
-    return ModelRewardWorker(cfg, seed)
+    if name not in models:
+        raise ValueError(f"rewards.{name}: reward_type: model needs its model started (vroll.roles.launcher."
+                         "launch_reward_models)")
+    return ModelRewardWorker(cfg, models[name])
 
 
 class RewardRouter:
     """All configured reward workers, routing by tag and combining by weight."""
 
-    def __init__(self, configs: dict[str, RewardConfig], seed: int | None = None, workers: dict | None = None):
+    def __init__(self, configs: dict[str, RewardConfig], models: dict | None = None, workers: dict | None = None):
+        """`models`: the started model of each `reward_type: model` worker, by name (the caller closes them)."""
         self.configs = configs
-        self.workers = workers if workers is not None else {n: build_worker(c, seed) for n, c in configs.items()}
+        self.workers = workers if workers is not None else {n: build_worker(n, c, models or {})
+                                                            for n, c in configs.items()}
 
     def score(self, items: list[RewardItem]) -> tuple[list[float], list[float | None], dict[str, float]]:
         """(combined reward per item, correctness per item (None without a math_rule worker),
@@ -145,8 +147,3 @@ class RewardRouter:
                 log.warning("rewards.%s: sample %d scored 0 because the worker raised: %s: %s", name, k,
                             type(e).__name__, e)
         return scores, errors
-
-    def close(self) -> None:
-        for w in self.workers.values():
-            if hasattr(w, "close"):
-                w.close()

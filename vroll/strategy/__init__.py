@@ -1,5 +1,2 @@
-"""Backends a role can run on, picked by `strategy_args.strategy_name`."""
-
-from vroll.strategy.registry import STRATEGIES, StrategyNotAvailable, build_strategy
-
-__all__ = ["STRATEGIES", "StrategyNotAvailable", "build_strategy"]
+"""Backends a role can run on, picked by `strategy_args.strategy_name`: each class serves one role
+in the process that builds it (`vroll.roles` decides where that process is)."""

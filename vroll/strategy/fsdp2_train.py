@@ -3,8 +3,9 @@ and an LR schedule from `training_args`. The caller owns the loss (SFT or the RL
 module owns the model, the optimiser step and the weights it hands to the inference engine.
 
 One rank trains in the calling process (on CPU the role's slots become torch's thread count); several
-ranks are Ray actors, one process each, driven by `vroll.cluster.train_cluster.TrainCluster` (see
-`trainer_ranks`). Every rank runs this same class on its share of each batch.
+ranks are Ray actors, one process each, driven by `vroll.roles.ray_trainer.RayTrainer` (the launcher
+decides which, from `config.layout.trainer_ranks`). Every rank runs this same class on its share of
+each batch.
 """
 
 from __future__ import annotations
@@ -16,24 +17,15 @@ from typing import Callable, Iterator
 
 import torch
 
+from vroll.config.dtypes import torch_dtype
 from vroll.config.schema import RoleConfig, TrainingArgs
 from vroll.models.logprobs import token_logprobs
+from vroll.models.paths import resolve_model_path
 from vroll.strategy import vllm_compat
 
 log = logging.getLogger(__name__)
 
-TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 STATE_FILE = "trainer_state.pt"
-
-
-def trainer_ranks(role: RoleConfig, platform: str) -> int:
-    """Data-parallel ranks of a training role: one per GPU on CUDA; on CPU one per
-    `strategy_config.cpu_threads_per_rank` slots (default: all slots, one rank in the calling process)."""
-    slots = len(role.device_mapping) or 1
-    if platform != "cpu":
-        return slots
-    per_rank = (role.strategy_args.strategy_config if role.strategy_args else {}).get("cpu_threads_per_rank", slots)
-    return max(1, slots // per_rank)
 
 
 def multi_rank_mesh(device_type: str, rank: int, world_size: int, init_method: str):
@@ -56,8 +48,9 @@ def single_rank_mesh(device_type: str):
     if not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    if dist.get_world_size() != 1:
-        raise NotImplementedError("fsdp2_train: multi-rank training is not built yet (one rank per role)")
+    if dist.get_world_size() != 1:  # several ranks each have a process of their own (multi_rank_mesh)
+        raise RuntimeError(f"fsdp2_train: this process already belongs to a group of {dist.get_world_size()} "
+                           "ranks; a one-rank trainer needs a process of its own")
     vllm_compat.hold_process_group()
     return init_device_mesh(device_type, (1,))
 
@@ -74,8 +67,6 @@ class Fsdp2TrainStrategy:
                  model_path: str | None = None, rank: int = 0, world_size: int = 1, init_method: str | None = None):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
-
-        from vroll.strategy.vllm_strategy import resolve_model_path
 
         self.role, self.name = role, role.name or "actor_train"
         self.args: TrainingArgs = role.training_args or TrainingArgs()
@@ -101,7 +92,7 @@ class Fsdp2TrainStrategy:
         if not role.model_args.disable_gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
-        compute = TORCH_DTYPES[role.model_args.dtype]
+        compute = torch_dtype(role.model_args.dtype)
         mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
         for layer in decoder_layers(model):
             fully_shard(layer, mesh=mesh, mp_policy=mp)
@@ -122,8 +113,8 @@ class Fsdp2TrainStrategy:
 
     # -- forward ----------------------------------------------------------------------------
     @torch.no_grad()
-    def compute_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
-                         batch_size: int | None = None) -> torch.Tensor:
+    def batch_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
+                       batch_size: int | None = None) -> torch.Tensor:
         """Per-token log-probabilities [B, L-1] of given padded sequences, in micro-batches."""
         self.model.eval()
         bs = batch_size or self.args.per_device_train_batch_size

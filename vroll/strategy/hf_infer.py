@@ -12,26 +12,25 @@ from typing import Sequence
 
 import torch
 
+from vroll.config.dtypes import torch_dtype
 from vroll.config.schema import RoleConfig
 from vroll.models.logprobs import position_ids_from_mask, token_logprobs
+from vroll.models.padding import left_pad
+from vroll.models.paths import resolve_model_path
 
 log = logging.getLogger(__name__)
-
-TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 class HfInferStrategy:
     def __init__(self, role: RoleConfig, seed: int | None = None, reward_model: bool = False):
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-        from vroll.strategy.vllm_strategy import resolve_model_path
-
         self.role, self.name = role, role.name or "reference"
         path = resolve_model_path(role.model_args.model_name_or_path, f"{self.name}.model_args.model_name_or_path")
         cls = AutoModelForSequenceClassification if reward_model else AutoModelForCausalLM
         with torch.random.fork_rng():  # a score head the checkpoint lacks is initialised the same every run
             torch.manual_seed(0 if seed is None else seed)
-            self.model = cls.from_pretrained(path, dtype=TORCH_DTYPES[role.model_args.dtype],
+            self.model = cls.from_pretrained(path, dtype=torch_dtype(role.model_args.dtype),
                                              trust_remote_code=role.model_args.trust_remote_code).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=role.model_args.trust_remote_code)
         pad = self.tokenizer.pad_token_id
@@ -43,16 +42,11 @@ class HfInferStrategy:
         bs = self.role.infer_batch_size
         for start in range(0, len(sequences), bs):
             chunk = [list(s) for s in sequences[start:start + bs]]
-            width = max(len(s) for s in chunk)
-            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for i, s in enumerate(chunk):
-                ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-                mask[i, width - len(s):] = 1
+            ids, mask = left_pad(chunk, self.pad_id)
             yield ids, mask, [len(s) for s in chunk]
 
     @torch.no_grad()
-    def compute_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0) -> list[list[float]]:
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0) -> list[list[float]]:
         """Log-probability of every token after the first, per sequence, in input order."""
         out: list[list[float]] = []
         for ids, mask, lengths in self._micro_batches(sequences):

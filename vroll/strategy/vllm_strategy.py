@@ -6,16 +6,19 @@ import logging
 import math
 import threading
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
+from vroll.config.dtypes import DTYPES
+from vroll.config.engine_args import engine_defaults
+from vroll.config.layout import devices_per_engine
 from vroll.config.schema import GeneratingArgs, RoleConfig
+from vroll.models.paths import resolve_model_path
 from vroll.strategy import vllm_compat
 from vroll.strategy.engine_state import EngineState, EngineStateError
 from vroll.strategy.prompts import Prompt, encode_prompt, fit_prompts
 from vroll.strategy.results import PromptResult, Sample, to_padded_batch
 from vroll.strategy.sampling import beam_search_params, describe, request_seed, sampling_params
-from vroll.strategy.vllm_args import CPU_DEFAULT_KV_CACHE_BYTES, DTYPES, devices_per_engine, split_strategy_config
+from vroll.strategy.transport import unpack_bucket
 from vroll.strategy.weights import (
     UpdateSession, WeightUpdateError, buckets, expected_layout, tied_names, validate_all,
 )
@@ -23,38 +26,14 @@ from vroll.strategy.weights import (
 log = logging.getLogger(__name__)
 
 
-class ModelNotFound(FileNotFoundError):
-    pass
-
-
-def resolve_model_path(name: str, key: str) -> str:
-    """A local folder, or a Hugging Face id already in the local cache (vroll never downloads)."""
-    if Path(name).expanduser().is_dir():
-        return str(Path(name).expanduser())
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        if isinstance(try_to_load_from_cache(name, "config.json"), str):
-            return name
-    except Exception:  # not a valid repo id
-        pass
-    raise ModelNotFound(
-        f"{key}: {name!r} is neither a local model folder nor a model in the Hugging Face cache. "
-        "Build the tiny model with `vroll tiny-model --out models/tiny`, or download the model first."
-    )
-
-
-def engine_kwargs(role: RoleConfig, seed: int | None, engine_args: dict[str, Any], platform: str) -> dict[str, Any]:
-    kwargs = dict(engine_args)
+def engine_kwargs(role: RoleConfig, seed: int | None, platform: str) -> dict[str, Any]:
+    """`LLM(...)` arguments: the file's engine arguments, vroll's defaults, and what other keys set."""
+    kwargs = engine_defaults(role.strategy_args.backend_args, platform)
     kwargs["model"] = resolve_model_path(role.model_args.model_name_or_path, f"{role.name}.model_args.model_name_or_path")
-    kwargs["dtype"] = DTYPES[role.model_args.dtype]
+    kwargs["dtype"] = DTYPES[role.model_args.dtype].torch_name
     kwargs["trust_remote_code"] = role.model_args.trust_remote_code
     if seed is not None:
         kwargs["seed"] = seed
-    if platform == "cpu" and "gpu_memory_utilization" not in kwargs and "kv_cache_memory_bytes" not in kwargs:
-        kwargs["kv_cache_memory_bytes"] = CPU_DEFAULT_KV_CACHE_BYTES
-    if platform != "cpu" and "sleep_level" in role.strategy_args.strategy_config:
-        kwargs.setdefault("enable_sleep_mode", True)  # vLLM's sleep mode must be chosen at start-up
     return kwargs
 
 
@@ -64,21 +43,21 @@ class VllmStrategy:
     def __init__(self, role: RoleConfig, seed: int | None = None):
         self._llm = None
         vllm_compat.check_vllm_version()
-        if len(role.device_mapping) > devices_per_engine(role.strategy_args.strategy_config):
+        if len(role.device_mapping) > devices_per_engine(role.strategy_args.backend_args):
             raise ValueError(
                 f"{role.name}.device_mapping: {len(role.device_mapping)} devices mean several data-parallel "
-                "engines; build the role with vroll.strategy.build_strategy, which starts them on Ray"
+                "engines; start the role with vroll.roles.launch_role, which starts them on Ray"
             )
         self.role = role
         self.name = role.name or "actor_infer"
         self.seed = seed if seed is not None else 0
-        self.options, engine_args = split_strategy_config(role.strategy_args.strategy_config)
-        self.logprobs_mode = engine_args.get("logprobs_mode", "raw_logprobs")
+        self.options = role.strategy_args.options
+        self.logprobs_mode = role.strategy_args.backend_args.get("logprobs_mode", "raw_logprobs")
         vllm_compat.prepare_in_process_engine()
         self.platform = vllm_compat.current_platform_name()
         if self.platform == "cpu":
             vllm_compat.patch_cpu_seeded_sampling()
-        kwargs = engine_kwargs(role, seed, engine_args, self.platform)
+        kwargs = engine_kwargs(role, seed, self.platform)
         self.model_path = kwargs["model"]
 
         from vllm import LLM
@@ -127,7 +106,7 @@ class VllmStrategy:
                   call=None) -> list[PromptResult]:
         g = generating_args or self.role.generating_args
         encoded = [encode_prompt(i, p, self.tokenizer) for i, p in enumerate(prompts)]
-        policy = prompt_overflow or self.options["prompt_overflow"]
+        policy = prompt_overflow or self.options.prompt_overflow
         encoded = fit_prompts(encoded, g.max_new_tokens, self.max_model_len, policy)
         self._log_once(g)
         if call is None:
@@ -184,7 +163,7 @@ class VllmStrategy:
             log.info("%s: %s", self.name, text)
 
     # -- forward-only work ------------------------------------------------------------------
-    def compute_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
+    def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """Log-probability of every token after the first, for given token sequences; forward
         passes in micro-batches of `infer_batch_size`."""
         from vllm import SamplingParams
@@ -192,9 +171,9 @@ class VllmStrategy:
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         with self._lock:
             self.state.require_serving("compute log-probabilities", self.name)
-            return self._compute_logprobs(sequences, params)
+            return self._sequence_logprobs(sequences, params)
 
-    def _compute_logprobs(self, sequences, params) -> list[list[float]]:
+    def _sequence_logprobs(self, sequences, params) -> list[list[float]]:
         out: list[list[float]] = []
         bs = self.role.infer_batch_size
         for start in range(0, len(sequences), bs):
@@ -223,7 +202,7 @@ class VllmStrategy:
                 if isinstance(named_tensors, (list, tuple)):
                     validate_all(list(named_tensors), self._update.layout, self._update.optional,
                                  self._update.complete)
-                for bucket in buckets(named_tensors, self.options["weight_update_bucket_bytes"]):
+                for bucket in buckets(named_tensors, self.options.weight_update_bucket_bytes):
                     self.load_bucket(bucket)
                 return self.finish_update()
             except BaseException as e:
@@ -239,9 +218,9 @@ class VllmStrategy:
                 raise WeightUpdateError(f"{self.name}: a partial update cannot repair invalid weights "
                                         f"({self.state.invalid_reason}); send all of them")
             layout, optional = self._weight_layout()
-            timeout_s = self.options["weight_update_timeout_s"] if timeout_s is None else timeout_s
+            timeout_s = self.options.weight_update_timeout_s if timeout_s is None else timeout_s
             self._update = UpdateSession(layout, optional, complete=not partial,
-                                         verify=self.options["verify_weights"] if verify is None else verify,
+                                         verify=self.options.verify_weights if verify is None else verify,
                                          deadline=time.monotonic() + timeout_s)
             self._update_started = time.perf_counter()
 
@@ -251,6 +230,10 @@ class VllmStrategy:
         bucket = [(n, t.detach()) for n, t in bucket]
         got = self.llm.collective_rpc(vllm_compat.worker_reload_weights, args=(bucket, session.verify))[0]
         session.record(bucket, got)
+
+    def load_packed_bucket(self, arrays, specs) -> None:
+        """`load_bucket` for a bucket packed by `transport.pack_bucket` in another process."""
+        self.load_bucket(unpack_bucket(arrays, specs))
 
     def finish_update(self) -> int:
         session = self._require_update()
@@ -271,6 +254,9 @@ class VllmStrategy:
     def adopt_weight_version(self, version: int) -> None:
         """Number the current weights `version` (a resumed run continues its count)."""
         self.weight_version = version
+
+    def status(self) -> dict:
+        return {"weight_version": self.weight_version, "state": self.state.name}
 
     def abort_update(self, error: BaseException) -> None:
         """End a failed update: weights that were partly written are marked invalid."""
@@ -298,10 +284,14 @@ class VllmStrategy:
         return self._layout
 
     # -- sleep and wake -------------------------------------------------------------------
-    def sleep(self, level: int | None = None) -> dict:
+    def sleep(self, level: int | None = None) -> list[dict]:
         """Release memory between generations: level 1 the KV cache, level 2 the weights too
-        (the next generation then needs `wake_up()` and a weight update). Returns what was measured."""
-        level = level or self.options["sleep_level"]
+        (the next generation then needs `wake_up()` and a weight update). Returns what was measured,
+        one report per engine (here one; `{}` when already asleep)."""
+        return [self._sleep(level)]
+
+    def _sleep(self, level: int | None) -> dict:
+        level = level or self.options.sleep_level
         if level not in (1, 2):
             raise ValueError(f"sleep level {level!r} is not allowed: use 1 or 2")
         with self._lock:
@@ -325,9 +315,13 @@ class VllmStrategy:
             self._check_release(report)
             return report
 
-    def wake_up(self, tags: Sequence[str] | None = None) -> dict:
+    def wake_up(self, tags: Sequence[str] | None = None) -> list[dict]:
         """Bring back the KV cache and weight memory (`tags` stages it: ["weights"], update, then
-        ["kv_cache"], so old weights, new weights and the KV cache are never held at once)."""
+        ["kv_cache"], so old weights, new weights and the KV cache are never held at once). One
+        report per engine, as `sleep`."""
+        return [self._wake_up(tags)]
+
+    def _wake_up(self, tags: Sequence[str] | None) -> dict:
         tags = list(tags or ("weights", "kv_cache"))
         unknown = set(tags) - {"weights", "kv_cache"}
         if unknown:

@@ -12,6 +12,8 @@ from typing import Iterable, Iterator
 
 import torch
 
+from vroll.config.suggest import closest
+
 
 class WeightUpdateError(ValueError):
     """A weight update that was refused or failed; names the parameter(s)."""
@@ -48,19 +50,12 @@ def check_tensor(name: str, tensor, layout: dict[str, TensorSpec]) -> str | None
         return f"{name}: expected a torch.Tensor, got {type(tensor).__name__}"
     spec = layout.get(name)
     if spec is None:
-        return f"{name}: the model has no parameter of this name{_closest(name, layout)}"
+        return f"{name}: the model has no parameter of this name{closest(name, layout, cutoff=0.8)}"
     if tuple(tensor.shape) != spec.shape:
         return f"{name}: shape {tuple(tensor.shape)} does not match the model's {spec.shape}"
     if not tensor.is_floating_point():
         return f"{name}: dtype {tensor.dtype} is not a floating-point type"
     return None
-
-
-def _closest(name: str, layout) -> str:
-    import difflib
-
-    m = difflib.get_close_matches(name, list(layout), n=1, cutoff=0.8)
-    return f" (did you mean {m[0]!r}?)" if m else ""
 
 
 def missing_names(seen: set[str], layout: dict[str, TensorSpec], optional: set[str]) -> list[str]:

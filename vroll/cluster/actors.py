@@ -1,0 +1,160 @@
+"""One role's Ray actors: one `RoleHost` per placement, with the rules engines and trainer ranks share.
+
+Connect or start Ray, check that the nodes and slots exist, start each actor on its node (pinned to
+its devices there), build the backend, call with a deadline, name the first member to fail, replace
+a member, release everything (and the Ray this group started).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from vroll.cluster.host import RoleHost
+from vroll.cluster.placement import Placement
+from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, release
+
+log = logging.getLogger(__name__)
+
+
+class RoleFailure(RuntimeError):
+    """A role's process died or did not answer in time; names role, rank, node and the call."""
+
+
+@dataclass
+class Member:
+    placement: Placement
+    actor: Any
+    node_ip: str = "?"
+    pid: int = 0
+    node_id: str = ""
+
+
+class ActorGroup:
+    """`placements` actors for the role `name`. `label` names a member in messages ("engine rank",
+    "rank"); `collective` members wait for each other, so any failure breaks the whole group."""
+
+    def __init__(self, name: str, placements: list[Placement], platform: str, *, label: str,
+                 failure: type[RoleFailure] = RoleFailure, call_timeout_s: float = 1800.0,
+                 ray_address: str | None = None, devices_per_node: int | None = None,
+                 collective: bool = False, drop_env: tuple = ()):
+        import ray
+
+        self._ray = ray
+        self.name, self.label, self.platform, self.failure = name, label, platform, failure
+        self.call_timeout_s, self.collective, self.drop_env = call_timeout_s, collective, drop_env
+        self.members: list[Member] = []
+        self.broken = False
+        self._owns_ray = connect(ray_address)
+        try:  # a group that cannot start leaves no actor, and no Ray it started, behind
+            per_node = devices_per_node or (os.cpu_count() if platform == "cpu" else 8)
+            problem = missing_devices(name, placements, per_node, platform)
+            if problem:
+                raise failure(problem)
+            self.members = [Member(p, self._spawn(p)) for p in placements]
+            self._learn_where(self.members)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- starting ----------------------------------------------------------------------------
+    def _spawn(self, p: Placement):
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        node = alive_nodes()[p.node]
+        env = {} if self.platform == "cpu" else {"CUDA_VISIBLE_DEVICES": ",".join(map(str, p.local))}
+        # No Ray resources are claimed: roles that share devices (colocation) share these actors'
+        # devices and take turns (sleep/wake); placement is by node and pinning, not by accounting.
+        return self._ray.remote(num_cpus=0, num_gpus=0, max_concurrency=1)(RoleHost).options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+            runtime_env={"env_vars": env},
+        ).remote(self.name, p.rank, list(p.local), self.platform, self.drop_env)
+
+    def _learn_where(self, members: list[Member]) -> None:
+        for m, info in zip(members, self.call(members, "start", lambda m: m.actor.info.remote())):
+            m.node_ip, m.pid, m.node_id = info["node"], info["pid"], info["node_id"]
+
+    def build(self, target: str, args_of: Callable[[Member], tuple], kwargs: dict | None = None,
+              members: list[Member] | None = None) -> None:
+        """Build `module:Class(*args_of(member), **kwargs)` in every member (or in `members`)."""
+        members = self.members if members is None else members
+        self.call(members, "start", lambda m: m.actor.build.remote(target, args_of(m), kwargs or {}))
+
+    def replace(self, rank: int) -> Member:
+        """A new actor in place of member `rank` (same placement); the caller builds its backend."""
+        old = self.members[rank]
+        self._ray.kill(old.actor, no_restart=True)
+        new = Member(old.placement, self._spawn(old.placement))
+        self._learn_where([new])
+        self.members[rank] = new
+        return new
+
+    # -- calls with deadlines ----------------------------------------------------------------
+    def where(self, m: Member) -> str:
+        at = f"node {m.node_ip}, pid {m.pid}, " if m.pid else ""
+        return f"{self.name} {self.label} {m.placement.rank} ({at}devices {list(m.placement.devices)})"
+
+    def call(self, members: Sequence[Member], what: str, submit: Callable[[Member], Any],
+             progress: bool = False) -> list:
+        """One call per member, all in flight together; results in member order. The first member to
+        die, hang past the deadline or raise is named at once (members of a collective group would
+        wait for it, not return). A backend's own exception is raised as itself."""
+        from ray.exceptions import RayActorError, RayTaskError
+
+        refs = [submit(m) for m in members]
+        member_of = {ref: m for ref, m in zip(refs, members)}
+        index_of = {ref: i for i, ref in enumerate(refs)}
+        deadline = time.monotonic() + self.call_timeout_s
+        bar = self._progress(what, len(refs)) if progress else None
+        pending, out = list(refs), {}
+        while pending:
+            done, pending = self._ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0.001))
+            if not done:
+                self.broken = True
+                stuck = ", ".join(self.where(member_of[ref]) for ref in pending)
+                raise self.failure(f"{stuck} did not answer within {self.call_timeout_s:.0f} s while {what}")
+            ref = done[0]
+            try:
+                out[index_of[ref]] = self._ray.get(ref)
+            except RayActorError as err:
+                self.broken = True
+                raise self.failure(f"{self.where(member_of[ref])} died while {what}: "
+                                   f"{str(err).splitlines()[0]}") from None
+            except RayTaskError as err:
+                self.broken = self.broken or self.collective
+                raise err.as_instanceof_cause() from None
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        return [out[i] for i in range(len(refs))]
+
+    def _progress(self, what: str, total: int):
+        from tqdm import tqdm
+
+        return tqdm(total=total, desc=f"{self.name}: {what}", unit=self.label.split()[0])
+
+    def on_all(self, method: str, *args, what: str | None = None, members: list[Member] | None = None) -> list:
+        """`method(*args)` of every member's backend (or of `members`')."""
+        members = self.members if members is None else members
+        return self.call(members, what or method, lambda m: m.actor.call.remote(method, *args))
+
+    def on_each(self, method: str, args_of: Callable[[Member], tuple], what: str | None = None,
+                members: list[Member] | None = None, progress: bool = False) -> list:
+        """`method(*args_of(member))` of each member's backend: each with arguments of its own."""
+        members = self.members if members is None else members
+        return self.call(members, what or method, lambda m: m.actor.call.remote(method, *args_of(m)),
+                         progress=progress)
+
+    def infos(self) -> list[dict]:
+        return self.call(self.members, "reporting", lambda m: m.actor.info.remote())
+
+    # -- the end -----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Stop every actor (asking each to close first unless the group is broken), and the Ray
+        this group started; safe to call twice."""
+        release([m.actor for m in self.members], self._owns_ray, polite=not self.broken)
+        self.members, self._owns_ray = [], False

@@ -1,0 +1,36 @@
+"""How many engines or trainer ranks a role's `device_mapping` makes: pure functions of the file,
+shared by validation, memory plans and the launcher (which decides where each one runs)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def devices_per_engine(engine_args: dict[str, Any]) -> int:
+    """Devices one vLLM engine spans: tensor x pipeline parallelism."""
+    return int(engine_args.get("tensor_parallel_size", 1)) * int(engine_args.get("pipeline_parallel_size", 1))
+
+
+def engine_count(role) -> int:
+    return max(len(role.device_mapping) // devices_per_engine(role.strategy_args.strategy_config), 1)
+
+
+def trainer_ranks(role, platform: str) -> int:
+    """Data-parallel ranks of a training role: one per GPU on CUDA; on CPU one per
+    `cpu_threads_per_rank` slots (default: all slots, one rank in the calling process)."""
+    slots = len(role.device_mapping) or 1
+    if platform != "cpu":
+        return slots
+    per_rank = role.strategy_args.options.cpu_threads_per_rank if role.strategy_args else None
+    return max(1, slots // (per_rank or slots))
+
+
+def colocated(a, b) -> bool:
+    """Two roles that share a device take turns on it (the engine sleeps while the trainer works)."""
+    return a is not None and b is not None and bool(set(a.device_mapping) & set(b.device_mapping))
+
+
+def local_slots() -> int:
+    """CPU slots of this machine (device ids on the CPU backend when no cluster is joined)."""
+    return os.cpu_count() or 1

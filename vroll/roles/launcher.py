@@ -1,0 +1,112 @@
+"""Where each role runs, decided in one place: in this process, or one Ray actor per engine or rank.
+
+The pipeline asks for its roles (`launch_rlvr_roles`, `launch`) and never decides placement. The
+rules, in order:
+- a `vllm` role runs on Ray when its devices make several engines, when a cluster is joined
+  (`ray_address`), or when it has devices of its own (not shared with the trainer): its engine then
+  runs pinned to them while the trainer keeps to its own; otherwise it runs in this process;
+- an `fsdp2_train` role runs on Ray when it has several ranks (`config.layout.trainer_ranks`); one
+  rank trains in this process, pinned to the role's CPU slots when it has slots of its own;
+- `hf_infer` roles (reference, reward models) run in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+
+from vroll.cluster.pinning import affinity
+from vroll.config.layout import colocated, devices_per_engine, trainer_ranks
+from vroll.config.schema import PipelineConfig, RewardConfig, RoleConfig
+from vroll.config.strategies import require_runnable
+from vroll.roles.interfaces import ForwardModel, GenerationEngine, ScoringModel, Trainer
+from vroll.roles.ray_engines import RayEngines
+from vroll.roles.ray_trainer import RayTrainer
+from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
+from vroll.strategy.hf_infer import HfInferStrategy
+from vroll.strategy.vllm_compat import current_platform_name
+from vroll.strategy.vllm_strategy import VllmStrategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Roles:
+    """The running roles of an RL job."""
+
+    infer: GenerationEngine
+    train: Trainer | None = None
+    reference: ForwardModel | None = None
+    reward_models: dict[str, ScoringModel] = field(default_factory=dict)
+    sleep_level: int | None = None  # the engine sleeps at this level while the trainer works (shared devices)
+
+
+def engines_on_ray(role: RoleConfig, ray_address: str | None, own_devices: bool) -> bool:
+    several = len(role.device_mapping) > devices_per_engine(role.strategy_args.backend_args)
+    return several or bool(ray_address) or own_devices
+
+
+def launch_role(role: RoleConfig, *, seed: int | None = None, ray_address: str | None = None,
+                devices_per_node: int | None = None, own_devices: bool = False, total_steps: int = 1,
+                model_path: str | None = None):
+    """Start one role's backend where it runs (see the module's rules). `own_devices`: the role's
+    devices are its own (not shared with another role), so its processes are pinned to them."""
+    seed = role.seed if seed is None else seed  # the file's top-level seed unless given
+    name = require_runnable(role.name, role.strategy_args.strategy_name if role.strategy_args else None)
+    if name == "hf_infer":
+        return HfInferStrategy(role, seed=seed, reward_model=isinstance(role, RewardConfig) and role.reward_type == "model")
+    platform = current_platform_name()
+    if name == "vllm":
+        if engines_on_ray(role, ray_address, own_devices):
+            return RayEngines(role, seed, platform, ray_address=ray_address, devices_per_node=devices_per_node)
+        return VllmStrategy(role, seed=seed)
+    ranks = trainer_ranks(role, platform)
+    if ranks > 1:
+        return RayTrainer(role, ranks, platform, seed=seed, total_steps=total_steps, model_path=model_path,
+                          ray_address=ray_address, devices_per_node=devices_per_node)
+    return Fsdp2TrainStrategy(role, seed=seed, total_steps=total_steps, model_path=model_path)
+
+
+def launch(cfg: PipelineConfig, role: RoleConfig, **kwargs):
+    """`launch_role` with the file's seed and cluster (device slots per node of a joined cluster)."""
+    per_node = cfg.num_gpus_per_node if cfg.ray_address else None
+    return launch_role(role, seed=cfg.seed, ray_address=cfg.ray_address, devices_per_node=per_node, **kwargs)
+
+
+def driver_pinned_to(role: RoleConfig, own_devices: bool) -> bool:
+    """A one-rank CPU trainer with slots of its own keeps this process to them while it runs."""
+    platform = current_platform_name()
+    return own_devices and platform == "cpu" and trainer_ranks(role, platform) == 1
+
+
+def launch_rlvr_roles(cfg: PipelineConfig, total_steps: int, model_path: str | None) -> tuple[Roles, ExitStack]:
+    """The engine, the trainer, the reference and the reward models of `vroll train`; the stack
+    closes them all (also when one of them fails to start)."""
+    stack = ExitStack()
+    shared = colocated(cfg.actor_infer, cfg.actor_train)
+    try:
+        infer = stack.enter_context(launch(cfg, cfg.actor_infer, own_devices=not shared))
+        if driver_pinned_to(cfg.actor_train, own_devices=not shared):
+            stack.enter_context(affinity(cfg.actor_train.device_mapping))
+        train = stack.enter_context(launch(cfg, cfg.actor_train, total_steps=total_steps, model_path=model_path))
+        reference = stack.enter_context(launch(cfg, cfg.reference)) if cfg.reference is not None else None
+        reward_models = launch_reward_models(cfg, stack)
+    except BaseException:
+        stack.close()
+        raise
+    return Roles(infer, train, reference, reward_models, sleep_level(cfg)), stack
+
+
+def sleep_level(cfg: PipelineConfig) -> int | None:
+    """The level the engine sleeps at while the trainer works when the two share devices (the file's
+    `sleep_level`, default 1 as in ROLL); None when the engine has devices of its own."""
+    if not colocated(cfg.actor_infer, cfg.actor_train):
+        return None
+    return cfg.actor_infer.strategy_args.options.sleep_level
+
+
+def launch_reward_models(cfg: PipelineConfig, stack: ExitStack) -> dict[str, ScoringModel]:
+    """The model behind each `reward_type: model` worker (rule workers need none)."""
+    return {name: stack.enter_context(launch(cfg, worker)) for name, worker in cfg.rewards.items()
+            if worker.reward_type == "model"}
