@@ -1,5 +1,6 @@
 """`vroll validate CONFIG --platform none`: wall time of the command (a fresh Python each run), this
-tree against another checkout of vroll (e.g. an older commit), in the same run, alternating.
+tree against another checkout of vroll (e.g. an older commit), in the same run, alternating. CONFIG is
+relative to each tree (its model and data folders must be there too).
 
     git worktree add /tmp/vroll-old <commit>
     .venv/bin/python bench/bench_validate.py --baseline /tmp/vroll-old
@@ -20,9 +21,10 @@ HERE = Path(__file__).resolve().parent.parent
 
 
 def command(tree: Path, config: str, env: dict):
+    """Runs in `tree` (relative paths in the file resolve there; `python -m` imports vroll from there)."""
     def run():
         subprocess.run([sys.executable, "-m", "vroll.cli.main", "validate", config, "--platform", "none"],
-                       cwd=HERE, env={**env, "PYTHONPATH": str(tree)}, check=True, capture_output=True)
+                       cwd=tree, env={**env, "PYTHONPATH": str(tree)}, check=True, capture_output=True)
     return run
 
 
