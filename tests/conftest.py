@@ -71,3 +71,11 @@ def hf_greedy(model, ids: list[int], max_new_tokens: int) -> list[int]:
 def hf_greedy_texts(hf, texts, max_new_tokens: int) -> list[list[int]]:
     model, tok = hf
     return [hf_greedy(model, tok(t)["input_ids"], max_new_tokens) for t in texts]
+
+
+def interruptible() -> None:
+    """`preexec_fn` of a child a test sends Ctrl-C to: a process started in the background from a
+    non-interactive shell (as CI may run) inherits SIGINT as ignored, and would never see it."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

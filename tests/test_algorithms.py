@@ -1,58 +1,193 @@
-"""Advantages, the clipped policy loss, KL and TIS against small cases computed by hand."""
+"""ROLL's advantage and loss options against small cases computed by hand from the published
+formulas (ROLL's roll/utils/functionals.py and its actor worker; docs/algorithms.md states each)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from vroll.config.schema import PipelineConfig
 from vroll.pipeline import algorithms as alg
 
 
+def options(**over):
+    """The algorithm keys with their defaults (ROLL's), as a file would give them."""
+    return PipelineConfig(**over)
+
+
+def advantages(scores, group_size, mask=None, kl=None, ctrl=None, **over):
+    cfg = options(num_return_sequences_in_group=group_size, **over)
+    scores = torch.tensor(scores)
+    mask = torch.ones(len(scores), 1) if mask is None else mask
+    return alg.compute_advantages(cfg, scores, mask, kl, ctrl, alg.RunningMoments())[0]
+
+
 def test_grpo_normalises_within_each_group():
-    scores = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0])
-    group = torch.tensor([0, 0, 0, 1, 1, 1])
-    adv = alg.compute_advantages(scores, group, "grpo")
-    # group 0: mean 1/3, unbiased std sqrt(1/3); group 1: all equal -> 0
+    # A_i = (R_i - mean_group) / (std_group + 1e-6), std unbiased; group 1 all equal -> exactly 0
+    adv = advantages([1.0, 0.0, 0.0, 1.0, 1.0, 1.0], 3)[:, 0]
     std = math.sqrt(1 / 3)
-    expected = [(1 - 1 / 3) / std, -(1 / 3) / std, -(1 / 3) / std, 0, 0, 0]
-    assert adv.tolist() == pytest.approx(expected, abs=1e-4)
+    expected = [(2 / 3) / (std + 1e-6), -(1 / 3) / (std + 1e-6), -(1 / 3) / (std + 1e-6), 0, 0, 0]
+    assert adv.tolist() == pytest.approx(expected, abs=1e-6)
 
 
-def test_reinforce_subtracts_the_batch_mean_then_clips_and_whitens():
-    scores = torch.tensor([2.0, 0.0, 1.0, 1.0])
-    group = torch.arange(4)
-    assert alg.compute_advantages(scores, group, "reinforce").tolist() == [1.0, -1.0, 0.0, 0.0]
-    assert alg.compute_advantages(scores, group, "reinforce", advantage_clip=0.5).tolist() == [0.5, -0.5, 0.0, 0.0]
-    assert alg.compute_advantages(scores, group, "reinforce", reward_clip=1.0).tolist() == [0.25, -0.75, 0.25, 0.25]
-    w = alg.compute_advantages(scores, group, "reinforce", whiten=True)
-    assert float(w.mean()) == pytest.approx(0.0, abs=1e-6) and float(w.std()) == pytest.approx(1.0, abs=1e-4)
+def test_a_group_of_equal_rewards_gets_exactly_zero():
+    # eight rewards of 0.2: the float mean is not exactly 0.2, and (0.2 - mean) / (0 + 1e-6) was -0.0147
+    for est, over in (("grpo", {}), ("reinforce", {"norm_mean_type": "batch", "norm_std_type": "batch"}),
+                      ("reinforce", {"norm_mean_type": "group", "norm_std_type": "group"})):
+        adv = advantages([0.2] * 8, 8, adv_estimator=est, **over)
+        assert torch.equal(adv, torch.zeros_like(adv)), (est, over)
+
+
+def test_reinforce_uses_the_raw_reward_unless_normalisation_is_asked():
+    # ROLL: reinforce normalises only as norm_mean_type / norm_std_type say (default: neither)
+    assert advantages([2.0, 0.0, 1.0, 1.0], 1, adv_estimator="reinforce")[:, 0].tolist() == [2.0, 0.0, 1.0, 1.0]
+    # batch mean 1, unbiased batch std sqrt(2/3)
+    got = advantages([2.0, 0.0, 1.0, 1.0], 1, adv_estimator="reinforce", norm_mean_type="batch",
+                     norm_std_type="batch")[:, 0]
+    s = math.sqrt(2 / 3) + 1e-6
+    assert got.tolist() == pytest.approx([1 / s, -1 / s, 0.0, 0.0], abs=1e-6)
+    # group mean with batch std (LitePPO): groups of 2: (2,0) -> +1,-1 ; (1,1) -> 0, 0; std of the raw batch
+    got = advantages([2.0, 0.0, 1.0, 1.0], 2, adv_estimator="reinforce", norm_mean_type="group",
+                     norm_std_type="batch")[:, 0]
+    assert got.tolist() == pytest.approx([1 / s, -1 / s, 0.0, 0.0], abs=1e-6)
+
+
+def test_reward_clip_applies_after_normalisation():
+    # ROLL: normalise, then clip. Group (3, 0): mean 1.5, unbiased std 2.1213 -> +-0.7071; clip 0.5 -> +-0.5.
+    # (vroll used to clip first: (0.5, 0) -> +-0.7071, a different run.)
+    adv = advantages([3.0, 0.0], 2, reward_clip=0.5)[:, 0]
+    assert adv.tolist() == pytest.approx([0.5, -0.5], abs=1e-6)
+
+
+def test_whitening_is_over_tokens_and_advantage_clip_last():
+    # reinforce, raw rewards 1 and 0 on responses of 3 and 1 tokens: token advantages 1,1,1 | 0.
+    # whiten over the 4 tokens: mean 3/4, unbiased var (3 * 1/16 + 9/16) / 3 = 1/4 -> (x - 0.75) / sqrt(0.25 + 1e-8)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    adv = advantages([1.0, 0.0], 1, mask=mask, adv_estimator="reinforce", whiten_advantages=True)
+    k = 1 / math.sqrt(0.25 + 1e-8)
+    assert adv.flatten().tolist() == pytest.approx([0.25 * k] * 3 + [-0.75 * k, 0, 0], abs=1e-5)
+    clipped = advantages([1.0, 0.0], 1, mask=mask, adv_estimator="reinforce", whiten_advantages=True,
+                         advantage_clip=1.0)
+    assert clipped.flatten().tolist() == pytest.approx([0.25 * k] * 3 + [-1.0, 0, 0], abs=1e-5)
+
+
+def test_token_level_kl_penalty_and_discounted_return():
+    # reward 1 on the last token, minus beta * KL on every token, then G_t = r_t + gamma * G_{t+1}
+    mask = torch.ones(1, 3)
+    kl = torch.tensor([[0.1, 0.2, 0.3]])
+    ctrl = alg.KLController(0.5)
+    adv = advantages([1.0], 1, mask=mask, kl=kl, ctrl=ctrl, adv_estimator="reinforce", add_token_level_kl=True,
+                     init_kl_coef=0.5, gamma=0.5)
+    r = [-0.05, -0.1, 1 - 0.15]
+    g2 = r[2]
+    g1 = r[1] + 0.5 * g2
+    g0 = r[0] + 0.5 * g1
+    assert adv[0].tolist() == pytest.approx([g0, g1, g2], abs=1e-6)
+
+
+def test_adaptive_kl_controller():
+    # value *= 1 + clip(kl / target - 1, -0.2, 0.2) * n / horizon
+    c = alg.KLController(0.2, target=0.1, horizon=100)
+    c.update(current_kl=0.3, n_steps=10)  # error clipped to 0.2
+    assert c.value == pytest.approx(0.2 * (1 + 0.2 * 10 / 100))
+    fixed = alg.KLController(0.2)
+    fixed.update(5.0, 10)
+    assert fixed.value == 0.2
+
+
+@pytest.mark.parametrize("kind, expected", [("kl", math.log(2)), ("abs", math.log(2)),
+                                            ("mse", 0.5 * math.log(2) ** 2), ("k3", 0.5 + math.log(2) - 1)])
+def test_kl_estimators(kind, expected):
+    # d = log p - log ref = log 0.5 - log 0.25 = log 2; k3 = e^-d + d - 1
+    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
+    assert float(alg.kl_estimate(logp, ref, kind)) == pytest.approx(expected, abs=1e-6)
+    assert float(alg.kl_estimate(ref, ref, kind)) == 0.0
+
+
+def test_k3_is_clamped_at_10():
+    assert float(alg.kl_k3(torch.tensor([0.0]), torch.tensor([20.0]))) == 10.0
 
 
 def test_clipped_surrogate_by_hand():
-    old = torch.zeros(4)
-    logp = torch.log(torch.tensor([1.5, 0.5, 1.1, 1.5]))  # ratios 1.5, 0.5, 1.1, 1.5
+    ratio = torch.tensor([1.5, 0.5, 1.1, 1.5])
     adv = torch.tensor([1.0, 1.0, -1.0, -1.0])
-    loss, clipped = alg.policy_loss_terms(logp, old, adv, clip=0.2)
-    # A>0, r=1.5: max(-1.5, -1.2) = -1.2 (clipped); A>0, r=0.5: max(-0.5, -0.8) = -0.5 (not clipped)
-    # A<0, r=1.1: max(1.1, 1.1) = 1.1; A<0, r=1.5: max(1.5, 1.2) = 1.5 (not clipped: pessimistic side)
+    loss, clipped = alg.clipped_loss(ratio, adv, 0.2, 0.2)
+    # A>0, r=1.5: max(-1.5, -1.2) = -1.2 (clipped); A>0, r=0.5: max(-0.5, -0.8) = -0.5
+    # A<0, r=1.1: 1.1; A<0, r=1.5: max(1.5, 1.2) = 1.5 (the pessimistic side is not clipped)
     assert loss.tolist() == pytest.approx([-1.2, -0.5, 1.1, 1.5], abs=1e-6)
     assert clipped.tolist() == [True, False, False, False]
 
 
-def test_dual_clip_caps_negative_advantage_losses():
-    old = torch.zeros(2)
-    logp = torch.log(torch.tensor([5.0, 5.0]))
-    adv = torch.tensor([-1.0, 1.0])
-    loss, _ = alg.policy_loss_terms(logp, old, adv, clip=0.2, dual_clip=3.0)
-    # A<0, r=5: plain PPO gives 5, dual clip caps it at -c*A = 3; A>0 untouched: max(-5, -1.2) = -1.2
-    assert loss.tolist() == pytest.approx([3.0, -1.2], abs=1e-6)
+def test_clip_higher_uses_the_asymmetric_range():
+    cfg = options(use_pg_clip_range=True, pg_clip_low=0.2, pg_clip_high=0.28)
+    low, high = alg.clip_range(cfg)
+    loss, _ = alg.clipped_loss(torch.tensor([1.5, 0.5]), torch.tensor([1.0, -1.0]), low, high)
+    # A>0: min(1.5, 1.28) -> -1.28; A<0: max(0.5, 0.8) * 1 -> 0.8
+    assert loss.tolist() == pytest.approx([-1.28, 0.8], abs=1e-6)
+    assert alg.clip_range(options(pg_clip=0.3)) == (0.3, 0.3)
 
 
-def test_kl_k3_by_hand_and_zero_on_equal_policies():
-    logp, ref = torch.tensor([math.log(0.5)]), torch.tensor([math.log(0.25)])
-    # k3 = r - log r - 1 with r = ref/p = 0.5
-    assert float(alg.kl_k3(logp, ref)) == pytest.approx(0.5 - math.log(0.5) - 1, abs=1e-6)
-    assert float(alg.kl_k3(ref, ref)) == 0.0
+def test_dual_clip_uses_rolls_bound():
+    # ROLL: the loss of a negative-advantage token is capped at (1 + 2 * pg_clip) * |A| (1.4 at pg_clip 0.2);
+    # vroll's old dual_clip_c defaulted to 3.0 and gave 3.0 here
+    c = alg.dual_clip_bound(0.2)
+    assert c == pytest.approx(1.4)
+    loss, _ = alg.clipped_loss(torch.tensor([5.0, 5.0]), torch.tensor([-1.0, 1.0]), 0.2, 0.2, c)
+    assert loss.tolist() == pytest.approx([1.4, -1.2], abs=1e-6)
+
+
+def test_gspo_sequence_ratio():
+    # ratio = exp(mean_t(log pi - log pi_old)) on every token of the response
+    logp = torch.log(torch.tensor([[2.0, 0.5, 9.0], [1.0, 1.0, 1.0]]))
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    r = alg.importance_ratio(logp, torch.zeros(2, 3), mask, "seq")
+    assert r.flatten().tolist() == pytest.approx([1.0] * 6, abs=1e-6)  # sqrt(2 * 0.5) = 1
+    assert alg.importance_ratio(logp, torch.zeros(2, 3), mask, "token")[0, 0] == pytest.approx(2.0)
+
+
+def test_loss_aggregation_modes():
+    # two responses, padded width 3: losses (1, 2, _) and (3, _, _)
+    loss = torch.tensor([[1.0, 2.0, 7.0], [3.0, 7.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    sizes = alg.StepSizes.of(mask)
+    assert float(alg.aggregate(loss, mask, "token-mean", sizes)) == pytest.approx((1 + 2 + 3) / 3)
+    assert float(alg.aggregate(loss, mask, "seq-mean-token-sum", sizes)) == pytest.approx((3 + 3) / 2)
+    assert float(alg.aggregate(loss, mask, "seq-mean-token-mean", sizes)) == pytest.approx((1.5 + 3) / 2)
+    assert float(alg.aggregate(loss, mask, "seq-mean-token-sum-norm", sizes)) == pytest.approx(6 / 3)
+    # the shares of two micro-batches add up to the whole step's value
+    whole = alg.aggregate(loss, mask, "seq-mean-token-mean", sizes)
+    parts = sum(alg.aggregate(loss[i:i + 1], mask[i:i + 1], "seq-mean-token-mean", sizes) for i in range(2))
+    assert float(parts) == pytest.approx(float(whole))
+
+
+def test_default_loss_aggregation_is_rolls():
+    assert options().loss_agg_mode == "seq-mean-token-mean"
+
+
+def test_running_moments_merge_like_one_batch():
+    m = alg.RunningMoments()
+    m.update(torch.tensor([1.0, 2.0]))
+    m.update(torch.tensor([3.0, 4.0]))
+    assert m.mean == pytest.approx(2.5) and m.std == pytest.approx(torch.tensor([1.0, 2, 3, 4]).std().item(), rel=1e-6)
+
+
+def test_which_passes_run():
+    from vroll.config.passes import old_logprobs_recomputed, reference_enabled
+
+    def cfg(**over):
+        base = dict(rollout_batch_size=4, num_return_sequences_in_group=4,
+                    actor_train={"training_args": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2}})
+        return options(**{**base, **over})
+
+    assert not reference_enabled(cfg()) and reference_enabled(cfg(init_kl_coef=0.1))
+    assert reference_enabled(cfg(use_kl_loss=True, kl_loss_coef=0.1)) and reference_enabled(cfg(enable_reference=True))
+    assert not old_logprobs_recomputed(cfg(), ranks=1)  # 16 rows, 16 per optimiser step: one step
+    assert old_logprobs_recomputed(cfg(rollout_batch_size=8), ranks=1)  # two steps
+    assert not old_logprobs_recomputed(cfg(rollout_batch_size=8), ranks=2)  # one per rank
+    assert old_logprobs_recomputed(cfg(init_kl_coef=0.1), ranks=1)
+    assert old_logprobs_recomputed(cfg(enable_old_logprobs_recompute=True), ranks=1)
+    assert not old_logprobs_recomputed(cfg(rollout_batch_size=8, force_disable_old_logprobs_recompute=True), 1)
 
 
 def test_truncated_is_weights_and_mismatch():
@@ -62,3 +197,12 @@ def test_truncated_is_weights_and_mismatch():
     m = alg.mismatch(trainer, rollout, torch.tensor([1.0, 1.0]))
     assert m["mismatch/logprob_abs_max"] == pytest.approx(math.log(2), abs=1e-6)
     assert m["mismatch/logprob_abs_mean"] == pytest.approx(math.log(2) / 2, abs=1e-6)
+
+
+def test_a_kl_term_without_a_reference_is_refused_naming_the_key():
+    from vroll.config.rules import check_rl_sizes
+
+    found = [str(i) for i in check_rl_sizes(options(use_kl_loss=True, kl_loss_coef=0.1, rewards={"m": {}}, num_return_sequences_in_group=2))]
+    assert found == ["use_kl_loss: true needs a `reference` role to compute the KL against"]
+    found = [str(i) for i in check_rl_sizes(options(init_kl_coef=0.2, rewards={"m": {}}, num_return_sequences_in_group=2))]
+    assert found == ["init_kl_coef: 0.2 needs a `reference` role to compute the KL against"]

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 
-from conftest import REPO, engine_config, write_yaml
+from conftest import REPO, engine_config, interruptible, write_yaml
 
 VROLL = [sys.executable, "-m", "vroll.cli.main"]
 
@@ -116,7 +116,7 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_process(tmp_path, tiny_model):
     prompts.write_text('{"prompt": "What is 1+1?"}\n' * 64)
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
     proc = subprocess.Popen(VROLL + ["generate", cfg, "--input", str(prompts), "--output", str(tmp_path / "o.jsonl")],
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, preexec_fn=interruptible)
     for line in proc.stderr:  # wait until the engine runs
         if "engine ready" in line:
             break

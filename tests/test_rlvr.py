@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import hf_greedy, write_yaml
+from conftest import hf_greedy, interruptible, write_yaml
 from vroll.config import load_config
 from vroll.data.arithmetic import write_dataset
 
@@ -25,7 +25,7 @@ def rl_config(tmp_path, model, data, **over) -> dict:
         "seed": 5, "pretrain": model, "reward_pretrain": model, "output_dir": str(tmp_path / "run"),
         "max_steps": 1, "save_steps": 1, "eval_steps": 1, "logging_steps": 1,
         "rollout_batch_size": 4, "num_return_sequences_in_group": 4, "prompt_length": 128, "response_length": 8,
-        "adv_estimator": "grpo", "init_kl_coef": 0.01, "dual_clip_loss": True,
+        "adv_estimator": "grpo", "use_kl_loss": True, "kl_loss_coef": 0.01, "dual_clip_loss": True,
         "validation": {"data_args": {"file_name": str(data["eval"])},
                        "generating_args": {"max_new_tokens": 8, "temperature": 0.0}},
         "actor_train": {
@@ -145,7 +145,7 @@ def test_train_refuses_impossible_files_before_starting(tmp_path, tiny_model, da
                      "rollout_batch_size: rollout_batch_size * num_return_sequences_in_group = 3 is not divisible "
                      "by per_device_train_batch_size * gradient_accumulation_steps * ranks (1) = 16",
                      "num_return_sequences_in_group: 1: grpo normalises within each prompt's group",
-                     "init_kl_coef: 0.01 needs a `reference` role"):
+                     "use_kl_loss: true needs a `reference` role"):
         assert expected in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
 
@@ -173,7 +173,7 @@ def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, da
     cfg["reference"]["device_mapping"] = [1]
     env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
     proc = subprocess.Popen([sys.executable, "-m", "vroll.cli.main", "train", write_yaml(tmp_path / "c.yaml", cfg)],
-                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env, preexec_fn=interruptible)
     for line in proc.stderr:  # interrupt once a checkpoint exists and the next one is under way
         if "checkpoint saved" in line:
             break

@@ -11,6 +11,7 @@ from vroll.config.schema import GeneratingArgs, PipelineConfig, RoleConfig
 from vroll.config.engine_args import check_engine_args
 from vroll.config.layout import devices_per_engine, local_slots, trainer_ranks
 from vroll.config.options import parse_options
+from vroll.config.passes import reference_enabled, reference_reason
 from vroll.config.strategies import STRATEGIES, role_need
 from vroll.config.suggest import closest
 
@@ -178,8 +179,10 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
                                         or cfg.actor_infer.strategy_args.strategy_name != "vllm"):
         issues.append(Issue("actor_infer.strategy_args.strategy_name", "`vroll train` generates with 'vllm'"))
     issues += check_rewards_present(cfg)
-    if cfg.reference is None and cfg.init_kl_coef > 0:
-        issues.append(Issue("init_kl_coef", f"{cfg.init_kl_coef} needs a `reference` role to compute the KL against"))
+    if cfg.reference is None and reference_enabled(cfg):
+        key, _, value = reference_reason(cfg).partition(": ")
+        issues.append(Issue(key, f"{value} needs a `reference` role to compute the KL against"))
+
     if cfg.adv_estimator == "grpo" and cfg.num_return_sequences_in_group < 2:
         issues.append(Issue("num_return_sequences_in_group", f"{cfg.num_return_sequences_in_group}: grpo normalises "
                                                              "within each prompt's group, which needs at least 2"))

@@ -144,17 +144,36 @@ class PipelineConfig(Section):
     response_length: int = Field(1024, ge=1)
     num_return_sequences_in_group: int = Field(1, ge=1)
     ppo_epochs: int = Field(1, ge=1)
+    # The algorithm: ROLL's keys, defaults and meaning (docs/algorithms.md; pipeline/algorithms.py).
     adv_estimator: Literal["grpo", "reinforce"] = "grpo"
     pg_variant: Literal["ppo"] = "ppo"
-    advantage_clip: float | None = None
-    reward_clip: float | None = None
-    pg_clip: float = Field(0.2, gt=0.0)  # PPO ratio clip range
-    dual_clip_loss: bool = False
-    dual_clip_c: float = Field(3.0, gt=1.0)  # cap of the loss of negative-advantage tokens, as -c * A
-    tis_clip: float | None = Field(None, gt=0.0)  # truncated importance sampling cap (None: off)
+    gamma: float = Field(1.0, ge=0.0, le=1.0)  # discount of the return
+    norm_mean_type: Literal["batch", "group", "running"] | None = None  # grpo always uses group
+    norm_std_type: Literal["batch", "group", "running"] | None = None
+    reward_clip: float | None = None  # after normalisation, and again on the token rewards
+    whiten_rewards: bool = False
     whiten_advantages: bool = False
-    init_kl_coef: float = Field(0.0, ge=0.0)
+    advantage_clip: float | None = None
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-sum", "seq-mean-token-mean",
+                           "seq-mean-token-sum-norm"] = "seq-mean-token-mean"
+    pg_clip: float = Field(0.2, gt=0.0)  # PPO ratio clip range
+    use_pg_clip_range: bool = False  # clip to [1 - pg_clip_low, 1 + pg_clip_high] instead
+    pg_clip_low: float = Field(0.2, gt=0.0)
+    pg_clip_high: float = Field(0.2, gt=0.0)
+    dual_clip_loss: bool = False  # cap negative-advantage losses at (1 + 2 pg_clip) |A|
+    importance_sampling: Literal["token", "seq"] = "token"  # seq: GSPO's sequence-level ratio
+    entropy_loss_coef: float = Field(0.0, ge=0.0)
+    tis_clip: float | None = Field(None, gt=0.0)  # truncated importance sampling cap (None: off)
+    use_kl_loss: bool = False  # a k3 KL(policy || reference) loss term, weighted by kl_loss_coef
+    kl_loss_coef: float = Field(0.0, ge=0.0)
+    init_kl_coef: float = Field(0.0, ge=0.0)  # the per-token KL reward penalty's coefficient (add_token_level_kl)
     add_token_level_kl: bool = False
+    kl_penalty: Literal["kl", "abs", "mse", "k3"] = "kl"  # the estimator of that penalty
+    target_kl: float | None = Field(None, gt=0.0)  # adaptive KL coefficient towards this KL
+    kl_horizon: int = Field(10000, ge=1)
+    enable_reference: bool = False  # also on when a KL term needs the reference
+    enable_old_logprobs_recompute: bool = False
+    force_disable_old_logprobs_recompute: bool = False
     validation: ValidationConfig | None = None
 
     actor_infer: RoleConfig | None = None

@@ -1,9 +1,18 @@
-"""The RL arithmetic of one step, as plain tensor functions: advantages, the clipped policy loss, the
-KL term and the train/infer mismatch. Each is small enough to check against a hand-computed case."""
+"""The RL arithmetic of one step, with ROLL's option names and meaning (docs/algorithms.md), as small
+pure tensor functions chosen by name: reward normalisation, token rewards and the KL penalty,
+advantages, the clipped policy loss, loss aggregation, KL and entropy terms, and the train/infer
+mismatch. Each is small enough to check against a hand-computed case. Per-token tensors are
+[B, T-1], aligned with the trainer's log-probs (position t scores token t+1)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+STD_EPS = 1e-6  # ROLL's reward normalisation: (x - mean) / (std + 1e-6)
+WHITEN_EPS = 1e-8  # ROLL's masked whitening: (x - mean) * rsqrt(var + 1e-8)
+K3_CLAMP = 10.0  # ROLL clamps the k3 estimator to [-10, 10]
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -11,63 +20,217 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def group_advantages(scores: torch.Tensor, group: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """GRPO: each response's score minus its group's mean, over the group's standard deviation
-    (unbiased, as in the GRPO paper and verl); a group whose scores are all equal gets 0."""
-    adv = torch.zeros_like(scores)
-    for g in group.unique():
-        members = group == g
-        s = scores[members]
-        std = s.std() if s.numel() > 1 else torch.zeros((), dtype=s.dtype)
-        adv[members] = (s - s.mean()) / (std + eps)
-    return adv
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(x - mean) / sqrt(var + 1e-8) over the masked entries, variance unbiased (ROLL's masked_whiten)."""
+    mask = mask.to(x.dtype)
+    n = mask.sum()
+    mean = (x * mask).sum() / (n + WHITEN_EPS)
+    var = ((x - mean) ** 2 * mask).sum() / (n + WHITEN_EPS) * n / (n - 1)
+    return (x - mean) * torch.rsqrt(var + WHITEN_EPS)
 
 
-def compute_advantages(scores: torch.Tensor, group: torch.Tensor, estimator: str, reward_clip: float | None = None,
-                       whiten: bool = False, advantage_clip: float | None = None) -> torch.Tensor:
-    """Per-response advantages from per-response scores.
+# -- rewards -------------------------------------------------------------------------------------
+@dataclass
+class RunningMoments:
+    """Mean and std of every reward seen so far (`norm_*_type: running`), merged batch by batch."""
 
-    `grpo` normalises within each prompt's group; `reinforce` subtracts the batch mean (a baseline
-    that keeps the estimate unbiased). Then optional whitening over the batch and clipping.
-    """
-    scores = scores.float()
-    if reward_clip is not None:
-        scores = scores.clamp(-reward_clip, reward_clip)
-    if estimator == "grpo":
-        adv = group_advantages(scores, group)
-    elif estimator == "reinforce":
-        adv = scores - scores.mean()
+    mean: float = 0.0
+    var: float = 0.0
+    count: float = 1e-24
+
+    def update(self, x: torch.Tensor) -> None:
+        n = x.numel()
+        batch_mean, batch_var = float(x.mean()), float(x.var(unbiased=False))
+        delta, total = batch_mean - self.mean, self.count + n
+        self.var = (self.var * self.count + batch_var * n + delta ** 2 * self.count * n / total) / total
+        self.mean += delta * n / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return (self.var * self.count / max(self.count - 1, 1e-24)) ** 0.5
+
+
+def normalize_rewards(rewards: torch.Tensor, group_size: int, mean_type: str | None, std_type: str | None,
+                      running: RunningMoments | None = None) -> torch.Tensor:
+    """ROLL's reward_norm: subtract the batch / group / running mean (or nothing), divide by that std
+    (unbiased) + 1e-6 (or nothing). Where all values under one mean are equal the centred value is
+    exactly 0 (float rounding of the mean would otherwise become a large value over a tiny std)."""
+    x = rewards.float()
+    groups = x.reshape(-1, group_size)
+    if running is not None and "running" in (mean_type, std_type):
+        running.update(x)  # updated before use, as in ROLL
+    if mean_type == "group":
+        same = (groups == groups[:, :1]).all(-1, keepdim=True)
+        centred = torch.where(same, 0.0, groups - groups.mean(-1, keepdim=True)).reshape(-1)
+    elif mean_type == "batch":
+        centred = torch.zeros_like(x) if bool((x == x[0]).all()) else x - x.mean()
+    elif mean_type == "running":
+        centred = x - running.mean
     else:
-        raise ValueError(f"adv_estimator: unknown estimator {estimator!r} (allowed: grpo, reinforce)")
-    if whiten and adv.numel() > 1:
-        adv = (adv - adv.mean()) / (adv.std() + 1e-6)
-    if advantage_clip is not None:
-        adv = adv.clamp(-advantage_clip, advantage_clip)
-    return adv
+        centred = x
+    if std_type == "group":
+        std = groups.std(-1, keepdim=True).expand_as(groups).reshape(-1) if group_size > 1 else torch.zeros_like(x)
+    elif std_type == "batch":
+        std = x.std() if x.numel() > 1 else torch.zeros(())
+    elif std_type == "running":
+        std = torch.tensor(running.std)
+    else:
+        return centred
+    return centred / (std + STD_EPS)
+
+
+def token_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each response's reward on its last response token, 0 elsewhere ([B] -> [B, T-1])."""
+    last = mask.shape[1] - 1 - torch.flip(mask, dims=[1]).float().argmax(1)
+    out = torch.zeros(mask.shape, dtype=torch.float32)
+    out[torch.arange(mask.shape[0]), last] = rewards.float()
+    return out * mask
+
+
+def kl_estimate(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-token estimate of KL(policy || reference) from sampled-token log-probs (ROLL's
+    compute_approx_kl; d = logp - ref): kl = d, abs = |d|, mse = d^2 / 2, k3 = e^-d + d - 1 in [-10, 10]."""
+    d = logp - ref_logp
+    if kind == "kl":
+        return d
+    if kind == "abs":
+        return d.abs()
+    if kind == "mse":
+        return 0.5 * d ** 2
+    if kind == "k3":
+        return (torch.exp(-d) + d - 1).clamp(-K3_CLAMP, K3_CLAMP)
+    raise ValueError(f"kl_penalty: {kind!r} is not allowed (kl, abs, mse, k3)")
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
     """Schulman's k3 estimator of KL(policy || reference) per token: unbiased and never negative."""
-    log_ratio = ref_logp - logp
-    return torch.exp(log_ratio) - log_ratio - 1
+    return kl_estimate(logp, ref_logp, "k3")
 
 
-def policy_loss_terms(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip: float,
-                      dual_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token PPO clipped surrogate loss (to minimise) and whether each token was clipped.
+@dataclass
+class KLController:
+    """The coefficient of the per-token KL reward penalty: fixed at `init_kl_coef`, or, with
+    `target_kl`, moved towards it: value *= 1 + clip(kl / target - 1, -0.2, 0.2) * n / horizon."""
 
-    With `dual_clip` (c > 1, Ye et al. 2020) the loss of a negative-advantage token is also capped
-    at -c * A, so a very large ratio cannot blow the update up.
-    """
-    ratio = torch.exp(logp - old_logp)
+    value: float
+    target: float | None = None
+    horizon: int = 10000
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        if self.target is None:
+            return
+        error = min(max(current_kl / self.target - 1, -0.2), 0.2)
+        self.value *= 1 + error * n_steps / self.horizon
+
+
+def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = r_t + gamma * G_{t+1} along each row (the return REINFORCE and GRPO use as the advantage)."""
+    out = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        running = rewards[:, t] + gamma * running
+        out[:, t] = running
+    return out
+
+
+def compute_advantages(cfg, scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None,
+                       kl_ctrl: KLController | None = None, running: RunningMoments | None = None
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Per-token advantages [B, T-1] of one domain's responses (whole groups, in order), in ROLL's
+    order: normalise the rewards (grpo: by group) -> reward_clip -> reward on the last token, minus
+    beta x KL with add_token_level_kl -> reward_clip again -> whiten_rewards -> discounted return ->
+    whiten_advantages -> advantage_clip. `kl`: the per-token KL of the rollout policy to the reference."""
+    mean_type, std_type = ("group", "group") if cfg.adv_estimator == "grpo" else (cfg.norm_mean_type,
+                                                                                    cfg.norm_std_type)
+    rewards = normalize_rewards(scores, cfg.num_return_sequences_in_group, mean_type, std_type, running)
+    if cfg.reward_clip:
+        rewards = rewards.clamp(-cfg.reward_clip, cfg.reward_clip)
+    r = token_rewards(rewards, mask)
+    metrics = {}
+    if kl is not None:
+        if cfg.add_token_level_kl and kl_ctrl is not None:
+            r = r - kl_ctrl.value * kl * mask
+            metrics["kl/coef"] = kl_ctrl.value
+        if kl_ctrl is not None:
+            kl_ctrl.update(float(((kl * mask).sum(-1) / mask.sum(-1).clamp(min=1)).mean()), scores.numel())
+    if cfg.reward_clip:
+        r = r.clamp(-cfg.reward_clip, cfg.reward_clip)
+    enough = mask.sum() > 1  # an unbiased variance needs two tokens
+    if cfg.whiten_rewards and enough:
+        r = masked_whiten(r, mask)
+    adv = discounted_returns(r * mask, cfg.gamma)
+    if cfg.whiten_advantages and enough:
+        adv = masked_whiten(adv, mask)
+    adv = adv * mask
+    if cfg.advantage_clip is not None:
+        adv = adv.clamp(-cfg.advantage_clip, cfg.advantage_clip)
+    return adv, metrics
+
+
+# -- the policy loss -----------------------------------------------------------------------------
+def importance_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, level: str) -> torch.Tensor:
+    """pi / pi_old per token (`token`), or GSPO's sequence ratio exp(mean_t(log pi - log pi_old)) on
+    every token of the response (`seq`)."""
+    log_ratio = logp - old_logp
+    if level == "seq":
+        per_seq = (log_ratio * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+        return torch.exp(per_seq)[:, None].expand_as(logp)
+    return torch.exp(log_ratio)
+
+
+def clipped_loss(ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float,
+                 dual_clip: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token PPO clipped surrogate loss (to minimise) and whether each token was clipped. The
+    ratio is clipped to [1 - clip_low, 1 + clip_high] (DAPO's clip-higher when they differ). With
+    `dual_clip` (c > 1, Ye et al. 2020) the loss of a negative-advantage token is also capped at -c * A."""
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1 - clip, 1 + clip)
+    clipped = -advantages * ratio.clamp(1 - clip_low, 1 + clip_high)
     loss = torch.maximum(unclipped, clipped)
     was_clipped = clipped > unclipped
     if dual_clip is not None:
-        capped = torch.minimum(loss, -advantages * dual_clip)
-        loss = torch.where(advantages < 0, capped, loss)
+        loss = torch.where(advantages < 0, torch.minimum(loss, -advantages * dual_clip), loss)
     return loss, was_clipped
+
+
+def dual_clip_bound(pg_clip: float) -> float:
+    """ROLL's dual-clip constant: 1 + 2 x pg_clip (1.4 at the default 0.2), also with clip-higher."""
+    return 1 + 2 * pg_clip
+
+
+def clip_range(cfg) -> tuple[float, float]:
+    return (cfg.pg_clip_low, cfg.pg_clip_high) if cfg.use_pg_clip_range else (cfg.pg_clip, cfg.pg_clip)
+
+
+@dataclass(frozen=True)
+class StepSizes:
+    """The denominators of one optimiser step (all its micro-batches and ranks): response tokens,
+    responses with at least one token, and the padded width."""
+
+    tokens: float
+    sequences: float
+    width: int
+
+    @classmethod
+    def of(cls, mask: torch.Tensor) -> "StepSizes":
+        return cls(float(mask.sum().clamp(min=1)), float((mask.sum(-1) > 0).sum().clamp(min=1)), mask.shape[1])
+
+
+def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, sizes: StepSizes) -> torch.Tensor:
+    """This micro-batch's share of the step's loss under ROLL's `loss_agg_mode`:
+    token-mean: sum of token losses / step tokens; seq-mean-token-sum: sum over responses of their
+    token sums / step responses; seq-mean-token-mean: sum of per-response token means / step
+    responses; seq-mean-token-sum-norm (Dr. GRPO): sum of token losses / padded width."""
+    masked = loss * mask
+    if mode == "token-mean":
+        return masked.sum() / sizes.tokens
+    if mode == "seq-mean-token-sum":
+        return masked.sum(-1).sum() / sizes.sequences
+    if mode == "seq-mean-token-mean":
+        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / sizes.sequences
+    if mode == "seq-mean-token-sum-norm":
+        return masked.sum() / sizes.width
+    raise ValueError(f"loss_agg_mode: {mode!r} is not allowed")
 
 
 def truncated_is_weights(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
@@ -81,3 +244,27 @@ def mismatch(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch
     diff = (trainer_logp - rollout_logp).abs() * mask
     n = mask.sum().clamp(min=1)
     return {"mismatch/logprob_abs_mean": float(diff.sum() / n), "mismatch/logprob_abs_max": float(diff.max())}
+
+
+@dataclass
+class AlgorithmState:
+    """What the algorithm carries from step to step (and through a checkpoint): the KL penalty's
+    coefficient and the running reward moments of each domain."""
+
+    kl_ctrl: KLController
+    running: dict[str, RunningMoments]
+
+    @classmethod
+    def start(cls, cfg) -> "AlgorithmState":
+        return cls(KLController(cfg.init_kl_coef, cfg.target_kl, cfg.kl_horizon), {})
+
+    def moments(self, domain: str) -> RunningMoments:
+        return self.running.setdefault(domain, RunningMoments())
+
+    def state_dict(self) -> dict:
+        return {"kl_coef": self.kl_ctrl.value,
+                "running": {d: [m.mean, m.var, m.count] for d, m in self.running.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kl_ctrl.value = state["kl_coef"]
+        self.running = {d: RunningMoments(*v) for d, v in state["running"].items()}

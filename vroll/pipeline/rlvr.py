@@ -15,6 +15,7 @@ import torch
 from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import ConfigError
 from vroll.config.layout import trainer_ranks
+from vroll.config.passes import old_logprobs_recomputed
 from vroll.config.schema import GeneratingArgs, PipelineConfig
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
@@ -97,6 +98,38 @@ def rollout_logprobs(batch: dict) -> torch.Tensor:
     return out
 
 
+def policy_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
+    """The loss of one optimiser step, as `loss_fn(micro, logp, entropy) -> (its share, metrics)`:
+    PPO's clipped surrogate (clip-higher, dual clip, GSPO's sequence ratio, TIS), aggregated by
+    `loss_agg_mode` over the whole step, plus the KL loss and minus the entropy bonus when asked."""
+    clip_low, clip_high = alg.clip_range(cfg)
+    dual = alg.dual_clip_bound(cfg.pg_clip) if cfg.dual_clip_loss else None
+
+    def loss_fn(micro, logp, entropy):
+        m = micro["mask"]
+        recomputed = "old_logp" in micro
+        old = micro["old_logp"] if recomputed else logp.detach()  # one optimiser step: the same weights
+        ratio = alg.importance_ratio(logp, old, m, cfg.importance_sampling)
+        terms, clipped = alg.clipped_loss(ratio, micro["advantages"], clip_low, clip_high, dual)
+        if cfg.tis_clip is not None:
+            terms = terms * alg.truncated_is_weights(old, micro["rollout_logp"], cfg.tis_clip)
+        loss = alg.aggregate(terms, m, cfg.loss_agg_mode, sizes)
+        metrics = {"train/pg_loss": float(loss.detach()),
+                   "train/pg_clipfrac": float((clipped * m).sum() / sizes.tokens),
+                   "train/entropy": float((entropy.detach() * m).sum() / sizes.tokens)}
+        if not recomputed:  # the trainer's log-probs against the engine's, measured here instead
+            metrics["mismatch/logprob_abs_mean"] = float(((old - micro["rollout_logp"]).abs() * m).sum() / sizes.tokens)
+        if cfg.use_kl_loss:
+            kl_loss = alg.aggregate(alg.kl_k3(logp, micro["ref_logp"]), m, cfg.loss_agg_mode, sizes)
+            loss = loss + cfg.kl_loss_coef * kl_loss
+            metrics["train/kl_loss"] = float(kl_loss.detach())
+        if cfg.entropy_loss_coef > 0:
+            loss = loss - cfg.entropy_loss_coef * alg.aggregate(entropy, m, cfg.loss_agg_mode, sizes)
+        return loss, metrics
+
+    return loss_fn
+
+
 def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temperature: float) -> dict:
     """`ppo_epochs` passes over the rollout in shuffled mini-batches, one optimiser step each
     (per_device_train_batch_size x gradient_accumulation_steps rows on each of the trainer's ranks)."""
@@ -104,37 +137,35 @@ def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temper
     micro_rows = args.per_device_train_batch_size * roles.train.world_size
     steps_rows = micro_rows * args.gradient_accumulation_steps
     n = batch["input_ids"].shape[0]
-    use_kl_loss = batch.get("ref_logp") is not None and cfg.init_kl_coef > 0 and not cfg.add_token_level_kl
     totals: dict[str, float] = {}
     count = 0
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + step * 101 + epoch))
         for start in range(0, n, steps_rows):
             rows = order[start:start + steps_rows]
-            tokens = batch["mask"][rows].sum().clamp(min=1)
-
-            def loss_fn(micro, logp, entropy, tokens=tokens):
-                m = micro["mask"]
-                terms, clipped = alg.policy_loss_terms(logp, micro["old_logp"], micro["advantages"][:, None],
-                                                       cfg.pg_clip, cfg.dual_clip_c if cfg.dual_clip_loss else None)
-                if cfg.tis_clip is not None:
-                    terms = terms * alg.truncated_is_weights(micro["old_logp"], micro["rollout_logp"], cfg.tis_clip)
-                metrics = {"train/pg_loss": float((terms.detach() * m).sum() / tokens),
-                           "train/pg_clipfrac": float((clipped * m).sum() / tokens),
-                           "train/entropy": float((entropy.detach() * m).sum() / tokens)}
-                if use_kl_loss:
-                    kl = alg.kl_k3(logp, micro["ref_logp"])
-                    terms = terms + cfg.init_kl_coef * kl
-                    metrics["train/kl_loss"] = float((kl.detach() * m).sum() / tokens)
-                return (terms * m).sum() / tokens, metrics
-
-            micros = [{k: v[rows[i:i + micro_rows]] for k, v in batch.items() if v is not None}
+            loss_fn = policy_loss(cfg, alg.StepSizes.of(batch["mask"][rows]))
+            micros = [{k: v[rows[i:i + micro_rows]] for k, v in batch.items()}
                       for i in range(0, len(rows), micro_rows)]
             got = roles.train.train_step(micros, loss_fn, temperature)
             for k, v in got.items():
                 totals[k] = totals.get(k, 0.0) + v
             count += 1
     return {k: v / count for k, v in totals.items()}
+
+
+def advantages_by_domain(cfg: PipelineConfig, records: list[PromptRecord], scores: torch.Tensor,
+                         mask: torch.Tensor, kl: torch.Tensor | None, state: alg.AlgorithmState):
+    """Advantages [B, T-1], computed for each domain (data tag) on its own, as ROLL does: batch
+    statistics never mix domains."""
+    n = cfg.num_return_sequences_in_group
+    domain_of_row = [str(r.tag) for r in records for _ in range(n)]
+    adv = torch.zeros(mask.shape)
+    metrics: dict[str, float] = {}
+    for domain in dict.fromkeys(domain_of_row):
+        rows = torch.tensor([i for i, d in enumerate(domain_of_row) if d == domain])
+        adv[rows], metrics = alg.compute_advantages(cfg, scores[rows], mask[rows], None if kl is None else kl[rows],
+                                                    state.kl_ctrl, state.moments(domain))
+    return adv, metrics
 
 
 def engine_weights(cfg: PipelineConfig, roles: Roles):
@@ -150,7 +181,7 @@ def push_weights(cfg: PipelineConfig, roles: Roles) -> int:
 
 
 def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: list[PromptRecord],
-               step: int) -> dict:
+               step: int, state: alg.AlgorithmState) -> dict:
     timer = PhaseTimer()
     g = rollout_args(cfg)
     if roles.sleep_level:
@@ -167,20 +198,21 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
     padded = to_padded_batch(results, roles.train.tokenizer.pad_token_id or 0)
     batch = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
              "mask": padded["response_mask"][:, 1:].float(), "rollout_logp": rollout_logprobs(padded)}
-    with timer("reference"):
-        batch["ref_logp"] = reference_logprobs(roles, padded)
-    with timer("old_logprobs"):
-        batch["old_logp"] = roles.train.batch_logprobs(batch["input_ids"], batch["attention_mask"], g.temperature)
-    metrics = alg.mismatch(batch["old_logp"], batch["rollout_logp"], batch["mask"])
-    scores_t = torch.tensor(scores)
-    if batch["ref_logp"] is not None:
-        kl = alg.kl_k3(batch["old_logp"], batch["ref_logp"]) * batch["mask"]
-        metrics["kl/mean"] = float(kl.sum() / batch["mask"].sum().clamp(min=1))
-        if cfg.add_token_level_kl and cfg.init_kl_coef > 0:
-            scores_t = scores_t - cfg.init_kl_coef * kl.sum(-1)
-    group = torch.arange(len(records)).repeat_interleave(cfg.num_return_sequences_in_group)
-    batch["advantages"] = alg.compute_advantages(scores_t, group, cfg.adv_estimator, cfg.reward_clip,
-                                                 cfg.whiten_advantages, cfg.advantage_clip)
+    metrics = {}
+    if roles.reference is not None:  # started only when a KL term or enable_reference asks for it
+        with timer("reference"):
+            batch["ref_logp"] = reference_logprobs(roles, padded)
+    if old_logprobs_recomputed(cfg, roles.train.world_size):
+        with timer("old_logprobs"):
+            batch["old_logp"] = roles.train.batch_logprobs(batch["input_ids"], batch["attention_mask"], g.temperature)
+        metrics.update(alg.mismatch(batch["old_logp"], batch["rollout_logp"], batch["mask"]))
+    kl = None
+    if "ref_logp" in batch:  # the rollout policy (recomputed, else the engine's own log-probs) against the reference
+        kl = alg.kl_estimate(batch.get("old_logp", batch["rollout_logp"]), batch["ref_logp"], cfg.kl_penalty)
+        metrics["kl/mean"] = float((kl * batch["mask"]).sum() / batch["mask"].sum().clamp(min=1))
+    batch["advantages"], adv_metrics = advantages_by_domain(cfg, records, torch.tensor(scores), batch["mask"], kl,
+                                                            state)
+    metrics.update(adv_metrics)
     with timer("train"):
         metrics.update(ppo_update(cfg, roles, batch, step, g.temperature))
     with timer("weight_sync"):
@@ -212,8 +244,11 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
     ckpt = find_checkpoint(cfg.resume_from_checkpoint, out_dir)
     state = read_state(ckpt) if ckpt else {"step": 0}
     sampler = PromptSampler(train_records, cfg.seed)
+    algorithm = alg.AlgorithmState.start(cfg)
     if ckpt:
         sampler.load_state_dict(state["data"])
+        if "algorithm" in state:
+            algorithm.load_state_dict(state["algorithm"])
         log.info("resuming from %s (step %d)", ckpt, state["step"])
     ranks = trainer_ranks(cfg.actor_train, current_platform_name())
     total = cfg.max_steps * cfg.ppo_epochs * optimizer_steps_per_rollout(cfg, ranks)
@@ -237,7 +272,7 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
         bar = tqdm(range(step + 1, cfg.max_steps + 1), desc="vroll train", unit="step", initial=step,
                    total=cfg.max_steps, disable=(not sys.stderr.isatty()) if progress is None else not progress)
         for step in bar:
-            record = train_step(cfg, roles, rewards, sampler.next_batch(cfg.rollout_batch_size), step)
+            record = train_step(cfg, roles, rewards, sampler.next_batch(cfg.rollout_batch_size), step, algorithm)
             record["data/epoch"] = sampler.epoch
             if val_records and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
                 record.update(validate(cfg, roles.infer, rewards, val_records, step, out_dir))
@@ -248,7 +283,8 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
                 log.info("step %d: %s", step, _brief(record))
             if step % cfg.save_steps == 0 or step == cfg.max_steps:
                 path = save_checkpoint(out_dir, step, roles.train, {"data": sampler.state_dict(),
-                                                                     "weight_version": roles.infer.weight_version})
+                                                                     "weight_version": roles.infer.weight_version,
+                                                                     "algorithm": algorithm.state_dict()})
                 log.info("checkpoint saved: %s", path)
                 summary["checkpoint"] = str(path)
         metrics_log.close()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from vroll.cluster.pinning import affinity
 from vroll.config.layout import colocated, devices_per_engine, trainer_ranks
+from vroll.config.passes import reference_enabled
 from vroll.config.schema import PipelineConfig, RewardConfig, RoleConfig
 from vroll.config.strategies import require_runnable
 from vroll.roles.interfaces import ForwardModel, GenerationEngine, ScoringModel, Trainer
@@ -90,7 +91,9 @@ def launch_rlvr_roles(cfg: PipelineConfig, total_steps: int, model_path: str | N
         if driver_pinned_to(cfg.actor_train, own_devices=not shared):
             stack.enter_context(affinity(cfg.actor_train.device_mapping))
         train = stack.enter_context(launch(cfg, cfg.actor_train, total_steps=total_steps, model_path=model_path))
-        reference = stack.enter_context(launch(cfg, cfg.reference)) if cfg.reference is not None else None
+        # ROLL's rule: the reference runs only when a KL term (or enable_reference) asks for it
+        wanted = cfg.reference is not None and reference_enabled(cfg)
+        reference = stack.enter_context(launch(cfg, cfg.reference)) if wanted else None
         reward_models = launch_reward_models(cfg, stack)
     except BaseException:
         stack.close()
