@@ -206,3 +206,77 @@ def test_a_kl_term_without_a_reference_is_refused_naming_the_key():
     assert found == ["use_kl_loss: true needs a `reference` role to compute the KL against"]
     found = [str(i) for i in check_rl_sizes(options(init_kl_coef=0.2, rewards={"m": {}}, num_return_sequences_in_group=2))]
     assert found == ["init_kl_coef: 0.2 needs a `reference` role to compute the KL against"]
+
+
+def variant(name, logp, old, adv, scores=None, **over):
+    cfg = options(pg_variant=name, **over)
+    mask = torch.ones_like(logp)
+    scores = torch.zeros(logp.shape[0]) if scores is None else scores
+    return alg.PG_VARIANTS[name](cfg, logp, old, adv, mask, scores)[0]
+
+
+def test_pg_variants_by_hand():
+    lp, old = torch.tensor([[math.log(0.6)]]), torch.tensor([[math.log(0.3)]])  # r = 2
+    a = torch.tensor([[0.5]])
+    L = math.log(0.6)
+    assert float(variant("vanilla", lp, old, a)) == pytest.approx(-0.5 * L)  # -A log pi
+    # tis: -sg(clamp(r, 0, 1)) A log pi = -1 * 0.5 * log 0.6
+    assert float(variant("tis", lp, old, a)) == pytest.approx(-0.5 * L)
+    assert float(variant("tis", lp, old, a, tis_upper_bound=3.0)) == pytest.approx(-2 * 0.5 * L)
+    # topr: a positive response -> w+ (-A log pi); a negative one -> w- (-sg(clamp(r, 0, 1)) A log pi)
+    pos = variant("topr", lp, old, a, scores=torch.tensor([1.0]), topr_positive_weight=2.0)
+    neg = variant("topr", lp, old, a, scores=torch.tensor([0.0]), topr_negative_weight=3.0)
+    assert float(pos) == pytest.approx(2 * -0.5 * L) and float(neg) == pytest.approx(3 * -1 * 0.5 * L)
+    # cispo: -sg(clamp(r, 0.9, 1.1)) A log pi; the unified mask drops it (A > 0 and r > 1.1)
+    assert float(variant("cispo", lp, old, a)) == pytest.approx(-1.1 * 0.5 * L)
+    assert float(variant("cispo", lp, old, a, cispo_use_unified_mask=True)) == 0.0
+    # kimi15: -A log pi + tau/2 (log pi - log pi_old)^2
+    assert float(variant("kimi15", lp, old, a)) == pytest.approx(-0.5 * L + 0.05 * math.log(2) ** 2)
+    # ppo: max(-A r, -A clip(r, 0.8, 1.2)) = max(-1, -0.6) = -0.6
+    assert float(variant("ppo", lp, old, a)) == pytest.approx(-0.6)
+
+
+def test_train_infer_correction_weights_and_filters():
+    from vroll.config.schema import TrainInferCorrectionConfig
+
+    old = torch.log(torch.tensor([[0.5, 0.5], [0.9, 0.9]]))
+    infer = torch.log(torch.tensor([[0.25, 0.5], [0.9, 0.9]]))  # token ratios 2, 1 | 1, 1
+    mask = torch.ones(2, 2)
+    tic = TrainInferCorrectionConfig(is_weight={"enabled": True})
+    w, keep = alg.train_infer_correction(tic, old, infer, mask)
+    assert w.flatten().tolist() == pytest.approx([1.2, 1.0, 1.0, 1.0])  # clamped to upper_bound 1.2
+    assert torch.equal(keep, torch.ones(2, 2))
+    tic = TrainInferCorrectionConfig(is_weight={"enabled": True, "weight_type": "geometric", "upper_bound": None})
+    w, _ = alg.train_infer_correction(tic, old, infer, mask)
+    assert w[0].tolist() == pytest.approx([math.sqrt(2)] * 2)  # exp(mean(log 2, 0))
+    tic = TrainInferCorrectionConfig(is_weight={"enabled": True, "weight_type": "sequence", "upper_bound": None})
+    assert alg.train_infer_correction(tic, old, infer, mask)[0][0].tolist() == pytest.approx([2.0, 2.0])
+    # a token filter keeps ratios in [0.8, 1.2]; a diff filter keeps pi_train - pi_rollout in [-0.2, 0.2]
+    tic = TrainInferCorrectionConfig(filters=[{"enabled": True}])
+    assert alg.train_infer_correction(tic, old, infer, mask)[1].flatten().tolist() == [0.0, 1.0, 1.0, 1.0]
+    tic = TrainInferCorrectionConfig(filters=[{"enabled": True, "ratio_enabled": False, "diff_enabled": True,
+                                               "diff_high": 0.2}])
+    assert alg.train_infer_correction(tic, old, infer, mask)[1].flatten().tolist() == [0.0, 1.0, 1.0, 1.0]
+
+
+def test_sample_masks():
+    # groups of 2: rewards (1, 0) and (1, 1); lengths 3, 9, 2, 4; the second response was cut at the limit
+    rewards, lengths = torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([3.0, 9.0, 2.0, 4.0])
+    truncated = torch.tensor([False, True, False, False])
+    keep = lambda **o: alg.sample_mask(options(num_return_sequences_in_group=2, **o), rewards, lengths,
+                                       truncated).tolist()
+    assert keep() == [1, 1, 1, 1]
+    assert keep(max_len_mask=True) == [1, 0, 1, 1]
+    assert keep(difficulty_mask=True) == [1, 1, 0, 0]  # group mean 1.0 is not < 1.0
+    assert keep(error_max_len_clip=True, error_max_len_threshold=5) == [1, 0, 1, 1]  # wrong and long
+    assert alg.sample_mask(options(error_max_len_clip=True), torch.tensor([0.5]), torch.tensor([1.0]),
+                           torch.tensor([False])).tolist() == [0]  # neither right nor wrong
+
+
+def test_length_weights_and_weighted_aggregation():
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])  # lengths 3 and 1
+    w = alg.length_weights(mask)  # 1.5 - (len - 1) / 2 -> 0.5, 1.5; scaled to mean 1
+    assert w.tolist() == pytest.approx([0.5, 1.5], abs=1e-6)
+    loss = torch.ones(2, 3)
+    sizes = alg.StepSizes.of(mask)
+    assert float(alg.aggregate(loss, mask, "token-mean", sizes, w)) == pytest.approx((0.5 * 3 + 1.5 * 1) / 4)

@@ -3,6 +3,7 @@ trainer pushes are what vLLM serves, a resumed run equals an uninterrupted one, 
 colocated (taking turns) or on separate CPU slots."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -227,3 +228,20 @@ def test_evaluate_scores_a_model_on_the_held_out_prompts(tmp_path, tiny_model, d
     r = subprocess.run([sys.executable, "-m", "vroll.cli.main", "evaluate", cfg, "validation=null", "--model",
                         tiny_model], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 2 and "validation.data_args: is required by `vroll evaluate`" in r.stderr
+
+
+def test_rolls_algorithm_options_run_through_the_loop(tmp_path, tiny_model, data):
+    """Options that change the step's path (formulas: tests/test_algorithms.py) on two real steps."""
+    cfg = rl_config(tmp_path, tiny_model, data, validation=None, max_steps=2, save_steps=2,
+                    adv_estimator="reinforce", norm_mean_type="running", norm_std_type="batch", whiten_rewards=True,
+                    loss_agg_mode="seq-mean-token-sum-norm", pg_variant="cispo", entropy_loss_coef=0.01,
+                    add_token_level_kl=True, init_kl_coef=0.05, target_kl=0.01, kl_penalty="k3",
+                    length_loss_weight=True,
+                    train_infer_correction={"is_weight": {"enabled": True, "weight_type": "geometric"},
+                                            "filters": [{"enabled": True, "ratio_low": 0.5, "ratio_high": 2.0}]})
+    steps = read_metrics(run(tmp_path, cfg)["metrics"])
+    assert [s["step"] for s in steps] == [1, 2]
+    assert all(math.isfinite(s["train/grad_norm"]) and s["train/grad_norm"] > 0 for s in steps)
+    assert steps[0]["kl/coef"] == 0.05 and steps[1]["kl/coef"] != 0.05  # target_kl moved it
+    assert "time/old_logprobs" in steps[0]  # init_kl_coef > 0: ROLL recomputes the old log-probs
+    assert steps[0]["train/kept_frac"] == 1.0

@@ -117,6 +117,33 @@ class RewardConfig(RoleConfig):
     world_size: int = Field(1, ge=1)
 
 
+class ISWeightConfig(Section):
+    """train_infer_correction.is_weight: pi_train / pi_rollout weights on the policy loss."""
+
+    enabled: bool = False
+    weight_type: Literal["token", "segment", "geometric", "sequence"] = "token"
+    upper_bound: float | None = Field(1.2, gt=0.0)
+    detach: bool = True
+
+
+class CorrectionFilterConfig(Section):
+    """One train_infer_correction filter: drops tokens whose train/rollout ratio or difference is out of range."""
+
+    enabled: bool = False
+    agg_type: Literal["token", "segment", "geometric", "sequence"] = "token"
+    ratio_enabled: bool = True
+    ratio_low: float = 0.8
+    ratio_high: float = 1.2
+    diff_enabled: bool = False
+    diff_low: float = -0.2
+    diff_high: float = 0.2
+
+
+class TrainInferCorrectionConfig(Section):
+    is_weight: ISWeightConfig = Field(default_factory=ISWeightConfig)
+    filters: list[CorrectionFilterConfig] = Field(default_factory=list)
+
+
 class ValidationConfig(Section):
     data_args: DataArgs | None = None
     generating_args: GeneratingArgs = Field(default_factory=GeneratingArgs)
@@ -146,7 +173,15 @@ class PipelineConfig(Section):
     ppo_epochs: int = Field(1, ge=1)
     # The algorithm: ROLL's keys, defaults and meaning (docs/algorithms.md; pipeline/algorithms.py).
     adv_estimator: Literal["grpo", "reinforce"] = "grpo"
-    pg_variant: Literal["ppo"] = "ppo"
+    pg_variant: Literal["vanilla", "ppo", "tis", "topr", "cispo", "kimi15"] = "ppo"
+    tis_lower_bound: float = 0.0  # pg_variant tis: clamp of the detached ratio
+    tis_upper_bound: float = 1.0
+    topr_positive_weight: float = 1.0  # pg_variant topr
+    topr_negative_weight: float = 1.0
+    cispo_epsilon_low: float = 0.1  # pg_variant cispo
+    cispo_epsilon_high: float = 0.1
+    cispo_use_unified_mask: bool = False
+    kimi15_tau: float = 0.1  # pg_variant kimi15
     gamma: float = Field(1.0, ge=0.0, le=1.0)  # discount of the return
     norm_mean_type: Literal["batch", "group", "running"] | None = None  # grpo always uses group
     norm_std_type: Literal["batch", "group", "running"] | None = None
@@ -163,7 +198,16 @@ class PipelineConfig(Section):
     dual_clip_loss: bool = False  # cap negative-advantage losses at (1 + 2 pg_clip) |A|
     importance_sampling: Literal["token", "seq"] = "token"  # seq: GSPO's sequence-level ratio
     entropy_loss_coef: float = Field(0.0, ge=0.0)
-    tis_clip: float | None = Field(None, gt=0.0)  # truncated importance sampling cap (None: off)
+    tis_clip: float | None = Field(None, gt=0.0)  # vroll's: min(pi_train / pi_rollout, cap) on the loss (None: off)
+    train_infer_correction: TrainInferCorrectionConfig = Field(default_factory=TrainInferCorrectionConfig)
+    # sample selection and weighting
+    max_len_mask: bool = False  # drop responses cut at response_length from the loss
+    difficulty_mask: bool = False  # drop groups whose mean reward is not strictly inside the thresholds
+    difficulty_low_threshold: float = 0.0
+    difficulty_high_threshold: float = 1.0
+    error_max_len_clip: bool = False  # keep right answers, and wrong ones shorter than the threshold
+    error_max_len_threshold: int = 9999999999
+    length_loss_weight: bool = False  # weight shorter responses up: 1.5 - (len - min) / (max - min)
     use_kl_loss: bool = False  # a k3 KL(policy || reference) loss term, weighted by kl_loss_coef
     kl_loss_coef: float = Field(0.0, ge=0.0)
     init_kl_coef: float = Field(0.0, ge=0.0)  # the per-token KL reward penalty's coefficient (add_token_level_kl)

@@ -216,21 +216,144 @@ class StepSizes:
         return cls(float(mask.sum().clamp(min=1)), float((mask.sum(-1) > 0).sum().clamp(min=1)), mask.shape[1])
 
 
-def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, sizes: StepSizes) -> torch.Tensor:
-    """This micro-batch's share of the step's loss under ROLL's `loss_agg_mode`:
-    token-mean: sum of token losses / step tokens; seq-mean-token-sum: sum over responses of their
-    token sums / step responses; seq-mean-token-mean: sum of per-response token means / step
-    responses; seq-mean-token-sum-norm (Dr. GRPO): sum of token losses / padded width."""
-    masked = loss * mask
+def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, sizes: StepSizes,
+              weights: torch.Tensor | None = None) -> torch.Tensor:
+    """This micro-batch's share of the step's loss under ROLL's `loss_agg_mode` (w_i: per-response
+    weights, 1 by default): token-mean: sum_i w_i sum_t (M L) / step tokens; seq-mean-token-sum:
+    sum_i w_i sum_t (M L) / step responses; seq-mean-token-mean: sum_i w_i mean_t (M L) / step
+    responses; seq-mean-token-sum-norm (Dr. GRPO): sum_i w_i sum_t (M L) / padded width."""
+    per_seq_sum = (loss * mask).sum(-1)
+    w = torch.ones_like(per_seq_sum) if weights is None else weights
     if mode == "token-mean":
-        return masked.sum() / sizes.tokens
+        return (w * per_seq_sum).sum() / sizes.tokens
     if mode == "seq-mean-token-sum":
-        return masked.sum(-1).sum() / sizes.sequences
+        return (w * per_seq_sum).sum() / sizes.sequences
     if mode == "seq-mean-token-mean":
-        return (masked.sum(-1) / mask.sum(-1).clamp(min=1)).sum() / sizes.sequences
+        return (w * per_seq_sum / mask.sum(-1).clamp(min=1)).sum() / sizes.sequences
     if mode == "seq-mean-token-sum-norm":
-        return masked.sum() / sizes.width
+        return (w * per_seq_sum).sum() / sizes.width
     raise ValueError(f"loss_agg_mode: {mode!r} is not allowed")
+
+
+def length_weights(mask: torch.Tensor) -> torch.Tensor:
+    """`length_loss_weight`: w_i = 1.5 - (len_i - min) / (max - min + 1e-8) over the micro-batch's
+    responses, scaled to mean 1 (shorter responses count more)."""
+    lengths = mask.sum(-1)
+    w = 1.5 - (lengths - lengths.min()) / (lengths.max() - lengths.min() + 1e-8)
+    return w * w.numel() / (w.sum() + 1e-8) if w.sum() > 0 else w
+
+
+# -- pg_variant: the per-token policy loss, chosen by name --------------------------------------
+def pg_vanilla(cfg, logp, old, adv, mask, scores):
+    """-A log pi."""
+    return -adv * logp, torch.zeros_like(logp, dtype=torch.bool)
+
+
+def pg_ppo(cfg, logp, old, adv, mask, scores):
+    """PPO's clipped surrogate with `importance_sampling`, clip-higher and dual clip."""
+    low, high = clip_range(cfg)
+    ratio = importance_ratio(logp, old, mask, cfg.importance_sampling)
+    return clipped_loss(ratio, adv, low, high, dual_clip_bound(cfg.pg_clip) if cfg.dual_clip_loss else None)
+
+
+def pg_tis(cfg, logp, old, adv, mask, scores):
+    """-sg(clamp(r, tis_lower_bound, tis_upper_bound)) A log pi."""
+    r = torch.exp(logp - old).detach()
+    return -r.clamp(cfg.tis_lower_bound, cfg.tis_upper_bound) * adv * logp, (r > cfg.tis_upper_bound)
+
+
+def pg_topr(cfg, logp, old, adv, mask, scores):
+    """TOPR: responses with reward > 0 get w+ (-A log pi); the others w- (-sg(clamp(r, 0, 1)) A log pi)."""
+    positive = (scores > 0).to(logp.dtype)[:, None]
+    r = torch.exp(logp - old).detach().clamp(0, 1)
+    loss = cfg.topr_positive_weight * (-adv * logp) * positive \
+        + cfg.topr_negative_weight * (-r * adv * logp) * (1 - positive)
+    return loss, torch.zeros_like(logp, dtype=torch.bool)
+
+
+def pg_cispo(cfg, logp, old, adv, mask, scores):
+    """CISPO: -sg(clamp(r, 1 - eps_low, 1 + eps_high)) A log pi; with the unified mask, tokens whose
+    ratio left the range in the direction A pushes are dropped."""
+    r = torch.exp(logp - old).detach()
+    low, high = 1 - cfg.cispo_epsilon_low, 1 + cfg.cispo_epsilon_high
+    out = (adv > 0) & (r > high) | (adv < 0) & (r < low)
+    loss = -r.clamp(low, high) * adv * logp
+    if cfg.cispo_use_unified_mask:
+        loss = loss * (~out).to(loss.dtype)
+    return loss, out
+
+
+def pg_kimi15(cfg, logp, old, adv, mask, scores):
+    """Kimi k1.5: -A log pi + tau / 2 (log pi - log pi_old)^2."""
+    return -adv * logp + cfg.kimi15_tau / 2 * (logp - old) ** 2, torch.zeros_like(logp, dtype=torch.bool)
+
+
+PG_VARIANTS = {"vanilla": pg_vanilla, "ppo": pg_ppo, "tis": pg_tis, "topr": pg_topr, "cispo": pg_cispo,
+               "kimi15": pg_kimi15}
+
+
+# -- train/infer mismatch correction -------------------------------------------------------------
+def level_log_ratio(log_ratio: torch.Tensor, mask: torch.Tensor, level: str) -> torch.Tensor:
+    """A per-token log-ratio at `token` level, or its masked mean (`geometric`; `segment`: vroll's
+    responses are one segment) or sum (`sequence`) per response, on every token."""
+    if level == "token":
+        return log_ratio
+    summed = (log_ratio * mask).sum(-1)
+    per_seq = summed if level == "sequence" else summed / mask.sum(-1).clamp(min=1)
+    return per_seq[:, None].expand_as(log_ratio)
+
+
+def level_diff(old: torch.Tensor, infer: torch.Tensor, mask: torch.Tensor, level: str) -> torch.Tensor:
+    """pi_train - pi_rollout per token, or its masked mean / sum per response."""
+    diff = torch.exp(old) - torch.exp(infer)
+    if level == "token":
+        return diff
+    summed = (diff * mask).sum(-1)
+    per_seq = summed if level == "sequence" else summed / mask.sum(-1).clamp(min=1)
+    return per_seq[:, None].expand_as(diff)
+
+
+def train_infer_correction(tic, old: torch.Tensor, infer: torch.Tensor, mask: torch.Tensor
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ROLL's train_infer_correction: importance weights pi_train / pi_rollout at the `weight_type`
+    level, clamped to [0, upper_bound], and the product of the filters' keep-masks (bounds inclusive)."""
+    lr = (old - infer) * mask
+    weight = torch.ones_like(old)
+    if tic.is_weight.enabled:
+        weight = torch.exp(level_log_ratio(lr, mask, tic.is_weight.weight_type))
+        if tic.is_weight.upper_bound is not None:
+            weight = weight.clamp(0, tic.is_weight.upper_bound)
+        if tic.is_weight.detach:
+            weight = weight.detach()
+    keep = torch.ones_like(old)
+    for f in tic.filters:
+        if not f.enabled:
+            continue
+        if f.ratio_enabled:
+            r = torch.exp(level_log_ratio(lr, mask, f.agg_type))
+            keep = keep * ((r >= f.ratio_low) & (r <= f.ratio_high)).to(keep.dtype)
+        if f.diff_enabled:
+            d = level_diff(old, infer, mask, f.agg_type)
+            keep = keep * ((d >= f.diff_low) & (d <= f.diff_high)).to(keep.dtype)
+    return weight, keep
+
+
+# -- which responses count -----------------------------------------------------------------------
+def sample_mask(cfg, rewards: torch.Tensor, lengths: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """ROLL's sample-level masks, 1 to keep a response: `max_len_mask` drops responses cut at the
+    length limit; `difficulty_mask` drops groups whose mean reward is not strictly between the
+    thresholds; `error_max_len_clip` keeps right answers (reward 1) and wrong ones (reward 0) shorter
+    than the threshold, and drops any other reward."""
+    keep = torch.ones_like(rewards, dtype=torch.float32)
+    if cfg.max_len_mask:
+        keep = keep * (~truncated).float()
+    n = cfg.num_return_sequences_in_group
+    if cfg.difficulty_mask and n > 1:
+        mean = rewards.float().reshape(-1, n).mean(-1).repeat_interleave(n)
+        keep = keep * ((mean > cfg.difficulty_low_threshold) & (mean < cfg.difficulty_high_threshold)).float()
+    if cfg.error_max_len_clip:
+        keep = keep * (((rewards == 0) & (lengths < cfg.error_max_len_threshold)) | (rewards == 1)).float()
+    return keep
 
 
 def truncated_is_weights(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:

@@ -100,23 +100,26 @@ def rollout_logprobs(batch: dict) -> torch.Tensor:
 
 def policy_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
     """The loss of one optimiser step, as `loss_fn(micro, logp, entropy) -> (its share, metrics)`:
-    PPO's clipped surrogate (clip-higher, dual clip, GSPO's sequence ratio, TIS), aggregated by
-    `loss_agg_mode` over the whole step, plus the KL loss and minus the entropy bonus when asked."""
-    clip_low, clip_high = alg.clip_range(cfg)
-    dual = alg.dual_clip_bound(cfg.pg_clip) if cfg.dual_clip_loss else None
+    the `pg_variant`'s per-token loss (PPO's clipped surrogate by default), corrected for the
+    train/infer mismatch, weighted and aggregated by `loss_agg_mode` over the whole step, plus the KL
+    loss and minus the entropy bonus when asked."""
+    variant = alg.PG_VARIANTS[cfg.pg_variant]
 
     def loss_fn(micro, logp, entropy):
         m = micro["mask"]
         recomputed = "old_logp" in micro
         old = micro["old_logp"] if recomputed else logp.detach()  # one optimiser step: the same weights
-        ratio = alg.importance_ratio(logp, old, m, cfg.importance_sampling)
-        terms, clipped = alg.clipped_loss(ratio, micro["advantages"], clip_low, clip_high, dual)
+        is_weight, keep = alg.train_infer_correction(cfg.train_infer_correction, old, micro["rollout_logp"], m)
+        m = m * keep
+        terms, clipped = variant(cfg, logp, old, micro["advantages"], m, micro["scores"])
+        terms = terms * is_weight
         if cfg.tis_clip is not None:
             terms = terms * alg.truncated_is_weights(old, micro["rollout_logp"], cfg.tis_clip)
-        loss = alg.aggregate(terms, m, cfg.loss_agg_mode, sizes)
+        weights = alg.length_weights(m) if cfg.length_loss_weight else None
+        loss = alg.aggregate(terms, m, cfg.loss_agg_mode, sizes, weights)
         metrics = {"train/pg_loss": float(loss.detach()),
                    "train/pg_clipfrac": float((clipped * m).sum() / sizes.tokens),
-                   "train/entropy": float((entropy.detach() * m).sum() / sizes.tokens)}
+                   "train/entropy": float((entropy.detach() * micro["response_mask"]).sum() / sizes.tokens)}
         if not recomputed:  # the trainer's log-probs against the engine's, measured here instead
             metrics["mismatch/logprob_abs_mean"] = float(((old - micro["rollout_logp"]).abs() * m).sum() / sizes.tokens)
         if cfg.use_kl_loss:
@@ -124,7 +127,8 @@ def policy_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
             loss = loss + cfg.kl_loss_coef * kl_loss
             metrics["train/kl_loss"] = float(kl_loss.detach())
         if cfg.entropy_loss_coef > 0:
-            loss = loss - cfg.entropy_loss_coef * alg.aggregate(entropy, m, cfg.loss_agg_mode, sizes)
+            loss = loss - cfg.entropy_loss_coef * alg.aggregate(entropy, micro["response_mask"], cfg.loss_agg_mode,
+                                                                sizes)
         return loss, metrics
 
     return loss_fn
@@ -196,27 +200,34 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
     with timer("reward"):
         scores, correct, reward_metrics = score(rewards, records, results)
     padded = to_padded_batch(results, roles.train.tokenizer.pad_token_id or 0)
+    response_mask = padded["response_mask"][:, 1:].float()
+    samples = [s for r in results for s in r.samples]
+    keep = alg.sample_mask(cfg, torch.tensor(scores), response_mask.sum(-1),
+                           torch.tensor([s.finish_reason == "length" for s in samples]))
     batch = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
-             "mask": padded["response_mask"][:, 1:].float(), "rollout_logp": rollout_logprobs(padded)}
-    metrics = {}
+             "response_mask": response_mask, "mask": response_mask * keep[:, None],  # the loss's tokens
+             "rollout_logp": rollout_logprobs(padded), "scores": torch.tensor(scores)}
+    metrics = {"train/kept_frac": float(keep.mean())}
     if roles.reference is not None:  # started only when a KL term or enable_reference asks for it
         with timer("reference"):
             batch["ref_logp"] = reference_logprobs(roles, padded)
     if old_logprobs_recomputed(cfg, roles.train.world_size):
         with timer("old_logprobs"):
             batch["old_logp"] = roles.train.batch_logprobs(batch["input_ids"], batch["attention_mask"], g.temperature)
-        metrics.update(alg.mismatch(batch["old_logp"], batch["rollout_logp"], batch["mask"]))
+        metrics.update(alg.mismatch(batch["old_logp"], batch["rollout_logp"], response_mask))
     kl = None
     if "ref_logp" in batch:  # the rollout policy (recomputed, else the engine's own log-probs) against the reference
         kl = alg.kl_estimate(batch.get("old_logp", batch["rollout_logp"]), batch["ref_logp"], cfg.kl_penalty)
-        metrics["kl/mean"] = float((kl * batch["mask"]).sum() / batch["mask"].sum().clamp(min=1))
+        metrics["kl/mean"] = float((kl * response_mask).sum() / response_mask.sum().clamp(min=1))
     batch["advantages"], adv_metrics = advantages_by_domain(cfg, records, torch.tensor(scores), batch["mask"], kl,
                                                             state)
     metrics.update(adv_metrics)
-    with timer("train"):
-        metrics.update(ppo_update(cfg, roles, batch, step, g.temperature))
-    with timer("weight_sync"):
-        new_version = push_weights(cfg, roles)
+    new_version = roles.infer.weight_version
+    if batch["mask"].sum() > 0:  # every response masked out: nothing to learn from this rollout
+        with timer("train"):
+            metrics.update(ppo_update(cfg, roles, batch, step, g.temperature))
+        with timer("weight_sync"):
+            new_version = push_weights(cfg, roles)
     lengths = [len(s.token_ids) for r in results for s in r.samples]
     rule = [c for c in correct if c is not None]
     metrics.update({
