@@ -280,3 +280,15 @@ def test_length_weights_and_weighted_aggregation():
     loss = torch.ones(2, 3)
     sizes = alg.StepSizes.of(mask)
     assert float(alg.aggregate(loss, mask, "token-mean", sizes, w)) == pytest.approx((0.5 * 3 + 1.5 * 1) / 4)
+
+
+def test_query_filters_by_hand():
+    from vroll.config.schema import RewardFilterConfig as F
+
+    same, mixed = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])
+    std = F(type="std_filter", filter_args={"std_threshold": 0.0})  # drop groups whose std <= 0 (DAPO)
+    assert not alg.keeps_group([std], same) and alg.keeps_group([std], mixed)
+    assert alg.keeps_group([F(type="std_filter")], same)  # default threshold -1 keeps everything
+    mean = F(type="mean_filter", filter_args={"threshold_down": 0.0, "threshold_up": 1.0})  # inclusive bounds
+    assert not alg.keeps_group([mean], same) and alg.keeps_group([mean], mixed)
+    assert not alg.keeps_group([mean], torch.zeros(3)) and alg.keeps_group([], same)

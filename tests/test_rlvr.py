@@ -245,3 +245,17 @@ def test_rolls_algorithm_options_run_through_the_loop(tmp_path, tiny_model, data
     assert steps[0]["kl/coef"] == 0.05 and steps[1]["kl/coef"] != 0.05  # target_kl moved it
     assert "time/old_logprobs" in steps[0]  # init_kl_coef > 0: ROLL recomputes the old log-probs
     assert steps[0]["train/kept_frac"] == 1.0
+
+
+def test_dynamic_sampling_replaces_dropped_groups_within_its_bound(tmp_path, tiny_model, data):
+    """Every group is dropped (mean reward <= 100): extra prompts are drawn up to the bound, then the
+    dropped groups fill the batch so the step keeps its size."""
+    cfg = rl_config(tmp_path, tiny_model, data, validation=None, max_additional_prompts_per_step=6)
+    cfg["rewards"]["rm"]["query_filter_config"] = {"type": "mean_filter", "filter_args": {"threshold_down": 100}}
+    step = read_metrics(run(tmp_path, cfg)["metrics"])[-1]
+    assert step["dynamic/kept_frac_first"] == 0.0 and step["dynamic/drawn_prompts"] == 6.0
+    assert step["dynamic/filled_with_dropped"] == 4.0 and step["weight_version"] == 1
+    keep_all = rl_config(tmp_path / "k", tiny_model, data, validation=None)
+    keep_all["rewards"]["rm"]["query_filter_config"] = {"type": "std_filter", "filter_args": {"std_threshold": -1}}
+    step = read_metrics(run(tmp_path, keep_all, "k.yaml")["metrics"])[-1]
+    assert step["dynamic/kept_frac_first"] == 1.0 and step["dynamic/drawn_prompts"] == 0.0

@@ -103,6 +103,15 @@ class RoleConfig(Section):
         return parse_device_mapping(v)
 
 
+class RewardFilterConfig(Section):
+    """DAPO's dynamic sampling (ROLL's query_filter_config): which prompt groups to drop and replace.
+    mean_filter: drop when the group's mean reward <= threshold_down (-1) or >= threshold_up (inf);
+    std_filter: drop when the group's reward std (unbiased) <= std_threshold (-1)."""
+
+    type: Literal["no_filter", "mean_filter", "std_filter"] = "no_filter"
+    filter_args: dict[str, float] = Field(default_factory=dict)
+
+
 class RewardConfig(RoleConfig):
     """A reward worker. `tag_included` routes each prompt to the workers matching its tag."""
 
@@ -115,6 +124,8 @@ class RewardConfig(RoleConfig):
     tag_included: list[str] = Field(default_factory=list)
     weight: float = 1.0
     world_size: int = Field(1, ge=1)
+    query_filter_config: RewardFilterConfig = Field(default_factory=RewardFilterConfig)
+    response_filter_config: RewardFilterConfig = Field(default_factory=RewardFilterConfig)  # ROLL ignores it too
 
 
 class ISWeightConfig(Section):
@@ -208,6 +219,10 @@ class PipelineConfig(Section):
     error_max_len_clip: bool = False  # keep right answers, and wrong ones shorter than the threshold
     error_max_len_threshold: int = 9999999999
     length_loss_weight: bool = False  # weight shorter responses up: 1.5 - (len - min) / (max - min)
+    # dynamic sampling: groups the reward workers' query_filter_config drops are replaced by new prompts
+    is_use_additional_prompts: bool = False  # draw max_additional_running_prompts at a time, not just the gap
+    max_additional_running_prompts: int = Field(16, ge=1)
+    max_additional_prompts_per_step: int | None = Field(None, ge=0)  # vroll's bound (None: 4 x rollout_batch_size)
     use_kl_loss: bool = False  # a k3 KL(policy || reference) loss term, weighted by kl_loss_coef
     kl_loss_coef: float = Field(0.0, ge=0.0)
     init_kl_coef: float = Field(0.0, ge=0.0)  # the per-token KL reward penalty's coefficient (add_token_level_kl)

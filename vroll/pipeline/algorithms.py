@@ -338,6 +338,23 @@ def train_infer_correction(tic, old: torch.Tensor, infer: torch.Tensor, mask: to
     return weight, keep
 
 
+# -- dynamic sampling ----------------------------------------------------------------------------
+def keeps_group(filters, rewards: torch.Tensor) -> bool:
+    """ROLL's query filters on one prompt's group of rewards (bounds inclusive): `mean_filter` drops
+    a group whose mean is <= threshold_down (default -1) or >= threshold_up (default inf);
+    `std_filter` drops one whose std (unbiased) is <= std_threshold (default -1)."""
+    for f in filters:
+        args = f.filter_args
+        if f.type == "mean_filter":
+            mean = float(rewards.float().mean())
+            if mean <= args.get("threshold_down", -1.0) or mean >= args.get("threshold_up", float("inf")):
+                return False
+        elif f.type == "std_filter" and rewards.numel() > 1:
+            if float(rewards.float().std()) <= args.get("std_threshold", -1.0):
+                return False
+    return True
+
+
 # -- which responses count -----------------------------------------------------------------------
 def sample_mask(cfg, rewards: torch.Tensor, lengths: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
     """ROLL's sample-level masks, 1 to keep a response: `max_len_mask` drops responses cut at the

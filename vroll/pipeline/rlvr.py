@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,12 +24,14 @@ from vroll.pipeline.checkpoint import find_checkpoint, read_state, save_checkpoi
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
 from vroll.pipeline.evaluation import generate, score, validate
 from vroll.pipeline.tracking import MetricsLog, PhaseTimer, plot_curves, process_rss_bytes
-from vroll.rewards.workers import RewardRouter, unrouted_tags
+from vroll.rewards.workers import RewardRouter, routes, unrouted_tags
 from vroll.roles.launcher import Roles, launch_rlvr_roles
-from vroll.strategy.results import to_padded_batch
+from vroll.strategy.results import PromptResult, to_padded_batch
 from vroll.strategy.vllm_compat import current_platform_name
 
 log = logging.getLogger(__name__)
+
+EXTRA_CALL = 2_000_000  # seeds of dynamic sampling's extra generations never collide with others
 
 
 # -- set-up ---------------------------------------------------------------------------------------
@@ -184,21 +187,82 @@ def push_weights(cfg: PipelineConfig, roles: Roles) -> int:
     return roles.infer.update_weights(engine_weights(cfg, roles))
 
 
+@dataclass
+class Rollout:
+    """A step's prompts with their responses and rewards, one group of responses per prompt."""
+
+    records: list[PromptRecord]
+    results: list[PromptResult]
+    scores: list[float]
+    correct: list[float | None]
+
+    def group(self, i: int, n: int) -> "Rollout":
+        return Rollout([self.records[i]], [self.results[i]], self.scores[i * n:(i + 1) * n],
+                       self.correct[i * n:(i + 1) * n])
+
+    @classmethod
+    def join(cls, groups: list["Rollout"]) -> "Rollout":
+        return cls(*([x for gr in groups for x in getattr(gr, f)] for f in ("records", "results", "scores", "correct")))
+
+
+def query_filters(cfg: PipelineConfig, record: PromptRecord) -> list:
+    """The query filters of the reward workers that score this prompt (its tag's workers)."""
+    return [cfg.rewards[name].query_filter_config for name in routes(cfg.rewards, record.tag)
+            if cfg.rewards[name].query_filter_config.type != "no_filter"]
+
+
+def rollout(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: list[PromptRecord], g, step: int,
+            draw, timer: PhaseTimer) -> tuple[Rollout, dict, dict]:
+    """Generate and score the step's groups. With query filters (DAPO's dynamic sampling), dropped
+    groups are replaced by groups of newly drawn prompts until the batch is full, drawing at most
+    `max_additional_prompts_per_step` extra prompts (then dropped groups fill the rest)."""
+    with timer("generate"):
+        results = generate(roles.infer, records, g, call=step)
+    with timer("reward"):
+        scores, correct, reward_metrics = score(rewards, records, results)
+    first = Rollout(records, results, scores, correct)
+    if not any(query_filters(cfg, r) for r in records):
+        return first, reward_metrics, {}
+    n, size = cfg.num_return_sequences_in_group, cfg.rollout_batch_size
+    bound = 4 * size if cfg.max_additional_prompts_per_step is None else cfg.max_additional_prompts_per_step
+    kept, dropped, drawn, rounds = [], [], 0, 0
+
+    def sort(batch: Rollout) -> None:
+        for i, rec in enumerate(batch.records):
+            group = batch.group(i, n)
+            (kept if alg.keeps_group(query_filters(cfg, rec), torch.tensor(group.scores)) else dropped).append(group)
+
+    sort(first)
+    kept_first = len(kept)
+    with timer("dynamic_sampling"):
+        while len(kept) < size and drawn < bound:
+            want = max(size - len(kept), cfg.max_additional_running_prompts) if cfg.is_use_additional_prompts \
+                else size - len(kept)
+            more = draw(min(want, bound - drawn))
+            drawn, rounds = drawn + len(more), rounds + 1
+            got = generate(roles.infer, more, g, call=EXTRA_CALL + step * 1000 + rounds)
+            sort(Rollout(more, got, *score(rewards, more, got)[:2]))
+    chosen = kept[:size] + dropped[:max(size - len(kept), 0)]
+    metrics = {"dynamic/kept_frac_first": kept_first / size, "dynamic/drawn_prompts": float(drawn),
+               "dynamic/filled_with_dropped": float(max(size - len(kept), 0))}
+    return Rollout.join(chosen), reward_metrics, metrics
+
+
 def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: list[PromptRecord],
-               step: int, state: alg.AlgorithmState) -> dict:
+               step: int, state: alg.AlgorithmState, draw=None) -> dict:
+    """One RL step; `draw(k)` gives k more prompts (dynamic sampling)."""
     timer = PhaseTimer()
     g = rollout_args(cfg)
     if roles.sleep_level:
         with timer("wake"):
             roles.infer.wake_up()
-    with timer("generate"):
-        results = generate(roles.infer, records, g, call=step)
+    batch_rollout, reward_metrics, dynamic_metrics = rollout(cfg, roles, rewards, records, g, step, draw, timer)
+    records, results, scores, correct = (batch_rollout.records, batch_rollout.results, batch_rollout.scores,
+                                         batch_rollout.correct)
     version = results[0].weight_version
     if roles.sleep_level:
         with timer("sleep"):
             roles.infer.sleep()
-    with timer("reward"):
-        scores, correct, reward_metrics = score(rewards, records, results)
     padded = to_padded_batch(results, roles.train.tokenizer.pad_token_id or 0)
     response_mask = padded["response_mask"][:, 1:].float()
     samples = [s for r in results for s in r.samples]
@@ -207,7 +271,7 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
     batch = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
              "response_mask": response_mask, "mask": response_mask * keep[:, None],  # the loss's tokens
              "rollout_logp": rollout_logprobs(padded), "scores": torch.tensor(scores)}
-    metrics = {"train/kept_frac": float(keep.mean())}
+    metrics = {"train/kept_frac": float(keep.mean()), **dynamic_metrics}
     if roles.reference is not None:  # started only when a KL term or enable_reference asks for it
         with timer("reference"):
             batch["ref_logp"] = reference_logprobs(roles, padded)
@@ -283,7 +347,8 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
         bar = tqdm(range(step + 1, cfg.max_steps + 1), desc="vroll train", unit="step", initial=step,
                    total=cfg.max_steps, disable=(not sys.stderr.isatty()) if progress is None else not progress)
         for step in bar:
-            record = train_step(cfg, roles, rewards, sampler.next_batch(cfg.rollout_batch_size), step, algorithm)
+            record = train_step(cfg, roles, rewards, sampler.next_batch(cfg.rollout_batch_size), step, algorithm,
+                                draw=sampler.next_batch)
             record["data/epoch"] = sampler.epoch
             if val_records and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
                 record.update(validate(cfg, roles.infer, rewards, val_records, step, out_dir))
