@@ -288,6 +288,7 @@ def test_query_filters_by_hand():
     same, mixed = torch.tensor([1.0, 1.0, 1.0]), torch.tensor([1.0, 0.0, 0.0])
     std = F(type="std_filter", filter_args={"std_threshold": 0.0})  # drop groups whose std <= 0 (DAPO)
     assert not alg.keeps_group([std], same) and alg.keeps_group([std], mixed)
+    assert not alg.keeps_group([std], torch.tensor([0.2] * 8))  # equal rewards have std 0, not rounding noise
     assert alg.keeps_group([F(type="std_filter")], same)  # default threshold -1 keeps everything
     mean = F(type="mean_filter", filter_args={"threshold_down": 0.0, "threshold_up": 1.0})  # inclusive bounds
     assert not alg.keeps_group([mean], same) and alg.keeps_group([mean], mixed)

@@ -350,7 +350,8 @@ def keeps_group(filters, rewards: torch.Tensor) -> bool:
             if mean <= args.get("threshold_down", -1.0) or mean >= args.get("threshold_up", float("inf")):
                 return False
         elif f.type == "std_filter" and rewards.numel() > 1:
-            if float(rewards.float().std()) <= args.get("std_threshold", -1.0):
+            equal = bool((rewards == rewards[0]).all())  # float rounding would make their std 1e-8, not 0
+            if (0.0 if equal else float(rewards.float().std())) <= args.get("std_threshold", -1.0):
                 return False
     return True
 
