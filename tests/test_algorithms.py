@@ -193,7 +193,9 @@ def test_which_passes_run():
 def test_truncated_is_weights_and_mismatch():
     trainer = torch.log(torch.tensor([0.5, 0.9]))
     rollout = torch.log(torch.tensor([0.25, 0.9]))
-    assert alg.truncated_is_weights(trainer, rollout, cap=1.5).tolist() == pytest.approx([1.5, 1.0], abs=1e-6)
+    # tis_clip: c is the token-level importance weight min(pi_train / pi_rollout, c)
+    weights, _ = alg.train_infer_correction(alg.correction_of(options(tis_clip=1.5)), trainer, rollout, torch.ones(2))
+    assert weights.tolist() == pytest.approx([1.5, 1.0], abs=1e-6)
     m = alg.mismatch(trainer, rollout, torch.tensor([1.0, 1.0]))
     assert m["mismatch/logprob_abs_max"] == pytest.approx(math.log(2), abs=1e-6)
     assert m["mismatch/logprob_abs_mean"] == pytest.approx(math.log(2) / 2, abs=1e-6)

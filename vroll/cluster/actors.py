@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from vroll.cluster.host import RoleHost
-from vroll.cluster.placement import Placement
+from vroll.cluster.placement import Placement, place
 from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, release
 
 log = logging.getLogger(__name__)
@@ -34,14 +34,19 @@ class Member:
 
 
 class ActorGroup:
-    """`placements` actors for the role `name`. `label` names a member in messages ("engine rank",
-    "rank"); `collective` members wait for each other, so any failure breaks the whole group."""
+    """One actor per `devices_per_member` consecutive ids of `device_mapping`, for the role `name`.
+    `label` names a member in messages ("engine rank", "rank"); `collective` members wait for each
+    other, so any failure breaks the whole group. `devices_per_node`: device slots per node of a joined
+    cluster (default: this machine's CPU slots on CPU, 8 GPUs otherwise)."""
 
-    def __init__(self, name: str, placements: list[Placement], platform: str, *, label: str,
-                 failure: type[RoleFailure] = RoleFailure, call_timeout_s: float = 1800.0,
+    def __init__(self, name: str, device_mapping: list[int], devices_per_member: int, platform: str, *,
+                 label: str, failure: type[RoleFailure] = RoleFailure, call_timeout_s: float = 1800.0,
                  ray_address: str | None = None, devices_per_node: int | None = None,
                  collective: bool = False, drop_env: tuple = ()):
         import ray
+
+        per_node = devices_per_node or (os.cpu_count() if platform == "cpu" else 8)
+        placements = place(device_mapping, devices_per_member, per_node)  # before Ray: a bad mapping starts nothing
 
         self._ray = ray
         self.name, self.label, self.platform, self.failure = name, label, platform, failure
@@ -50,7 +55,6 @@ class ActorGroup:
         self.broken = False
         self._owns_ray = connect(ray_address)
         try:  # a group that cannot start leaves no actor, and no Ray it started, behind
-            per_node = devices_per_node or (os.cpu_count() if platform == "cpu" else 8)
             problem = missing_devices(name, placements, per_node, platform)
             if problem:
                 raise failure(problem)

@@ -26,6 +26,21 @@ def trainer_ranks(role, platform: str) -> int:
     return max(1, slots // (per_rank or slots))
 
 
+def rollout_rows(cfg) -> int:
+    """Responses one RL step trains on: rollout_batch_size prompts x the group size."""
+    return cfg.rollout_batch_size * cfg.num_return_sequences_in_group
+
+
+def rows_per_optimizer_step(cfg, ranks: int) -> int:
+    """per_device_train_batch_size x gradient_accumulation_steps rows on each of the trainer's ranks."""
+    args = cfg.actor_train.training_args
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * ranks
+
+
+def optimizer_steps_per_rollout(cfg, ranks: int) -> int:
+    return rollout_rows(cfg) // rows_per_optimizer_step(cfg, ranks)
+
+
 def colocated(a, b) -> bool:
     """Two roles that share a device take turns on it (the engine sleeps while the trainer works)."""
     return a is not None and b is not None and bool(set(a.device_mapping) & set(b.device_mapping))

@@ -4,6 +4,8 @@ launcher and the loop agree."""
 
 from __future__ import annotations
 
+from vroll.config.layout import optimizer_steps_per_rollout
+
 
 def reference_enabled(cfg) -> bool:
     """The reference runs when asked (`enable_reference`), or when a KL term needs it (`use_kl_loss`,
@@ -29,7 +31,5 @@ def old_logprobs_recomputed(cfg, ranks: int) -> bool:
     same values, computed ahead)."""
     if cfg.force_disable_old_logprobs_recompute:
         return False
-    args = cfg.actor_train.training_args
-    rows = cfg.rollout_batch_size * cfg.num_return_sequences_in_group
-    steps = (rows // ranks) // (args.per_device_train_batch_size * args.gradient_accumulation_steps)
-    return cfg.enable_old_logprobs_recompute or steps > 1 or cfg.init_kl_coef > 0 or cfg.ppo_epochs > 1
+    several_steps = optimizer_steps_per_rollout(cfg, ranks) > 1
+    return cfg.enable_old_logprobs_recompute or several_steps or cfg.init_kl_coef > 0 or cfg.ppo_epochs > 1

@@ -9,7 +9,8 @@ from pathlib import Path
 from vroll.config.errors import Issue
 from vroll.config.schema import GeneratingArgs, PipelineConfig, RoleConfig
 from vroll.config.engine_args import check_engine_args
-from vroll.config.layout import devices_per_engine, local_slots, trainer_ranks
+from vroll.config.layout import (devices_per_engine, local_slots, rollout_rows, rows_per_optimizer_step,
+                                 trainer_ranks)
 from vroll.config.options import parse_options
 from vroll.config.passes import reference_enabled, reference_reason
 from vroll.config.strategies import STRATEGIES, role_need
@@ -182,7 +183,9 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
     if cfg.reference is None and reference_enabled(cfg):
         key, _, value = reference_reason(cfg).partition(": ")
         issues.append(Issue(key, f"{value} needs a `reference` role to compute the KL against"))
-
+    if cfg.tis_clip is not None and cfg.train_infer_correction.is_weight.enabled:
+        issues.append(Issue("tis_clip", f"{cfg.tis_clip} is the short form of train_infer_correction.is_weight, "
+                                        "which is set too; keep one"))
     if cfg.adv_estimator == "grpo" and cfg.num_return_sequences_in_group < 2:
         issues.append(Issue("num_return_sequences_in_group", f"{cfg.num_return_sequences_in_group}: grpo normalises "
                                                              "within each prompt's group, which needs at least 2"))
@@ -192,8 +195,7 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
         sound = train.strategy_args is not None and train.strategy_args.strategy_name == "fsdp2_train" \
             and not check_strategy("actor_train", train, "train", None)  # else reported already; count one rank
         ranks = trainer_ranks(train, platform) if sound else 1
-        rows = cfg.rollout_batch_size * cfg.num_return_sequences_in_group
-        per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * ranks
+        rows, per_step = rollout_rows(cfg), rows_per_optimizer_step(cfg, ranks)
         if rows % per_step:
             issues.append(Issue("rollout_batch_size", f"rollout_batch_size * num_return_sequences_in_group = {rows} "
                                                       f"is not divisible by per_device_train_batch_size * "

@@ -51,28 +51,40 @@ class RunningMoments:
         return (self.var * self.count / max(self.count - 1, 1e-24)) ** 0.5
 
 
+def exact_mean(x: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    """The mean along `dim`, and exactly the common value where all values are equal: the float mean
+    of eight 0.2s is not 0.2, and that rounding over a zero std became a large "advantage"."""
+    first = x.narrow(dim, 0, 1)
+    mean = torch.where((x == first).all(dim, keepdim=True), first, x.mean(dim, keepdim=True))
+    return mean if keepdim else mean.squeeze(dim)
+
+
+def exact_std(x: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    """The unbiased std along `dim`, and exactly 0 where all values are equal (or there is one)."""
+    same = (x == x.narrow(dim, 0, 1)).all(dim, keepdim=keepdim)
+    return torch.where(same, 0.0, x.std(dim, keepdim=keepdim) if x.shape[dim] > 1 else 0.0)
+
+
 def normalize_rewards(rewards: torch.Tensor, group_size: int, mean_type: str | None, std_type: str | None,
                       running: RunningMoments | None = None) -> torch.Tensor:
     """ROLL's reward_norm: subtract the batch / group / running mean (or nothing), divide by that std
-    (unbiased) + 1e-6 (or nothing). Where all values under one mean are equal the centred value is
-    exactly 0 (float rounding of the mean would otherwise become a large value over a tiny std)."""
+    (unbiased) + 1e-6 (or nothing). Equal values centre to exactly 0 (`exact_mean`)."""
     x = rewards.float()
     groups = x.reshape(-1, group_size)
     if running is not None and "running" in (mean_type, std_type):
         running.update(x)  # updated before use, as in ROLL
     if mean_type == "group":
-        same = (groups == groups[:, :1]).all(-1, keepdim=True)
-        centred = torch.where(same, 0.0, groups - groups.mean(-1, keepdim=True)).reshape(-1)
+        centred = (groups - exact_mean(groups, keepdim=True)).reshape(-1)
     elif mean_type == "batch":
-        centred = torch.zeros_like(x) if bool((x == x[0]).all()) else x - x.mean()
+        centred = x - exact_mean(x)
     elif mean_type == "running":
         centred = x - running.mean
     else:
         centred = x
     if std_type == "group":
-        std = groups.std(-1, keepdim=True).expand_as(groups).reshape(-1) if group_size > 1 else torch.zeros_like(x)
+        std = exact_std(groups, keepdim=True).expand_as(groups).reshape(-1)
     elif std_type == "batch":
-        std = x.std() if x.numel() > 1 else torch.zeros(())
+        std = exact_std(x)
     elif std_type == "running":
         std = torch.tensor(running.std)
     else:
@@ -313,6 +325,16 @@ def level_diff(old: torch.Tensor, infer: torch.Tensor, mask: torch.Tensor, level
     return per_seq[:, None].expand_as(diff)
 
 
+def correction_of(cfg):
+    """The step's train_infer_correction; vroll's short form `tis_clip: c` is its token-level
+    importance weight capped at c (min(pi_train / pi_rollout, c))."""
+    tic = cfg.train_infer_correction
+    if cfg.tis_clip is None:
+        return tic
+    weight = tic.is_weight.model_copy(update={"enabled": True, "weight_type": "token", "upper_bound": cfg.tis_clip})
+    return tic.model_copy(update={"is_weight": weight})
+
+
 def train_infer_correction(tic, old: torch.Tensor, infer: torch.Tensor, mask: torch.Tensor
                            ) -> tuple[torch.Tensor, torch.Tensor]:
     """ROLL's train_infer_correction: importance weights pi_train / pi_rollout at the `weight_type`
@@ -346,12 +368,11 @@ def keeps_group(filters, rewards: torch.Tensor) -> bool:
     for f in filters:
         args = f.filter_args
         if f.type == "mean_filter":
-            mean = float(rewards.float().mean())
+            mean = float(exact_mean(rewards.float()))
             if mean <= args.get("threshold_down", -1.0) or mean >= args.get("threshold_up", float("inf")):
                 return False
         elif f.type == "std_filter" and rewards.numel() > 1:
-            equal = bool((rewards == rewards[0]).all())  # float rounding would make their std 1e-8, not 0
-            if (0.0 if equal else float(rewards.float().std())) <= args.get("std_threshold", -1.0):
+            if float(exact_std(rewards.float())) <= args.get("std_threshold", -1.0):
                 return False
     return True
 
@@ -372,12 +393,6 @@ def sample_mask(cfg, rewards: torch.Tensor, lengths: torch.Tensor, truncated: to
     if cfg.error_max_len_clip:
         keep = keep * (((rewards == 0) & (lengths < cfg.error_max_len_threshold)) | (rewards == 1)).float()
     return keep
-
-
-def truncated_is_weights(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -> torch.Tensor:
-    """Truncated importance weights min(pi_train / pi_rollout, cap) per token: corrects for the
-    engine sampling from a slightly different distribution than the trainer computes."""
-    return torch.exp(trainer_logp - rollout_logp).clamp(max=cap)
 
 
 def mismatch(trainer_logp: torch.Tensor, rollout_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:

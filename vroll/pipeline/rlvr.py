@@ -15,7 +15,7 @@ import torch
 
 from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import ConfigError
-from vroll.config.layout import trainer_ranks
+from vroll.config.layout import optimizer_steps_per_rollout, rows_per_optimizer_step, trainer_ranks
 from vroll.config.passes import old_logprobs_recomputed
 from vroll.config.schema import GeneratingArgs, PipelineConfig
 from vroll.models.paths import resolve_model_path
@@ -63,12 +63,6 @@ def with_train_defaults(cfg: PipelineConfig) -> PipelineConfig:
     return cfg
 
 
-def optimizer_steps_per_rollout(cfg: PipelineConfig, ranks: int) -> int:
-    args = cfg.actor_train.training_args
-    rows = cfg.rollout_batch_size * cfg.num_return_sequences_in_group
-    return rows // (args.per_device_train_batch_size * args.gradient_accumulation_steps * ranks)
-
-
 # -- one step, phase by phase ---------------------------------------------------------------------
 def sequences_of(batch: dict) -> tuple[list[list[int]], list[int]]:
     """Each row's real tokens, and where they start in the padded row."""
@@ -81,10 +75,8 @@ def sequences_of(batch: dict) -> tuple[list[list[int]], list[int]]:
     return seqs, starts
 
 
-def reference_logprobs(roles: Roles, batch: dict) -> torch.Tensor | None:
+def reference_logprobs(roles: Roles, batch: dict) -> torch.Tensor:
     """The reference model's per-token log-probs, laid out like the trainer's [B, L-1]."""
-    if roles.reference is None:
-        return None
     seqs, starts = sequences_of(batch)
     out = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
     for i, (lp, start) in enumerate(zip(roles.reference.sequence_logprobs(seqs), starts)):
@@ -107,17 +99,16 @@ def policy_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
     train/infer mismatch, weighted and aggregated by `loss_agg_mode` over the whole step, plus the KL
     loss and minus the entropy bonus when asked."""
     variant = alg.PG_VARIANTS[cfg.pg_variant]
+    correction = alg.correction_of(cfg)
 
     def loss_fn(micro, logp, entropy):
         m = micro["mask"]
         recomputed = "old_logp" in micro
         old = micro["old_logp"] if recomputed else logp.detach()  # one optimiser step: the same weights
-        is_weight, keep = alg.train_infer_correction(cfg.train_infer_correction, old, micro["rollout_logp"], m)
+        is_weight, keep = alg.train_infer_correction(correction, old, micro["rollout_logp"], m)
         m = m * keep
         terms, clipped = variant(cfg, logp, old, micro["advantages"], m, micro["scores"])
         terms = terms * is_weight
-        if cfg.tis_clip is not None:
-            terms = terms * alg.truncated_is_weights(old, micro["rollout_logp"], cfg.tis_clip)
         weights = alg.length_weights(m) if cfg.length_loss_weight else None
         loss = alg.aggregate(terms, m, cfg.loss_agg_mode, sizes, weights)
         metrics = {"train/pg_loss": float(loss.detach()),
@@ -140,9 +131,8 @@ def policy_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
 def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temperature: float) -> dict:
     """`ppo_epochs` passes over the rollout in shuffled mini-batches, one optimiser step each
     (per_device_train_batch_size x gradient_accumulation_steps rows on each of the trainer's ranks)."""
-    args = cfg.actor_train.training_args
-    micro_rows = args.per_device_train_batch_size * roles.train.world_size
-    steps_rows = micro_rows * args.gradient_accumulation_steps
+    micro_rows = cfg.actor_train.training_args.per_device_train_batch_size * roles.train.world_size
+    steps_rows = rows_per_optimizer_step(cfg, roles.train.world_size)
     n = batch["input_ids"].shape[0]
     totals: dict[str, float] = {}
     count = 0
@@ -282,7 +272,7 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
     kl = None
     if "ref_logp" in batch:  # the rollout policy (recomputed, else the engine's own log-probs) against the reference
         kl = alg.kl_estimate(batch.get("old_logp", batch["rollout_logp"]), batch["ref_logp"], cfg.kl_penalty)
-        metrics["kl/mean"] = float((kl * response_mask).sum() / response_mask.sum().clamp(min=1))
+        metrics["kl/mean"] = float(alg.masked_mean(kl, response_mask))
     batch["advantages"], adv_metrics = advantages_by_domain(cfg, records, torch.tensor(scores), batch["mask"], kl,
                                                             state)
     metrics.update(adv_metrics)

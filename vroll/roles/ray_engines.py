@@ -8,7 +8,6 @@ import logging
 from typing import Any, Sequence
 
 from vroll.cluster.actors import ActorGroup, Member, RoleFailure
-from vroll.cluster.placement import place
 from vroll.config.layout import devices_per_engine
 from vroll.config.schema import GeneratingArgs, RoleConfig
 from vroll.roles.ray_role import RayRole
@@ -33,18 +32,16 @@ class RayEngines(RayRole):
     def __init__(self, role: RoleConfig, seed: int | None = None, platform: str | None = None,
                  ray_address: str | None = None, devices_per_node: int | None = None, backend: str = VLLM):
         """`backend`: the engine class each actor builds, as `module:Class` (imported there, after pinning)."""
-        import os
-
         platform = platform or current_platform_name()
         self.role, self.seed, self.name, self.backend = role, seed, role.name or "actor_infer", backend
         self.weight_version = 0
         self._calls = 0
         self._replay: list[tuple[Any, Any]] = []  # (bucket ref, specs) since the last full update
-        per_node = devices_per_node or (os.cpu_count() if platform == "cpu" else 8)
-        placements = place(role.device_mapping, devices_per_engine(role.strategy_args.backend_args), per_node)
-        self.group = ActorGroup(self.name, placements, platform, label="engine rank", failure=EngineFailure,
+        self.group = ActorGroup(self.name, role.device_mapping, devices_per_engine(role.strategy_args.backend_args),
+                                platform, label="engine rank", failure=EngineFailure,
                                 call_timeout_s=role.strategy_args.options.engine_call_timeout_s,
-                                ray_address=ray_address, devices_per_node=per_node, drop_env=INHERITED_ENGINE_VARS)
+                                ray_address=ray_address, devices_per_node=devices_per_node,
+                                drop_env=INHERITED_ENGINE_VARS)
         try:
             self.group.build(self.backend, self._engine_args)
         except BaseException:

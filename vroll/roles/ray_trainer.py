@@ -6,13 +6,11 @@ ranks there are. The Ray plumbing is `vroll.cluster.ActorGroup`'s."""
 from __future__ import annotations
 
 import logging
-import os
 from typing import Callable, Iterator
 
 import torch
 
 from vroll.cluster.actors import ActorGroup, RoleFailure
-from vroll.cluster.placement import place
 from vroll.config.schema import RoleConfig
 from vroll.models.paths import resolve_model_path
 from vroll.roles.ray_role import RayRole
@@ -39,12 +37,10 @@ class RayTrainer(RayRole):
         path = model_path or resolve_model_path(role.model_args.model_name_or_path,
                                                 f"{self.name}.model_args.model_name_or_path")
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=role.model_args.trust_remote_code)
-        per_node = devices_per_node or (os.cpu_count() if platform == "cpu" else 8)
-        placements = place(role.device_mapping, len(role.device_mapping) // ranks, per_node)
         # Ranks meet in collectives: one that fails leaves the others waiting, so any failure breaks all.
-        self.group = ActorGroup(self.name, placements, platform, label="rank", failure=TrainerFailure,
-                                call_timeout_s=call_timeout_s, ray_address=ray_address,
-                                devices_per_node=per_node, collective=True)
+        self.group = ActorGroup(self.name, role.device_mapping, len(role.device_mapping) // ranks, platform,
+                                label="rank", failure=TrainerFailure, call_timeout_s=call_timeout_s,
+                                ray_address=ray_address, devices_per_node=devices_per_node, collective=True)
         try:
             init_method = self.group.call(self.group.members[:1], "rendezvous", lambda m: m.actor.rendezvous.remote())[0]
             self.group.build(TRAINER, lambda m: (role, seed, total_steps, path, m.placement.rank, ranks, init_method))
