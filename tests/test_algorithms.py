@@ -277,11 +277,23 @@ def test_sample_masks():
 
 def test_length_weights_and_weighted_aggregation():
     mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])  # lengths 3 and 1
-    w = alg.length_weights(mask)  # 1.5 - (len - 1) / 2 -> 0.5, 1.5; scaled to mean 1
+    assert alg.sample_weights(options(), mask) is None
+    w = alg.sample_weights(options(length_loss_weight=True), mask)  # 1.5 - (len - 1) / 2 -> 0.5, 1.5; mean 1
     assert w.tolist() == pytest.approx([0.5, 1.5], abs=1e-6)
     loss = torch.ones(2, 3)
     sizes = alg.StepSizes.of(mask)
     assert float(alg.aggregate(loss, mask, "token-mean", sizes, w)) == pytest.approx((0.5 * 3 + 1.5 * 1) / 4)
+
+
+def test_difficulty_weights_by_hand():
+    # ROLL: w_i = 0.5 + 1.5 clamp(difficulty_i, 0, 1), times the length weight, scaled to mean 1
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    w = alg.sample_weights(options(difficulty_loss_weight=True), mask, torch.tensor([0.0, 2.0]))
+    assert w.tolist() == pytest.approx([0.5 * 2 / 2.5, 2.0 * 2 / 2.5], abs=1e-6)  # 0.5 and 2.0, mean 1.25
+    both = alg.sample_weights(options(difficulty_loss_weight=True, length_loss_weight=True), mask,
+                              torch.tensor([1.0, 0.0]))
+    # difficulty (2.0, 0.5) x length (0.5, 1.5) = (1.0, 0.75), scaled by 2 / 1.75 to mean 1
+    assert both.tolist() == pytest.approx([1.0 * 2 / 1.75, 0.75 * 2 / 1.75], abs=1e-6)
 
 
 def test_query_filters_by_hand():
@@ -295,3 +307,64 @@ def test_query_filters_by_hand():
     mean = F(type="mean_filter", filter_args={"threshold_down": 0.0, "threshold_up": 1.0})  # inclusive bounds
     assert not alg.keeps_group([mean], same) and alg.keeps_group([mean], mixed)
     assert not alg.keeps_group([mean], torch.zeros(3)) and alg.keeps_group([], same)
+
+
+# -- GAE and the critic ------------------------------------------------------------------------
+def test_gae_against_a_hand_computed_case():
+    # one response of 3 tokens, reward 1 on the last; V = (0.5, 0.2, 0.4), gamma 0.9, lambda 0.8
+    # delta_2 = 1 + 0.9*0 - 0.4 = 0.6                      A_2 = 0.6
+    # delta_1 = 0 + 0.9*0.4 - 0.2 = 0.16                   A_1 = 0.16 + 0.72*0.6 = 0.592
+    # delta_0 = 0 + 0.9*0.2 - 0.5 = -0.32                  A_0 = -0.32 + 0.72*0.592 = 0.10624
+    # returns = A + V
+    rewards, values = torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[0.5, 0.2, 0.4]])
+    adv, ret = alg.gae(rewards, values, gamma=0.9, lambd=0.8)
+    assert adv[0].tolist() == pytest.approx([0.10624, 0.592, 0.6], abs=1e-6)
+    assert ret[0].tolist() == pytest.approx([0.60624, 0.792, 1.0], abs=1e-6)
+    # lambda = 1, gamma = 1: A_t = G_t - V_t (Monte-Carlo return minus the baseline)
+    adv, _ = alg.gae(rewards, values, gamma=1.0, lambd=1.0)
+    assert adv[0].tolist() == pytest.approx([0.5, 0.8, 0.6], abs=1e-6)
+
+
+def test_gae_advantages_in_the_step_use_the_masked_values_and_return_targets():
+    # prompt position 0 (mask 0), response positions 1-2; the value at the prompt position is ignored
+    mask = torch.tensor([[0.0, 1.0, 1.0]])
+    values = torch.tensor([[9.0, 0.25, 0.5]])
+    cfg = options(adv_estimator="gae", num_return_sequences_in_group=1, lambd=1.0, gamma=1.0)
+    adv, ret, _ = alg.compute_advantages(cfg, torch.tensor([1.0]), mask, values=values)
+    # rewards (0, 0, 1); A_2 = 1 - 0.5 = 0.5; A_1 = 0 + 0.5 - 0.25 + 0.5 = 0.75; prompt position 0
+    assert adv[0].tolist() == pytest.approx([0.0, 0.75, 0.5])
+    assert ret[0].tolist() == pytest.approx([0.0, 1.0, 1.0])  # A + V: the critic's target
+
+
+def test_value_loss_and_its_clip():
+    # ROLL: 0.5 x mean over responses of the token mean of (V - R)^2, or of
+    # max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2)
+    values, old, ret = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[0.5, 1.0]])
+    mask = torch.ones(1, 2)
+    sizes = alg.StepSizes.of(mask)
+    loss, clipped = alg.value_loss(values, old, ret, mask, None, sizes)
+    assert float(loss) == pytest.approx(0.5 * (0.25 + 1.0) / 2)
+    # c = 0.2: V clipped to (0.2, 0.0); token 0: max(0.25, 0.09) = 0.25; token 1: max(1, 1) = 1
+    loss, clipped = alg.value_loss(values, old, ret, mask, 0.2, sizes)
+    assert float(loss) == pytest.approx(0.5 * (0.25 + 1.0) / 2) and not clipped.any()
+    # R = 1.5 on token 0: unclipped (1 - 1.5)^2 = 0.25, clipped (0.2 - 1.5)^2 = 1.69 -> the clipped one counts
+    loss, clipped = alg.value_loss(values, old, torch.tensor([[1.5, 1.0]]), mask, 0.2, sizes)
+    assert float(loss) == pytest.approx(0.5 * (1.69 + 1.0) / 2) and clipped.tolist() == [[True, False]]
+
+
+def test_gae_without_a_critic_and_a_critic_whose_batch_does_not_divide_are_refused():
+    from vroll.config.rules import check_rl_sizes
+
+    base = dict(rewards={"m": {}}, adv_estimator="gae", rollout_batch_size=6, num_return_sequences_in_group=1)
+    found = [str(i) for i in check_rl_sizes(options(**base))]
+    assert found == ["adv_estimator: 'gae' needs a `critic` role (a value model trained with fsdp2_train); or use "
+                     "grpo / reinforce, which need none"]
+    critic = {"strategy_args": {"strategy_name": "fsdp2_train"}, "training_args": {"per_device_train_batch_size": 4}}
+    found = [str(i) for i in check_rl_sizes(options(**base, critic=critic))]
+    assert found == ["critic.training_args.per_device_train_batch_size: rollout_batch_size * "
+                     "num_return_sequences_in_group = 6 is not divisible by the critic's per_device_train_batch_size"
+                     " * gradient_accumulation_steps * ranks = 4"]
+    critic["training_args"]["per_device_train_batch_size"] = 3
+    assert check_rl_sizes(options(**base, critic=critic)) == []
+    critic["strategy_args"]["strategy_name"] = "megatron_train"
+    assert [i.path for i in check_rl_sizes(options(**base, critic=critic))] == ["critic.strategy_args.strategy_name"]

@@ -24,6 +24,14 @@ def test_validate_prints_the_resolved_config():
     assert "- 11" in r.stdout  # device_mapping resolved to 0..11
 
 
+def test_validate_names_rolls_keys_that_have_no_effect_here():
+    r = run("validate", "examples/guide_actor_infer.yaml", "--platform", "cuda", "mask_type=all", "add_len_reward=true")
+    assert r.returncode == 0, r.stderr
+    warning = [line for line in r.stderr.splitlines() if "no effect here" in line]
+    assert len(warning) == 1 and "mask_type (ROLL declares it and never reads it)" in warning[0]
+    assert "add_len_reward" in warning[0] and "use_reward_scaling" not in warning[0]  # only what the file sets
+
+
 def test_validate_reports_all_errors_without_traceback(tmp_path):
     data = engine_config("models/tiny")
     data["actor_infer"]["generating_args"]["top_pp"] = 0.9

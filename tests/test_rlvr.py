@@ -259,3 +259,27 @@ def test_dynamic_sampling_replaces_dropped_groups_within_its_bound(tmp_path, tin
     keep_all["rewards"]["rm"]["query_filter_config"] = {"type": "std_filter", "filter_args": {"std_threshold": -1}}
     step = read_metrics(run(tmp_path, keep_all, "k.yaml")["metrics"])[-1]
     assert step["dynamic/kept_frac_first"] == 1.0 and step["dynamic/drawn_prompts"] == 0.0
+
+
+def test_ppo_with_a_critic_warms_up_trains_and_resumes_exactly(tmp_path, tiny_model, data):
+    """adv_estimator gae: the critic's values give the advantages, the critic trains every step (only
+    it during critic_warmup), and its weights and optimiser come back from a checkpoint exactly."""
+    critic = {"model_args": {"dtype": "fp32", "disable_gradient_checkpointing": True, "model_type": "trl"},
+              "training_args": {"learning_rate": 1e-3, "per_device_train_batch_size": 8},
+              "strategy_args": {"strategy_name": "fsdp2_train"}, "device_mapping": [0, 1]}
+    straight = rl_config(tmp_path / "a", tiny_model, data, max_steps=3, validation=None, adv_estimator="gae",
+                         num_return_sequences_in_group=1, rollout_batch_size=16, use_kl_loss=False,
+                         critic_warmup=1, value_clip=0.5, whiten_advantages=True, reference=None)
+    straight["critic"] = critic
+    a = read_metrics(run(tmp_path, straight, "a.yaml")["metrics"])
+    assert "train/pg_loss" not in a[0] and a[0]["weight_version"] == 0  # warm-up: the critic only
+    assert all(s["critic/grad_norm"] > 0 and math.isfinite(s["critic/loss"]) for s in a)
+    assert "train/pg_loss" in a[1] and a[2]["weight_version"] == 2
+    assert (tmp_path / "a" / "run" / "checkpoints" / "step_3" / "critic" / "model.safetensors").is_file()
+    first = json.loads(json.dumps(straight))
+    first["output_dir"], first["max_steps"] = str(tmp_path / "b"), 2
+    run(tmp_path, first, "b1.yaml")
+    run(tmp_path, {**first, "max_steps": 3, "resume_from_checkpoint": True}, "b2.yaml")
+    b = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    strip = [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in (a + b)]
+    assert strip[:3] == strip[3:]

@@ -169,3 +169,33 @@ def test_a_dead_rank_is_named_at_once(tiny_model):
             cluster.batch_logprobs(ids, mask)
         assert time.monotonic() - start < 30
     assert not cluster.group.members
+
+
+def test_a_critic_learns_the_returns_and_saves_a_value_model(tiny_model, tmp_path):
+    """fsdp2_train as a critic (value_model): values [B, L-1] aligned with the log-probs, regression on
+    fixed targets lowers the loss, and the saved folder is a transformers token-classification model
+    giving the same values."""
+    from transformers import AutoModelForTokenClassification
+
+    from vroll.models.values import token_values
+    from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
+
+    ids, mask = padded(SEQS)
+    target = torch.linspace(-1, 1, ids.shape[1] - 1).expand(ids.shape[0], -1) * mask[:, 1:]
+
+    def mse(micro, values):
+        m = micro["attention_mask"][:, 1:].float()
+        loss = (((values - micro["target"]) ** 2) * m).sum() / m.sum()
+        return loss, {"loss": float(loss.detach())}
+
+    with Fsdp2TrainStrategy(train_role(tiny_model), total_steps=10, value_model=True) as critic:
+        before = critic.batch_values(ids, mask)
+        assert before.shape == (3, ids.shape[1] - 1) and (before * (1 - mask[:, :-1])).abs().sum() == 0
+        got = [critic.train_step([{"input_ids": ids, "attention_mask": mask, "target": target}], mse)
+               for _ in range(8)]
+        assert got[-1]["loss"] < got[0]["loss"] / 2 and "critic/grad_norm" in got[0]
+        critic.save(tmp_path / "critic")
+        after = critic.batch_values(ids, mask)
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "critic", dtype=torch.float32).eval()
+    with torch.no_grad():
+        assert torch.allclose(token_values(loaded, ids, mask), after, atol=1e-5)

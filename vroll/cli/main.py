@@ -137,6 +137,7 @@ def cmd_validate(args) -> int:
 
     from vroll.config import ConfigError, load_config
     from vroll.config.memory import plan_train_memory
+    from vroll.config.no_effect import no_effect_line
     from vroll.config.rules import check_train_config
 
     platform = platform_of(args.platform)
@@ -154,6 +155,9 @@ def cmd_validate(args) -> int:
     if train_plan is not None:
         print("# memory of each actor_train rank (estimate):\n" +
               "\n".join(f"#   {line}" for line in train_plan.table().splitlines()), file=sys.stderr)
+    ignored = no_effect_line(cfg)
+    if ignored:
+        print(f"# warning: {ignored}", file=sys.stderr)
     print(f"# valid{f' for platform {platform}' if platform else ''}: {args.config}", file=sys.stderr)
     return 0
 

@@ -31,14 +31,15 @@ def rollout_rows(cfg) -> int:
     return cfg.rollout_batch_size * cfg.num_return_sequences_in_group
 
 
-def rows_per_optimizer_step(cfg, ranks: int) -> int:
-    """per_device_train_batch_size x gradient_accumulation_steps rows on each of the trainer's ranks."""
-    args = cfg.actor_train.training_args
+def rows_per_optimizer_step(cfg, ranks: int, role=None) -> int:
+    """per_device_train_batch_size x gradient_accumulation_steps rows on each of a training role's
+    ranks (actor_train's unless `role` is given)."""
+    args = (role or cfg.actor_train).training_args
     return args.per_device_train_batch_size * args.gradient_accumulation_steps * ranks
 
 
-def optimizer_steps_per_rollout(cfg, ranks: int) -> int:
-    return rollout_rows(cfg) // rows_per_optimizer_step(cfg, ranks)
+def optimizer_steps_per_rollout(cfg, ranks: int, role=None) -> int:
+    return rollout_rows(cfg) // rows_per_optimizer_step(cfg, ranks, role)
 
 
 def colocated(a, b) -> bool:

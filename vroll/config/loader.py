@@ -110,12 +110,14 @@ def drop_key(raw: dict, loc: tuple) -> bool:
 
 
 def fill_defaults(cfg: PipelineConfig) -> None:
-    """Role names, and model paths that default to the top-level `pretrain` / `reward_pretrain`."""
+    """Role names, and model paths that default to the top-level `pretrain` / `reward_pretrain` (the
+    critic's: `reward_pretrain` as in ROLL, else `pretrain`)."""
     for path, role in cfg.roles().items():
         role.name = path
         role.seed = cfg.seed
         if role.model_args.model_name_or_path is None:
             model_reward = isinstance(role, RewardConfig) and role.reward_type == "model"
+            model_reward = model_reward or (path == "critic" and cfg.reward_pretrain is not None)
             role.model_args.model_name_or_path = cfg.reward_pretrain if model_reward else cfg.pretrain
 
 

@@ -13,6 +13,11 @@ def reference_enabled(cfg) -> bool:
     return cfg.enable_reference or cfg.use_kl_loss or cfg.init_kl_coef > 0
 
 
+def critic_enabled(cfg) -> bool:
+    """The critic (a value model) runs only for GAE advantages, as in ROLL."""
+    return cfg.adv_estimator == "gae"
+
+
 def reference_reason(cfg) -> str:
     """The key that turned the reference on, for messages."""
     if cfg.use_kl_loss:

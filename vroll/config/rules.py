@@ -12,7 +12,7 @@ from vroll.config.engine_args import check_engine_args
 from vroll.config.layout import (devices_per_engine, local_slots, rollout_rows, rows_per_optimizer_step,
                                  trainer_ranks)
 from vroll.config.options import parse_options
-from vroll.config.passes import reference_enabled, reference_reason
+from vroll.config.passes import critic_enabled, reference_enabled, reference_reason
 from vroll.config.strategies import STRATEGIES, role_need
 from vroll.config.suggest import closest
 
@@ -183,6 +183,7 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
     if cfg.reference is None and reference_enabled(cfg):
         key, _, value = reference_reason(cfg).partition(": ")
         issues.append(Issue(key, f"{value} needs a `reference` role to compute the KL against"))
+    issues += check_critic(cfg, platform)
     if cfg.tis_clip is not None and cfg.train_infer_correction.is_weight.enabled:
         issues.append(Issue("tis_clip", f"{cfg.tis_clip} is the short form of train_infer_correction.is_weight, "
                                         "which is set too; keep one"))
@@ -208,6 +209,37 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
                                                    f"{cfg.prompt_length + cfg.response_length} exceeds "
                                                    f"actor_infer.strategy_config.max_model_len={max_len}"))
     return issues
+
+
+def check_critic(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
+    """GAE needs a critic that trains with fsdp2_train (its batch sizes divide the rollout like the
+    actor's); the critic's type and strategy checks are `check_role`'s."""
+    if not critic_enabled(cfg):
+        return []
+    critic = cfg.critic
+    if critic is None:
+        return [Issue("adv_estimator", "'gae' needs a `critic` role (a value model trained with fsdp2_train); "
+                                       "or use grpo / reinforce, which need none")]
+    issues = []
+    name = critic.strategy_args.strategy_name if critic.strategy_args else None
+    if name != "fsdp2_train":
+        issues.append(Issue("critic.strategy_args.strategy_name", f"{name!r}: the critic trains with 'fsdp2_train' "
+                                                                  "(megatron_train and deepspeed_train are not "
+                                                                  "implemented)"))
+    if critic.training_args is None:
+        issues.append(Issue("critic.training_args", "is required (learning_rate, batch sizes, ...)"))
+    elif name == "fsdp2_train" and not check_strategy("critic", critic, "train", None):
+        per_step = critic_rows_per_step(cfg, platform)
+        if rollout_rows(cfg) % per_step:
+            issues.append(Issue("critic.training_args.per_device_train_batch_size",
+                                f"rollout_batch_size * num_return_sequences_in_group = {rollout_rows(cfg)} is not "
+                                f"divisible by the critic's per_device_train_batch_size * gradient_accumulation_steps"
+                                f" * ranks = {per_step}"))
+    return issues
+
+
+def critic_rows_per_step(cfg: PipelineConfig, platform: str = "cpu") -> int:
+    return rows_per_optimizer_step(cfg, trainer_ranks(cfg.critic, platform), cfg.critic)
 
 
 def check_rewards_present(cfg: PipelineConfig) -> list[Issue]:

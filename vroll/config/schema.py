@@ -24,6 +24,8 @@ class ModelArgs(Section):
     disable_gradient_checkpointing: bool = False
     attn_implementation: str | None = None
     trust_remote_code: bool = False
+    # ROLL's value-model kinds for the critic: both mean a scalar value head on the last hidden state
+    model_type: Literal["trl", "auto_token_classification"] | None = None
 
 
 class GeneratingArgs(Section):
@@ -125,7 +127,8 @@ class RewardConfig(RoleConfig):
     weight: float = 1.0
     world_size: int = Field(1, ge=1)
     query_filter_config: RewardFilterConfig = Field(default_factory=RewardFilterConfig)
-    response_filter_config: RewardFilterConfig = Field(default_factory=RewardFilterConfig)  # ROLL ignores it too
+    response_filter_config: RewardFilterConfig = Field(default_factory=RewardFilterConfig)  # no effect (no_effect.py)
+    response_length_penalty_coef: float = 0.0  # no effect (no_effect.py)
 
 
 class ISWeightConfig(Section):
@@ -183,7 +186,7 @@ class PipelineConfig(Section):
     num_return_sequences_in_group: int = Field(1, ge=1)
     ppo_epochs: int = Field(1, ge=1)
     # The algorithm: ROLL's keys, defaults and meaning (docs/algorithms.md; pipeline/algorithms.py).
-    adv_estimator: Literal["grpo", "reinforce"] = "grpo"
+    adv_estimator: Literal["grpo", "reinforce", "gae"] = "grpo"
     pg_variant: Literal["vanilla", "ppo", "tis", "topr", "cispo", "kimi15"] = "ppo"
     tis_lower_bound: float = 0.0  # pg_variant tis: clamp of the detached ratio
     tis_upper_bound: float = 1.0
@@ -194,6 +197,9 @@ class PipelineConfig(Section):
     cispo_use_unified_mask: bool = False
     kimi15_tau: float = 0.1  # pg_variant kimi15
     gamma: float = Field(1.0, ge=0.0, le=1.0)  # discount of the return
+    lambd: float = Field(0.95, ge=0.0, le=1.0)  # gae: GAE's lambda
+    value_clip: float | None = Field(None, gt=0.0)  # gae: the critic's values move at most this far per step
+    critic_warmup: int = Field(0, ge=0)  # gae: steps that train only the critic
     norm_mean_type: Literal["batch", "group", "running"] | None = None  # grpo always uses group
     norm_std_type: Literal["batch", "group", "running"] | None = None
     reward_clip: float | None = None  # after normalisation, and again on the token rewards
@@ -219,6 +225,12 @@ class PipelineConfig(Section):
     error_max_len_clip: bool = False  # keep right answers, and wrong ones shorter than the threshold
     error_max_len_threshold: int = 9999999999
     length_loss_weight: bool = False  # weight shorter responses up: 1.5 - (len - min) / (max - min)
+    # ROLL declares these and never reads them: accepted, no effect (no_effect.py)
+    mask_type: Literal["all", "loss"] = "loss"
+    add_len_reward: bool = False
+    use_reward_scaling: bool = False
+    use_reward_norm: bool = False
+    difficulty_loss_weight: bool = False  # weight harder prompts up: 0.5 + 1.5 x the row's `difficulty`
     # dynamic sampling: groups the reward workers' query_filter_config drops are replaced by new prompts
     is_use_additional_prompts: bool = False  # draw max_additional_running_prompts at a time, not just the gap
     max_additional_running_prompts: int = Field(16, ge=1)
@@ -238,10 +250,11 @@ class PipelineConfig(Section):
     actor_infer: RoleConfig | None = None
     actor_train: RoleConfig | None = None
     reference: RoleConfig | None = None
+    critic: RoleConfig | None = None  # the value model of adv_estimator: gae
     rewards: dict[str, RewardConfig] = Field(default_factory=dict)
 
     def roles(self) -> dict[str, RoleConfig]:
         """Every configured role by its dotted key path (rewards as `rewards.<name>`)."""
-        out = {k: getattr(self, k) for k in ("actor_infer", "actor_train", "reference")}
+        out = {k: getattr(self, k) for k in ("actor_infer", "actor_train", "reference", "critic")}
         out.update({f"rewards.{k}": v for k, v in self.rewards.items()})
         return {k: v for k, v in out.items() if v is not None}

@@ -33,7 +33,7 @@ STRATEGIES: dict[str, StrategyInfo] = dict(
 )
 
 # What each role needs from its strategy, by the role's key (rewards share "rewards").
-ROLE_NEEDS = {"actor_infer": "generate", "actor_train": "train", "reference": "forward", "rewards": "forward"}
+ROLE_NEEDS = {"actor_infer": "generate", "actor_train": "train", "critic": "train", "reference": "forward", "rewards": "forward"}
 
 
 class StrategyNotAvailable(UserError, RuntimeError):

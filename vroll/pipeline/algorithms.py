@@ -146,12 +146,36 @@ def discounted_returns(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
     return out
 
 
+def gae(rewards: torch.Tensor, values: torch.Tensor, gamma: float, lambd: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation along each row: delta_t = r_t + gamma V_{t+1} - V_t (V past
+    the row's end is 0), A_t = delta_t + gamma lambd A_{t+1}; the critic's targets are A + V."""
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
+        running = rewards[:, t] + gamma * next_value - values[:, t] + gamma * lambd * running
+        adv[:, t] = running
+    return adv, adv + values
+
+
+def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
+               value_clip: float | None, sizes: "StepSizes") -> tuple[torch.Tensor, torch.Tensor]:
+    """The critic's loss share, as ROLL's: 0.5 x seq-mean-token-mean of (V - R)^2, or with
+    `value_clip` of max((V - R)^2, (clip(V, V_old - c, V_old + c) - R)^2); and which tokens clipped."""
+    err = (values - returns) ** 2
+    if value_clip is None:
+        return 0.5 * aggregate(err, mask, "seq-mean-token-mean", sizes), torch.zeros_like(err, dtype=torch.bool)
+    clipped = (old_values + (values - old_values).clamp(-value_clip, value_clip) - returns) ** 2
+    return 0.5 * aggregate(torch.maximum(err, clipped), mask, "seq-mean-token-mean", sizes), clipped > err
+
+
 def compute_advantages(cfg, scores: torch.Tensor, mask: torch.Tensor, kl: torch.Tensor | None = None,
-                       kl_ctrl: KLController | None = None, running: RunningMoments | None = None
-                       ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Per-token advantages [B, T-1] of one domain's responses (whole groups, in order), in ROLL's
-    order: normalise the rewards (grpo: by group) -> reward_clip -> reward on the last token, minus
-    beta x KL with add_token_level_kl -> reward_clip again -> whiten_rewards -> discounted return ->
+                       kl_ctrl: KLController | None = None, running: RunningMoments | None = None,
+                       values: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    """Per-token advantages [B, T-1] of one domain's responses (whole groups, in order), and the
+    returns a critic learns from, in ROLL's order: normalise the rewards (grpo: by group) ->
+    reward_clip -> reward on the last token, minus beta x KL with add_token_level_kl -> reward_clip
+    again -> whiten_rewards -> GAE with the critic's `values` (gae), else the discounted return ->
     whiten_advantages -> advantage_clip. `kl`: the per-token KL of the rollout policy to the reference."""
     mean_type, std_type = ("group", "group") if cfg.adv_estimator == "grpo" else (cfg.norm_mean_type,
                                                                                     cfg.norm_std_type)
@@ -171,13 +195,16 @@ def compute_advantages(cfg, scores: torch.Tensor, mask: torch.Tensor, kl: torch.
     enough = mask.sum() > 1  # an unbiased variance needs two tokens
     if cfg.whiten_rewards and enough:
         r = masked_whiten(r, mask)
-    adv = discounted_returns(r * mask, cfg.gamma)
+    if cfg.adv_estimator == "gae":
+        adv, returns = gae(r * mask, values * mask, cfg.gamma, cfg.lambd)
+    else:
+        adv = returns = discounted_returns(r * mask, cfg.gamma)
     if cfg.whiten_advantages and enough:
         adv = masked_whiten(adv, mask)
     adv = adv * mask
     if cfg.advantage_clip is not None:
         adv = adv.clamp(-cfg.advantage_clip, cfg.advantage_clip)
-    return adv, metrics
+    return adv, returns * mask, metrics
 
 
 # -- the policy loss -----------------------------------------------------------------------------
@@ -247,12 +274,19 @@ def aggregate(loss: torch.Tensor, mask: torch.Tensor, mode: str, sizes: StepSize
     raise ValueError(f"loss_agg_mode: {mode!r} is not allowed")
 
 
-def length_weights(mask: torch.Tensor) -> torch.Tensor:
-    """`length_loss_weight`: w_i = 1.5 - (len_i - min) / (max - min + 1e-8) over the micro-batch's
-    responses, scaled to mean 1 (shorter responses count more)."""
-    lengths = mask.sum(-1)
-    w = 1.5 - (lengths - lengths.min()) / (lengths.max() - lengths.min() + 1e-8)
-    return w * w.numel() / (w.sum() + 1e-8) if w.sum() > 0 else w
+def sample_weights(cfg, mask: torch.Tensor, difficulty: torch.Tensor | None = None) -> torch.Tensor | None:
+    """ROLL's per-response loss weights over the micro-batch, scaled to mean 1 (None: all 1):
+    `difficulty_loss_weight` w_i *= 0.5 + 1.5 clamp(difficulty_i, 0, 1) (harder counts more);
+    `length_loss_weight` w_i *= 1.5 - (len_i - min) / (max - min + 1e-8) (shorter counts more)."""
+    if not (cfg.length_loss_weight or (cfg.difficulty_loss_weight and difficulty is not None)):
+        return None
+    w = torch.ones(mask.shape[0], dtype=torch.float32)
+    if cfg.difficulty_loss_weight and difficulty is not None:
+        w = w * (0.5 + 1.5 * difficulty.float().clamp(0.0, 1.0))
+    if cfg.length_loss_weight:
+        lengths = mask.sum(-1)
+        w = w * (1.5 - (lengths - lengths.min()) / (lengths.max() - lengths.min() + 1e-8))
+    return w * (w.numel() / (w.sum() + 1e-8)) if w.sum() > 0 else w
 
 
 # -- pg_variant: the per-token policy loss, chosen by name --------------------------------------

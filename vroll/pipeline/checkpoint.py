@@ -1,6 +1,7 @@
 """Checkpoints: `output_dir/checkpoints/step_N/` is a standard Hugging Face model folder (loadable by
 `from_pretrained` and by vLLM) plus `trainer_state.pt` (optimiser, scheduler, RNG) and
-`vroll_state.json` (step, data order, weight version). Written aside and renamed into place, so an
+`vroll_state.json` (step, data order, weight version); a critic (gae) is a folder of the same kind
+inside it, `critic/`. Written aside and renamed into place, so an
 interrupted save never leaves a half-written checkpoint."""
 
 from __future__ import annotations
@@ -14,17 +15,21 @@ from pathlib import Path
 from vroll.config.errors import ConfigError, Issue
 
 STATE_JSON = "vroll_state.json"
+CRITIC_DIR = "critic"
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"step_{step}"
 
 
-def save_checkpoint(output_dir: str | Path, step: int, trainer, state: dict) -> Path:
+def save_checkpoint(output_dir: str | Path, step: int, trainer, state: dict, others: dict | None = None) -> Path:
+    """The trainer's folder, with `others` (subfolder name -> another training role) inside it."""
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.save(tmp)
+    for name, role in (others or {}).items():
+        role.save(tmp / name)
     (tmp / STATE_JSON).write_text(json.dumps({"step": step, **state}, indent=1))
     if final.exists():
         shutil.rmtree(final)

@@ -14,13 +14,14 @@ from pathlib import Path
 import torch
 
 from vroll.config.dtypes import torch_dtype
-from vroll.config.errors import ConfigError
+from vroll.config.errors import ConfigError, Issue
 from vroll.config.layout import optimizer_steps_per_rollout, rows_per_optimizer_step, trainer_ranks
+from vroll.config.no_effect import no_effect_line
 from vroll.config.passes import old_logprobs_recomputed
 from vroll.config.schema import GeneratingArgs, PipelineConfig
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
-from vroll.pipeline.checkpoint import find_checkpoint, read_state, save_checkpoint
+from vroll.pipeline.checkpoint import CRITIC_DIR, find_checkpoint, read_state, save_checkpoint
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
 from vroll.pipeline.evaluation import generate, score, validate
 from vroll.pipeline.tracking import MetricsLog, PhaseTimer, plot_curves, process_rss_bytes
@@ -42,9 +43,22 @@ def load_data(cfg: PipelineConfig, tokenizer, source: str | None):
     if cfg.validation is not None and cfg.validation.data_args is not None:
         val = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args")
     issues = unrouted_tags(cfg.rewards, {r.tag for r in train + val})
+    if cfg.difficulty_loss_weight:
+        issues += missing_difficulty(train)
     if issues:
         raise ConfigError(issues, source)
     return train, val
+
+
+def missing_difficulty(records: list[PromptRecord]) -> list[Issue]:
+    """`difficulty_loss_weight` reads each training row's `difficulty` (a number, 0 easy to 1 hard)."""
+    bad = [r.index for r in records if isinstance(r.extra.get("difficulty"), bool)
+           or not isinstance(r.extra.get("difficulty"), (int, float))]
+    if not bad:
+        return []
+    return [Issue("difficulty_loss_weight", f"true needs a number `difficulty` (0 easy to 1 hard) on every training "
+                                            f"row; {len(bad)} of {len(records)} rows have none or a non-number "
+                                            f"(first: row {bad[0] + 1})")]
 
 
 def rollout_args(cfg: PipelineConfig) -> GeneratingArgs:
@@ -109,7 +123,7 @@ def policy_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
         m = m * keep
         terms, clipped = variant(cfg, logp, old, micro["advantages"], m, micro["scores"])
         terms = terms * is_weight
-        weights = alg.length_weights(m) if cfg.length_loss_weight else None
+        weights = alg.sample_weights(cfg, m, micro.get("difficulty"))
         loss = alg.aggregate(terms, m, cfg.loss_agg_mode, sizes, weights)
         metrics = {"train/pg_loss": float(loss.detach()),
                    "train/pg_clipfrac": float((clipped * m).sum() / sizes.tokens),
@@ -128,41 +142,70 @@ def policy_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
     return loss_fn
 
 
-def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temperature: float) -> dict:
-    """`ppo_epochs` passes over the rollout in shuffled mini-batches, one optimiser step each
-    (per_device_train_batch_size x gradient_accumulation_steps rows on each of the trainer's ranks)."""
-    micro_rows = cfg.actor_train.training_args.per_device_train_batch_size * roles.train.world_size
-    steps_rows = rows_per_optimizer_step(cfg, roles.train.world_size)
+def critic_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
+    """The critic's loss of one optimiser step, as `loss_fn(micro, values) -> (its share, metrics)`:
+    regression of the values on the returns over every response token (`alg.value_loss`)."""
+
+    def loss_fn(micro, values):
+        m = micro["response_mask"]
+        loss, clipped = alg.value_loss(values, micro["values"], micro["returns"], m, cfg.value_clip, sizes)
+        return loss, {"critic/loss": float(loss.detach()),
+                      "critic/clipfrac": float((clipped * m).sum() / sizes.tokens),
+                      "critic/vpred": float((values.detach() * m).sum() / sizes.tokens)}
+
+    return loss_fn
+
+
+def optimizer_steps(cfg: PipelineConfig, trainer, role, batch: dict, epochs: int, step: int, make_loss,
+                    mask_key: str, temperature: float = 1.0) -> dict:
+    """`epochs` passes over the rollout in shuffled mini-batches, one optimiser step each
+    (per_device_train_batch_size x gradient_accumulation_steps rows on each of the role's ranks);
+    `make_loss(step sizes)` gives each step's loss function. Returns the metrics averaged over steps."""
+    micro_rows = role.training_args.per_device_train_batch_size * trainer.world_size
+    steps_rows = rows_per_optimizer_step(cfg, trainer.world_size, role)
     n = batch["input_ids"].shape[0]
     totals: dict[str, float] = {}
     count = 0
-    for epoch in range(cfg.ppo_epochs):
+    for epoch in range(epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + step * 101 + epoch))
         for start in range(0, n, steps_rows):
             rows = order[start:start + steps_rows]
-            loss_fn = policy_loss(cfg, alg.StepSizes.of(batch["mask"][rows]))
             micros = [{k: v[rows[i:i + micro_rows]] for k, v in batch.items()}
                       for i in range(0, len(rows), micro_rows)]
-            got = roles.train.train_step(micros, loss_fn, temperature)
+            got = trainer.train_step(micros, make_loss(alg.StepSizes.of(batch[mask_key][rows])), temperature)
             for k, v in got.items():
                 totals[k] = totals.get(k, 0.0) + v
             count += 1
     return {k: v / count for k, v in totals.items()}
 
 
+def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temperature: float) -> dict:
+    """The policy's `ppo_epochs` passes over the rollout."""
+    return optimizer_steps(cfg, roles.train, cfg.actor_train, batch, cfg.ppo_epochs, step,
+                           lambda sizes: policy_loss(cfg, sizes), "mask", temperature)
+
+
+def critic_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int) -> dict:
+    """The critic's one pass over the rollout (ROLL's critic trains one epoch per step)."""
+    return optimizer_steps(cfg, roles.critic, cfg.critic, batch, 1, step, lambda sizes: critic_loss(cfg, sizes),
+                           "response_mask")
+
+
 def advantages_by_domain(cfg: PipelineConfig, records: list[PromptRecord], scores: torch.Tensor,
-                         mask: torch.Tensor, kl: torch.Tensor | None, state: alg.AlgorithmState):
-    """Advantages [B, T-1], computed for each domain (data tag) on its own, as ROLL does: batch
-    statistics never mix domains."""
+                         mask: torch.Tensor, kl: torch.Tensor | None, state: alg.AlgorithmState,
+                         values: torch.Tensor | None = None):
+    """Advantages and returns [B, T-1], computed for each domain (data tag) on its own, as ROLL does:
+    batch statistics never mix domains."""
     n = cfg.num_return_sequences_in_group
     domain_of_row = [str(r.tag) for r in records for _ in range(n)]
-    adv = torch.zeros(mask.shape)
+    adv, returns = torch.zeros(mask.shape), torch.zeros(mask.shape)
     metrics: dict[str, float] = {}
     for domain in dict.fromkeys(domain_of_row):
         rows = torch.tensor([i for i, d in enumerate(domain_of_row) if d == domain])
-        adv[rows], metrics = alg.compute_advantages(cfg, scores[rows], mask[rows], None if kl is None else kl[rows],
-                                                    state.kl_ctrl, state.moments(domain))
-    return adv, metrics
+        adv[rows], returns[rows], metrics = alg.compute_advantages(
+            cfg, scores[rows], mask[rows], None if kl is None else kl[rows], state.kl_ctrl, state.moments(domain),
+            None if values is None else values[rows])
+    return adv, returns, metrics
 
 
 def engine_weights(cfg: PipelineConfig, roles: Roles):
@@ -261,6 +304,9 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
     batch = {"input_ids": padded["input_ids"], "attention_mask": padded["attention_mask"],
              "response_mask": response_mask, "mask": response_mask * keep[:, None],  # the loss's tokens
              "rollout_logp": rollout_logprobs(padded), "scores": torch.tensor(scores)}
+    if cfg.difficulty_loss_weight:
+        batch["difficulty"] = torch.tensor([float(r.extra["difficulty"]) for r in records
+                                            for _ in range(cfg.num_return_sequences_in_group)])
     metrics = {"train/kept_frac": float(keep.mean()), **dynamic_metrics}
     if roles.reference is not None:  # started only when a KL term or enable_reference asks for it
         with timer("reference"):
@@ -273,11 +319,18 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
     if "ref_logp" in batch:  # the rollout policy (recomputed, else the engine's own log-probs) against the reference
         kl = alg.kl_estimate(batch.get("old_logp", batch["rollout_logp"]), batch["ref_logp"], cfg.kl_penalty)
         metrics["kl/mean"] = float(alg.masked_mean(kl, response_mask))
-    batch["advantages"], adv_metrics = advantages_by_domain(cfg, records, torch.tensor(scores), batch["mask"], kl,
-                                                            state)
+    if roles.critic is not None:
+        with timer("values"):
+            batch["values"] = roles.critic.batch_values(batch["input_ids"], batch["attention_mask"]) * response_mask
+    batch["advantages"], batch["returns"], adv_metrics = advantages_by_domain(
+        cfg, records, torch.tensor(scores), batch["mask"], kl, state, batch.get("values"))
     metrics.update(adv_metrics)
+    if roles.critic is not None:
+        with timer("critic_train"):
+            metrics.update(critic_update(cfg, roles, batch, step))
     new_version = roles.infer.weight_version
-    if batch["mask"].sum() > 0:  # every response masked out: nothing to learn from this rollout
+    # nothing to learn when every response is masked out; with critic_warmup, only the critic learns
+    if batch["mask"].sum() > 0 and step > cfg.critic_warmup:
         with timer("train"):
             metrics.update(ppo_update(cfg, roles, batch, step, g.temperature))
         with timer("weight_sync"):
@@ -302,6 +355,8 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
     from transformers import AutoTokenizer
 
     cfg = with_train_defaults(cfg)
+    if no_effect_line(cfg):
+        log.warning("%s", no_effect_line(cfg))
     out_dir = Path(cfg.output_dir)
     model_key = "actor_train.model_args.model_name_or_path"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.actor_train.model_args.model_name_or_path, model_key))
@@ -319,12 +374,14 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
     total = cfg.max_steps * cfg.ppo_epochs * optimizer_steps_per_rollout(cfg, ranks)
     metrics_log = MetricsLog(out_dir, resume_step=state["step"] if ckpt else None)
     (out_dir / "config.yaml").write_text(_config_yaml(cfg))
-    roles, stack = launch_rlvr_roles(cfg, total, str(ckpt) if ckpt else None)
+    roles, stack = launch_rlvr_roles(cfg, total, str(ckpt) if ckpt else None, critic_plan(cfg, ckpt))
     rewards = RewardRouter(cfg.rewards, roles.reward_models)
     summary: dict = {"output_dir": str(out_dir), "metrics": str(metrics_log.path)}
     with stack:
         if ckpt:
             roles.train.load_state(ckpt)
+            if roles.critic is not None:
+                roles.critic.load_state(ckpt / CRITIC_DIR)
         if ckpt or _needs_initial_push(cfg):
             roles.infer.update_weights(engine_weights(cfg, roles))
         if ckpt:
@@ -350,7 +407,8 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
             if step % cfg.save_steps == 0 or step == cfg.max_steps:
                 path = save_checkpoint(out_dir, step, roles.train, {"data": sampler.state_dict(),
                                                                      "weight_version": roles.infer.weight_version,
-                                                                     "algorithm": algorithm.state_dict()})
+                                                                     "algorithm": algorithm.state_dict()},
+                                       {CRITIC_DIR: roles.critic} if roles.critic is not None else {})
                 log.info("checkpoint saved: %s", path)
                 summary["checkpoint"] = str(path)
         metrics_log.close()
@@ -360,6 +418,14 @@ def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | N
     if vals:
         summary["val_accuracy_first"], summary["val_accuracy_last"] = vals[0]["val/accuracy"], vals[-1]["val/accuracy"]
     return summary
+
+
+def critic_plan(cfg: PipelineConfig, ckpt: Path | None) -> tuple[int, str | None]:
+    """The critic's optimiser steps over the run (one pass per rollout) and the folder it starts
+    from when resuming (None: its model path)."""
+    ranks = trainer_ranks(cfg.critic, current_platform_name()) if cfg.critic is not None else 1
+    steps = cfg.max_steps * optimizer_steps_per_rollout(cfg, ranks, cfg.critic) if cfg.critic is not None else 1
+    return steps, str(ckpt / CRITIC_DIR) if ckpt else None
 
 
 def _needs_initial_push(cfg: PipelineConfig) -> bool:

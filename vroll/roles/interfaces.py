@@ -82,3 +82,23 @@ class Trainer(Protocol):
     def load_state(self, folder) -> None: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class Critic(Protocol):
+    """The value model of GAE (critic): per-token values, trained by regression on the returns."""
+
+    world_size: int
+
+    def batch_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     batch_size: int | None = None) -> torch.Tensor:
+        """Per-token values [B, L-1] of padded sequences, aligned with the log-probs."""
+
+    def train_step(self, micro_batches: list[dict], loss_fn: Callable, temperature: float = 1.0) -> dict:
+        """As the trainer's; `loss_fn(micro, values)`."""
+
+    def save(self, folder, with_state: bool = True) -> None: ...
+
+    def load_state(self, folder) -> None: ...
+
+    def close(self) -> None: ...

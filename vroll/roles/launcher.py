@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 from vroll.cluster.pinning import affinity
 from vroll.config.layout import colocated, devices_per_engine, trainer_ranks
-from vroll.config.passes import reference_enabled
+from vroll.config.passes import critic_enabled, reference_enabled
 from vroll.config.schema import PipelineConfig, RewardConfig, RoleConfig
 from vroll.config.strategies import require_runnable
-from vroll.roles.interfaces import ForwardModel, GenerationEngine, ScoringModel, Trainer
+from vroll.roles.interfaces import Critic, ForwardModel, GenerationEngine, ScoringModel, Trainer
 from vroll.roles.ray_engines import RayEngines
 from vroll.roles.ray_trainer import RayTrainer
 from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
@@ -40,6 +40,7 @@ class Roles:
     train: Trainer | None = None
     reference: ForwardModel | None = None
     reward_models: dict[str, ScoringModel] = field(default_factory=dict)
+    critic: Critic | None = None  # adv_estimator: gae
     sleep_level: int | None = None  # the engine sleeps at this level while the trainer works (shared devices)
 
 
@@ -50,7 +51,7 @@ def engines_on_ray(role: RoleConfig, ray_address: str | None, own_devices: bool)
 
 def launch_role(role: RoleConfig, *, seed: int | None = None, ray_address: str | None = None,
                 devices_per_node: int | None = None, own_devices: bool = False, total_steps: int = 1,
-                model_path: str | None = None):
+                model_path: str | None = None, value_model: bool = False):
     """Start one role's backend where it runs (see the module's rules). `own_devices`: the role's
     devices are its own (not shared with another role), so its processes are pinned to them."""
     seed = role.seed if seed is None else seed  # the file's top-level seed unless given
@@ -65,8 +66,8 @@ def launch_role(role: RoleConfig, *, seed: int | None = None, ray_address: str |
     ranks = trainer_ranks(role, platform)
     if ranks > 1:
         return RayTrainer(role, ranks, platform, seed=seed, total_steps=total_steps, model_path=model_path,
-                          ray_address=ray_address, devices_per_node=devices_per_node)
-    return Fsdp2TrainStrategy(role, seed=seed, total_steps=total_steps, model_path=model_path)
+                          ray_address=ray_address, devices_per_node=devices_per_node, value_model=value_model)
+    return Fsdp2TrainStrategy(role, seed=seed, total_steps=total_steps, model_path=model_path, value_model=value_model)
 
 
 def launch(cfg: PipelineConfig, role: RoleConfig, **kwargs):
@@ -81,9 +82,11 @@ def driver_pinned_to(role: RoleConfig, own_devices: bool) -> bool:
     return own_devices and platform == "cpu" and trainer_ranks(role, platform) == 1
 
 
-def launch_rlvr_roles(cfg: PipelineConfig, total_steps: int, model_path: str | None) -> tuple[Roles, ExitStack]:
-    """The engine, the trainer, the reference and the reward models of `vroll train`; the stack
-    closes them all (also when one of them fails to start)."""
+def launch_rlvr_roles(cfg: PipelineConfig, total_steps: int, model_path: str | None,
+                      critic: tuple[int, str | None] = (1, None)) -> tuple[Roles, ExitStack]:
+    """The engine, the trainer, the reference, the critic (gae; `critic`: its optimiser steps and
+    checkpoint folder) and the reward models of `vroll train`; the stack closes them all (also
+    when one of them fails to start)."""
     stack = ExitStack()
     shared = colocated(cfg.actor_infer, cfg.actor_train)
     try:
@@ -94,11 +97,15 @@ def launch_rlvr_roles(cfg: PipelineConfig, total_steps: int, model_path: str | N
         # ROLL's rule: the reference runs only when a KL term (or enable_reference) asks for it
         wanted = cfg.reference is not None and reference_enabled(cfg)
         reference = stack.enter_context(launch(cfg, cfg.reference)) if wanted else None
+        value = None
+        if critic_enabled(cfg):
+            value = stack.enter_context(launch(cfg, cfg.critic, total_steps=critic[0], model_path=critic[1],
+                                               value_model=True))
         reward_models = launch_reward_models(cfg, stack)
     except BaseException:
         stack.close()
         raise
-    return Roles(infer, train, reference, reward_models, sleep_level(cfg)), stack
+    return Roles(infer, train, reference, reward_models, value, sleep_level(cfg)), stack
 
 
 def sleep_level(cfg: PipelineConfig) -> int | None:

@@ -30,7 +30,7 @@ class RayTrainer(RayRole):
 
     def __init__(self, role: RoleConfig, ranks: int, platform: str, seed: int | None = None, total_steps: int = 1,
                  model_path: str | None = None, ray_address: str | None = None,
-                 devices_per_node: int | None = None, call_timeout_s: float = 1800.0):
+                 devices_per_node: int | None = None, call_timeout_s: float = 1800.0, value_model: bool = False):
         from transformers import AutoTokenizer
 
         self.name, self.world_size = role.name or "actor_train", ranks
@@ -43,7 +43,8 @@ class RayTrainer(RayRole):
                                 ray_address=ray_address, devices_per_node=devices_per_node, collective=True)
         try:
             init_method = self.group.call(self.group.members[:1], "rendezvous", lambda m: m.actor.rendezvous.remote())[0]
-            self.group.build(TRAINER, lambda m: (role, seed, total_steps, path, m.placement.rank, ranks, init_method))
+            self.group.build(TRAINER, lambda m: (role, seed, total_steps, path, m.placement.rank, ranks, init_method,
+                                                 value_model))
         except BaseException:
             self.group.close()
             raise
@@ -58,18 +59,32 @@ class RayTrainer(RayRole):
         size = rows // self.world_size
         return [slice(r * size, (r + 1) * size) for r in range(self.world_size)]
 
-    # -- the trainer's interface -----------------------------------------------------------------
-    def batch_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
-                       batch_size: int | None = None) -> torch.Tensor:
+    def _even_rows(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """The rows padded to a multiple of the ranks (every rank must run the same number of
+        forwards: the last row is repeated), and how many were real."""
         n = input_ids.shape[0]
-        pad = -n % self.world_size  # every rank must run the same number of forwards: repeat the last row
+        pad = -n % self.world_size
         if pad:
             input_ids = torch.cat([input_ids, input_ids[-1:].expand(pad, -1)])
             attention_mask = torch.cat([attention_mask, attention_mask[-1:].expand(pad, -1)])
+        return input_ids, attention_mask, n
+
+    # -- the trainer's interface -----------------------------------------------------------------
+    def batch_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
+                       batch_size: int | None = None) -> torch.Tensor:
+        input_ids, attention_mask, n = self._even_rows(input_ids, attention_mask)
         shares = self._shares(input_ids.shape[0])
         parts = self.group.on_each("batch_logprobs", lambda m: (input_ids[shares[m.placement.rank]],
                                                                 attention_mask[shares[m.placement.rank]],
                                                                 temperature, batch_size))
+        return torch.cat(parts)[:n]
+
+    def batch_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     batch_size: int | None = None) -> torch.Tensor:
+        input_ids, attention_mask, n = self._even_rows(input_ids, attention_mask)
+        shares = self._shares(input_ids.shape[0])
+        parts = self.group.on_each("batch_values", lambda m: (input_ids[shares[m.placement.rank]],
+                                                              attention_mask[shares[m.placement.rank]], batch_size))
         return torch.cat(parts)[:n]
 
     def train_step(self, micro_batches: list[dict], loss_fn: Callable, temperature: float = 1.0) -> dict:
@@ -88,7 +103,7 @@ class RayTrainer(RayRole):
 
         results = self.group.on_each("train_step", mine)
         summed = {k: sum(r[k] for r in results) for k in results[0]}
-        for same in ("train/grad_norm", "train/lr"):  # global values, equal on every rank
+        for same in [k for k in summed if k.endswith(("/grad_norm", "/lr"))]:  # global values, equal on every rank
             summed[same] = results[0][same]
         return summed
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,6 +22,7 @@ from vroll.config.dtypes import torch_dtype
 from vroll.config.schema import RoleConfig, TrainingArgs
 from vroll.models.logprobs import token_logprobs
 from vroll.models.paths import resolve_model_path
+from vroll.models.values import load_value_model, token_values
 from vroll.strategy import vllm_compat
 
 log = logging.getLogger(__name__)
@@ -64,7 +66,9 @@ def decoder_layers(model) -> list[torch.nn.Module]:
 
 class Fsdp2TrainStrategy:
     def __init__(self, role: RoleConfig, seed: int | None = None, total_steps: int = 1,
-                 model_path: str | None = None, rank: int = 0, world_size: int = 1, init_method: str | None = None):
+                 model_path: str | None = None, rank: int = 0, world_size: int = 1, init_method: str | None = None,
+                 value_model: bool = False):
+        """`value_model`: train a critic (a scalar value head, `models.values`) instead of a policy."""
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
 
@@ -74,14 +78,19 @@ class Fsdp2TrainStrategy:
                                                 f"{self.name}.model_args.model_name_or_path")
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.rank, self.world_size = rank, world_size
+        self.value_model = value_model
+        self.metric_prefix = "critic" if value_model else "train"
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # tiny values late in training otherwise cost 10x on CPU
             if world_size == 1:  # a rank actor sized its own pool to its slots
                 torch.set_num_threads(max(1, min(len(role.device_mapping), os.cpu_count() or 1)))
         torch.manual_seed(role.seed if seed is None else seed)
         # Master weights stay fp32; `dtype` is the compute dtype of forward and backward.
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32,
-                                                     trust_remote_code=role.model_args.trust_remote_code)
+        trust = role.model_args.trust_remote_code
+        if value_model:  # FSDP2 warns that the value head's output is a view; token_values only slices it
+            warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        model = load_value_model(path, torch.float32, trust) if value_model else \
+            AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust)
         model.to(self.device)
         # taken after the load, so a failed load holds nothing
         if world_size == 1:
@@ -124,21 +133,39 @@ class Fsdp2TrainStrategy:
         self.model.reshard()  # FSDP2 keeps the root unsharded after a forward without backward
         return torch.cat(parts)
 
+    @torch.no_grad()
+    def batch_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     batch_size: int | None = None) -> torch.Tensor:
+        """A critic's per-token values [B, L-1] of given padded sequences, in micro-batches."""
+        self.model.eval()
+        bs = batch_size or self.args.per_device_train_batch_size
+        parts = [token_values(self.model, input_ids[i:i + bs].to(self.device),
+                              attention_mask[i:i + bs].to(self.device)).cpu()
+                 for i in range(0, input_ids.shape[0], bs)]
+        self.model.reshard()
+        return torch.cat(parts)
+
+    def _outputs(self, micro: dict, temperature: float) -> tuple[torch.Tensor, ...]:
+        """What the loss function receives after `micro`: (log-probs, entropy) of a policy, (values,)
+        of a critic."""
+        if self.value_model:
+            return (token_values(self.model, micro["input_ids"], micro["attention_mask"]),)
+        return token_logprobs(self.model, micro["input_ids"], micro["attention_mask"], temperature, with_entropy=True)
+
     # -- one optimiser step ---------------------------------------------------------------------
     def train_step(self, micro_batches: list[dict], loss_fn: Callable, temperature: float = 1.0) -> dict:
         """Gradient accumulation over `micro_batches`, clipping, one optimiser and scheduler step.
 
-        `loss_fn(micro, logp, entropy) -> (loss, metrics)` returns this micro-batch's share of the
-        step's loss (the caller normalises over the whole step, so the split does not change it).
+        `loss_fn(micro, logp, entropy) -> (loss, metrics)` (a critic's: `loss_fn(micro, values)`)
+        returns this micro-batch's share of the step's loss (the caller normalises over the whole
+        step, so the split does not change it).
         """
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
         for micro in micro_batches:
             micro = {k: v.to(self.device) for k, v in micro.items()}  # the loss sees one device
-            logp, entropy = token_logprobs(self.model, micro["input_ids"], micro["attention_mask"], temperature,
-                                           with_entropy=True)
-            loss, metrics = loss_fn(micro, logp, entropy)
+            loss, metrics = loss_fn(micro, *self._outputs(micro, temperature))
             # FSDP2 averages gradients over the ranks, while each rank's loss is its share of a sum
             # normalised over the whole step: scale back so that W ranks give one rank's gradient.
             (loss * self.world_size).backward()
@@ -150,7 +177,7 @@ class Fsdp2TrainStrategy:
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
-        return {**sums, "train/grad_norm": float(grad_norm), "train/lr": lr}
+        return {**sums, f"{self.metric_prefix}/grad_norm": float(grad_norm), f"{self.metric_prefix}/lr": lr}
 
     # -- weights out --------------------------------------------------------------------------
     def named_weights(self, names: list[str] | None = None, dtype: torch.dtype | None = None
