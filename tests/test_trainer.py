@@ -199,3 +199,29 @@ def test_a_critic_learns_the_returns_and_saves_a_value_model(tiny_model, tmp_pat
     loaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "critic", dtype=torch.float32).eval()
     with torch.no_grad():
         assert torch.allclose(token_values(loaded, ids, mask), after, atol=1e-5)
+
+
+def test_a_critic_on_two_ranks_matches_one(tiny_model):
+    """The critic on two Ray rank actors: the same values (3 rows over 2 ranks: padded, then trimmed)
+    and the same step as one rank in this process."""
+    from vroll.roles.interfaces import Critic
+    from vroll.roles.launcher import launch_role
+
+    ids, mask = padded(SEQS + [[3, 4, 5, 6, 7, 8]])
+
+    def loss_fn(micro, values):
+        m = micro["attention_mask"][:, 1:].float()
+        loss = ((values - 1.0) ** 2 * m).sum() / mask[:, 1:].sum()
+        return loss, {"loss": float(loss.detach())}
+
+    two = train_role(tiny_model, per_device_train_batch_size=2)
+    two.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
+    micros = [{"input_ids": ids, "attention_mask": mask}]
+    with launch_role(train_role(tiny_model, per_device_train_batch_size=4), value_model=True) as a:
+        single_values, single = a.batch_values(ids[:3], mask[:3]), a.train_step(micros, loss_fn)
+    with launch_role(two, value_model=True) as b:
+        assert isinstance(b, Critic) and type(b).__name__ == "RayTrainer"
+        assert torch.allclose(b.batch_values(ids[:3], mask[:3]), single_values, atol=1e-5)
+        double = b.train_step(micros, loss_fn)
+    assert abs(single["loss"] - double["loss"]) < 1e-5
+    assert abs(single["critic/grad_norm"] - double["critic/grad_norm"]) < 1e-4

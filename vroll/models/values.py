@@ -10,10 +10,14 @@ from vroll.models.logprobs import position_ids_from_mask
 
 def load_value_model(path: str, dtype: torch.dtype, trust_remote_code: bool = False):
     """A causal LM folder (or a saved critic) as a value model: the backbone's weights, and a value
-    head that is new (initialised as the config says) unless the folder has one."""
-    from transformers import AutoModelForTokenClassification
+    head that is new (initialised as the config says) unless the folder has one. No dropout before
+    the head (transformers' default is 0.1): a regression target needs none, and without it the
+    ranks of a sharded critic and a resumed run compute the same values."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
 
-    return AutoModelForTokenClassification.from_pretrained(path, num_labels=1, dtype=dtype,
+    config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=trust_remote_code)
+    config.classifier_dropout = 0.0
+    return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype,
                                                            trust_remote_code=trust_remote_code)
 
 
