@@ -17,7 +17,7 @@ def options(**over):
 
 
 def advantages(scores, group_size, mask=None, kl=None, ctrl=None, **over):
-    cfg = options(num_return_sequences_in_group=group_size, **over)
+    cfg = options(num_return_sequences_in_group=group_size, **{"adv_estimator": "grpo", **over})
     scores = torch.tensor(scores)
     mask = torch.ones(len(scores), 1) if mask is None else mask
     return alg.compute_advantages(cfg, scores, mask, kl, ctrl, alg.RunningMoments())[0]
@@ -176,10 +176,11 @@ def test_which_passes_run():
     from vroll.config.passes import old_logprobs_recomputed, reference_enabled
 
     def cfg(**over):
-        base = dict(rollout_batch_size=4, num_return_sequences_in_group=4,
+        base = dict(rollout_batch_size=4, num_return_sequences_in_group=4, init_kl_coef=0.0,
                     actor_train={"training_args": {"per_device_train_batch_size": 8, "gradient_accumulation_steps": 2}})
         return options(**{**base, **over})
 
+    assert reference_enabled(options())  # ROLL's default init_kl_coef 0.2
     assert not reference_enabled(cfg()) and reference_enabled(cfg(init_kl_coef=0.1))
     assert reference_enabled(cfg(use_kl_loss=True, kl_loss_coef=0.1)) and reference_enabled(cfg(enable_reference=True))
     assert not old_logprobs_recomputed(cfg(), ranks=1)  # 16 rows, 16 per optimiser step: one step
@@ -204,10 +205,17 @@ def test_truncated_is_weights_and_mismatch():
 def test_a_kl_term_without_a_reference_is_refused_naming_the_key():
     from vroll.config.rules import check_rl_sizes
 
-    found = [str(i) for i in check_rl_sizes(options(use_kl_loss=True, kl_loss_coef=0.1, rewards={"m": {}}, num_return_sequences_in_group=2))]
+    base = dict(rewards={"m": {}}, num_return_sequences_in_group=2, adv_estimator="grpo")
+    found = [str(i) for i in check_rl_sizes(options(use_kl_loss=True, kl_loss_coef=0.1, init_kl_coef=0, **base))]
     assert found == ["use_kl_loss: true needs a `reference` role to compute the KL against"]
-    found = [str(i) for i in check_rl_sizes(options(init_kl_coef=0.2, rewards={"m": {}}, num_return_sequences_in_group=2))]
-    assert found == ["init_kl_coef: 0.2 needs a `reference` role to compute the KL against"]
+    found = [str(i) for i in check_rl_sizes(options(init_kl_coef=0.3, **base))]
+    assert found == ["init_kl_coef: 0.3 needs a `reference` role to compute the KL against"]
+    # ROLL's defaults (init_kl_coef 0.2, adv_estimator gae) need a reference and a critic; the messages say so
+    found = [str(i) for i in check_rl_sizes(options(rewards={"m": {}}))]
+    assert found == ["init_kl_coef: 0.2 needs a `reference` role to compute the KL against (ROLL's default; set "
+                     "init_kl_coef: 0 to run without a reference)",
+                     "adv_estimator: 'gae' (ROLL's default) needs a `critic` role (a value model trained with "
+                     "fsdp2_train); or use grpo / reinforce, which need none"]
 
 
 def variant(name, logp, old, adv, scores=None, **over):
@@ -355,7 +363,8 @@ def test_value_loss_and_its_clip():
 def test_gae_without_a_critic_and_a_critic_whose_batch_does_not_divide_are_refused():
     from vroll.config.rules import check_rl_sizes
 
-    base = dict(rewards={"m": {}}, adv_estimator="gae", rollout_batch_size=6, num_return_sequences_in_group=1)
+    base = dict(rewards={"m": {}}, adv_estimator="gae", rollout_batch_size=6, num_return_sequences_in_group=1,
+                init_kl_coef=0)
     found = [str(i) for i in check_rl_sizes(options(**base))]
     assert found == ["adv_estimator: 'gae' needs a `critic` role (a value model trained with fsdp2_train); or use "
                      "grpo / reinforce, which need none"]

@@ -26,7 +26,7 @@ def rl_config(tmp_path, model, data, **over) -> dict:
         "seed": 5, "pretrain": model, "reward_pretrain": model, "output_dir": str(tmp_path / "run"),
         "max_steps": 1, "save_steps": 1, "eval_steps": 1, "logging_steps": 1,
         "rollout_batch_size": 4, "num_return_sequences_in_group": 4, "prompt_length": 128, "response_length": 8,
-        "adv_estimator": "grpo", "use_kl_loss": True, "kl_loss_coef": 0.01, "dual_clip_loss": True,
+        "adv_estimator": "grpo", "init_kl_coef": 0.0, "use_kl_loss": True, "kl_loss_coef": 0.01, "dual_clip_loss": True,
         "validation": {"data_args": {"file_name": str(data["eval"])},
                        "generating_args": {"max_new_tokens": 8, "temperature": 0.0}},
         "actor_train": {

@@ -182,7 +182,9 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
     issues += check_rewards_present(cfg)
     if cfg.reference is None and reference_enabled(cfg):
         key, _, value = reference_reason(cfg).partition(": ")
-        issues.append(Issue(key, f"{value} needs a `reference` role to compute the KL against"))
+        default = key == "init_kl_coef" and key not in cfg.model_fields_set
+        issues.append(Issue(key, f"{value} needs a `reference` role to compute the KL against" +
+                            (" (ROLL's default; set init_kl_coef: 0 to run without a reference)" if default else "")))
     issues += check_critic(cfg, platform)
     if cfg.tis_clip is not None and cfg.train_infer_correction.is_weight.enabled:
         issues.append(Issue("tis_clip", f"{cfg.tis_clip} is the short form of train_infer_correction.is_weight, "
@@ -218,8 +220,9 @@ def check_critic(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
         return []
     critic = cfg.critic
     if critic is None:
-        return [Issue("adv_estimator", "'gae' needs a `critic` role (a value model trained with fsdp2_train); "
-                                       "or use grpo / reinforce, which need none")]
+        default = "" if "adv_estimator" in cfg.model_fields_set else " (ROLL's default)"
+        return [Issue("adv_estimator", f"'gae'{default} needs a `critic` role (a value model trained with "
+                                       "fsdp2_train); or use grpo / reinforce, which need none")]
     issues = []
     name = critic.strategy_args.strategy_name if critic.strategy_args else None
     if name != "fsdp2_train":

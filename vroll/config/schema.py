@@ -186,7 +186,7 @@ class PipelineConfig(Section):
     num_return_sequences_in_group: int = Field(1, ge=1)
     ppo_epochs: int = Field(1, ge=1)
     # The algorithm: ROLL's keys, defaults and meaning (docs/algorithms.md; pipeline/algorithms.py).
-    adv_estimator: Literal["grpo", "reinforce", "gae"] = "grpo"
+    adv_estimator: Literal["grpo", "reinforce", "gae"] = "gae"  # ROLL's default: needs a critic
     pg_variant: Literal["vanilla", "ppo", "tis", "topr", "cispo", "kimi15"] = "ppo"
     tis_lower_bound: float = 0.0  # pg_variant tis: clamp of the detached ratio
     tis_upper_bound: float = 1.0
@@ -237,7 +237,9 @@ class PipelineConfig(Section):
     max_additional_prompts_per_step: int | None = Field(None, ge=0)  # vroll's bound (None: 4 x rollout_batch_size)
     use_kl_loss: bool = False  # a k3 KL(policy || reference) loss term, weighted by kl_loss_coef
     kl_loss_coef: float = Field(0.0, ge=0.0)
-    init_kl_coef: float = Field(0.0, ge=0.0)  # the per-token KL reward penalty's coefficient (add_token_level_kl)
+    # the per-token KL reward penalty's coefficient (add_token_level_kl); ROLL's default 0.2 also turns on
+    # the reference and the old-log-prob recompute: set 0 to run without them
+    init_kl_coef: float = Field(0.2, ge=0.0)
     add_token_level_kl: bool = False
     kl_penalty: Literal["kl", "abs", "mse", "k3"] = "kl"  # the estimator of that penalty
     target_kl: float | None = Field(None, gt=0.0)  # adaptive KL coefficient towards this KL
