@@ -6,7 +6,7 @@ import os
 import shutil
 
 import pytest
-from conftest import engine_config, write_yaml
+from conftest import REPO, engine_config, write_yaml
 from test_architecture import run_cli
 
 from vroll.config import ConfigError, load_config
@@ -223,3 +223,15 @@ def test_generate_reports_bad_prompts_without_starting_an_engine(tmp_path, tiny_
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert "p.jsonl:2: token ids [99999] are outside the vocabulary" in r.stderr
     assert "engine ready" not in r.stderr and not (tmp_path / "out.jsonl").exists()
+
+
+def test_validate_for_train_reads_the_rows_as_train_does(tmp_path, tiny_model):
+    from vroll.data.arithmetic import write_dataset
+
+    paths = write_dataset(tmp_path / "data", n_train=8, n_eval=4, n_sft=4, seed=0, max_operand=9)
+    r = run_cli(["validate", f"{REPO}/examples/rlvr_tiny.yaml", "--job", "train", f"pretrain={tiny_model}",
+                 f"actor_train.data_args.file_name={paths['train']}", f"validation.data_args.file_name={paths['eval']}",
+                 "actor_train.device_mapping=[0,1]", "reference.device_mapping=[0,1]",
+                 "actor_train.training_args.per_device_train_batch_size=8"], dict(os.environ))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "rollout_batch_size: 16 is more than the 8 usable prompts" in r.stderr

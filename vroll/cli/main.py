@@ -146,6 +146,8 @@ def cmd_validate(args) -> int:
         if issues:
             raise ConfigError(issues, args.config)
     check_before_start(cfg, args.config, args.job, with_vllm=platform is not None)
+    if args.job == "train" and platform is not None:  # the rows too, as `vroll train` reads them
+        check_train_data(cfg, args.config)
     print(OmegaConf.to_yaml(cfg.model_dump(mode="json", exclude_none=True)), end="")
     plan = check_memory(cfg, args.config, "actor_infer", "train" if args.job == "train" else "generate", platform)
     if plan is not None:
@@ -174,6 +176,21 @@ def check_before_start(cfg, source: str, job: str | None, role: str = "actor_inf
         issues += [i for req in job_sampling(cfg, job, role) for i in vllm_refusals(req)]
     if issues:
         raise ConfigError(issues, source)
+
+
+def check_train_data(cfg, source: str) -> None:
+    """`vroll train`'s reading of its data (every row encoded with the model's tokenizer), when the
+    model is a local folder: validate then finds what train would find before it starts."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from vroll.pipeline.rlvr import load_data
+
+    args = cfg.actor_train.model_args
+    model = Path(args.model_name_or_path or "").expanduser()
+    if model.is_dir():
+        load_data(cfg, AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code), source)
 
 
 def check_memory(cfg, source: str, role: str, job: str = "generate", platform: str | None = None):
@@ -224,8 +241,8 @@ def read_prompt_checked(args, cfg, role) -> list:
         return [item for _, item in lines]  # only vllm generates: launching says so
     model = resolve_model_path(role.model_args.model_name_or_path, f"{args.role}.model_args.model_name_or_path")
     tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=role.model_args.trust_remote_code)
-    max_len = role.strategy_args.backend_args.get("max_model_len") or \
-        local_model_config(role)[1].get("max_position_embeddings")
+    max_len = role.strategy_args.backend_args.get("max_model_len")
+    max_len = max_len or local_model_config(role)[1].get("max_position_embeddings")
     overflow = args.overflow or role.strategy_args.options.prompt_overflow
     check_prompt_lines(args.input, lines, tokenizer, role.generating_args.max_new_tokens, max_len, overflow)
     return [item for _, item in lines]

@@ -12,7 +12,8 @@ from vroll.config.errors import UserError
 
 STANDARD_ROLES = ("system", "user", "assistant")
 # A template names a role where it compares one: `message['role'] == 'tool'`, `role in ['tool', 'ipython']`.
-_ROLE_COMPARED = re.compile(r"""role['"]?\]?\s*[!=]=\s*['"]([\w-]+)['"]|['"]([\w-]+)['"]\s*[!=]=\s*[\w.]*\[?['"]?role\b""")
+_ROLE_COMPARED = re.compile(r"""role['"]?\]?\s*[!=]=\s*['"]([\w-]+)['"]"""
+                            r"""|['"]([\w-]+)['"]\s*[!=]=\s*[\w.]*\[?['"]?role\b""")
 _ROLE_LISTED = re.compile(r"""role['"]?\]?\s+(?:not\s+)?in\s+[\[(]([^\])]*)[\])]""")
 
 
