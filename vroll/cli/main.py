@@ -146,6 +146,9 @@ def cmd_validate(args) -> int:
         issues = check_train_config(cfg, args.job, platform or "cpu")
         if issues:
             raise ConfigError(issues, args.config)
+    check_before_start(cfg, args.config, args.job, with_vllm=platform is not None)
+    if args.job == "train" and platform is not None:  # the rows too, as `vroll train` reads them
+        check_train_data(cfg, args.config)
     print(OmegaConf.to_yaml(cfg.model_dump(mode="json", exclude_none=True)), end="")
     plan = check_memory(cfg, args.config, "actor_infer", "train" if args.job == "train" else "generate", platform)
     if plan is not None:
@@ -162,6 +165,38 @@ def cmd_validate(args) -> int:
     return 0
 
 
+def check_before_start(cfg, source: str, job: str | None, role: str = "actor_infer", with_vllm: bool = True) -> None:
+    """What can be checked before anything loads: the model folders, and the sampling the job sends
+    against the installed vLLM's own rules (`with_vllm`; imports vLLM when it is installed)."""
+    from vroll.config import ConfigError
+    from vroll.config.engine_args import installed_vllm_version
+    from vroll.models.folder import model_folder_issues
+
+    issues = model_folder_issues(cfg)
+    if with_vllm and installed_vllm_version():
+        from vroll.config.sampling import job_sampling
+        from vroll.strategy.sampling import vllm_refusals
+
+        issues += [i for req in job_sampling(cfg, job, role) for i in vllm_refusals(req)]
+    if issues:
+        raise ConfigError(issues, source)
+
+
+def check_train_data(cfg, source: str) -> None:
+    """`vroll train`'s reading of its data (every row encoded with the model's tokenizer), when the
+    model is a local folder: validate then finds what train would find before it starts."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    from vroll.pipeline.rlvr import load_data
+
+    args = cfg.actor_train.model_args
+    model = Path(args.model_name_or_path or "").expanduser()
+    if model.is_dir():
+        load_data(cfg, AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code), source)
+
+
 def check_memory(cfg, source: str, role: str, job: str = "generate", platform: str | None = None):
     """The role's memory plan (None when its model is not a local folder); raises when it cannot work."""
     from vroll.config import ConfigError
@@ -174,7 +209,7 @@ def check_memory(cfg, source: str, role: str, job: str = "generate", platform: s
 
 
 def cmd_generate(args) -> int:
-    from vroll.cli.prompts_io import read_prompts, write_jsonl
+    from vroll.cli.prompts_io import write_jsonl
     from vroll.config import ConfigError, Issue, load_config
     from vroll.roles.launcher import launch
     from vroll.strategy.vllm_compat import current_platform_name
@@ -184,8 +219,9 @@ def cmd_generate(args) -> int:
     role = cfg.roles().get(args.role)
     if role is None:
         raise ConfigError([Issue(args.role, f"no such role in the file (roles: {', '.join(cfg.roles())})")], args.config)
+    check_before_start(cfg, args.config, "generate", args.role)
     check_memory(cfg, args.config, args.role, platform=platform)
-    prompts = read_prompts(args.input)  # all input problems before the engine starts
+    prompts = read_prompt_checked(args, cfg, role)  # all input problems before the engine starts
     with launch(cfg, role) as strategy:
         started = time.perf_counter()
         results = strategy.generate(prompts, prompt_overflow=args.overflow, use_tqdm=sys.stderr.isatty())
@@ -193,6 +229,27 @@ def cmd_generate(args) -> int:
     write_jsonl(args.output, (r.to_json() for r in results))
     print_summary(results, elapsed, args.output)
     return 0
+
+
+def read_prompt_checked(args, cfg, role) -> list:
+    """The prompt file's prompts, each encoded with the model's tokenizer and measured against the
+    engine's max_model_len (the file's, else the model's max_position_embeddings) before it starts."""
+    from transformers import AutoTokenizer
+
+    from vroll.cli.prompts_io import check_prompt_lines, read_prompt_lines
+    from vroll.config.memory import local_model_config
+    from vroll.models.paths import resolve_model_path
+
+    lines = read_prompt_lines(args.input)
+    if role.strategy_args is None or role.strategy_args.strategy_name != "vllm":
+        return [item for _, item in lines]  # only vllm generates: launching says so
+    model = resolve_model_path(role.model_args.model_name_or_path, f"{args.role}.model_args.model_name_or_path")
+    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=role.model_args.trust_remote_code)
+    max_len = role.strategy_args.backend_args.get("max_model_len")
+    max_len = max_len or local_model_config(role)[1].get("max_position_embeddings")
+    overflow = args.overflow or role.strategy_args.options.prompt_overflow
+    check_prompt_lines(args.input, lines, tokenizer, role.generating_args.max_new_tokens, max_len, overflow)
+    return [item for _, item in lines]
 
 
 def print_summary(results, elapsed: float, output: str) -> None:
@@ -218,6 +275,7 @@ def load_job_config(args, job: str):
     issues = check_train_config(cfg, job, platform)
     if issues:
         raise ConfigError(issues, args.config)
+    check_before_start(cfg, args.config, job)
     if job == "train":
         check_memory(cfg, args.config, "actor_infer", "train", platform)
     from vroll.config.memory import plan_train_memory
@@ -249,8 +307,9 @@ def cmd_evaluate(args) -> int:
 
     from transformers import AutoTokenizer
 
-    from vroll.config import ConfigError, load_config
+    from vroll.config import ConfigError, Issue, load_config
     from vroll.config.rules import check_eval_config
+    from vroll.models.folder import folder_problems
     from vroll.models.paths import resolve_model_path
     from vroll.pipeline.evaluation import evaluate_model
     from vroll.strategy.vllm_compat import current_platform_name
@@ -259,7 +318,10 @@ def cmd_evaluate(args) -> int:
     issues = check_eval_config(cfg)
     if issues:
         raise ConfigError(issues, args.config)
+    check_before_start(cfg, args.config, "evaluate")
     model = resolve_model_path(args.model, "--model")
+    if Path(model).is_dir() and (problems := folder_problems(model)):
+        raise ConfigError([Issue("--model", p) for p in problems], args.config)
     out = Path(args.output) if args.output else Path(model) / "evaluation"
     summary = evaluate_model(cfg, model, AutoTokenizer.from_pretrained(model), out, step=0, source=args.config)
     print_run_summary({**summary, "answers": str(out / "validation" / "step_0.jsonl")})

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from vroll.config.errors import UserError
+from vroll.data.jsonl import text_lines
 
 PROMPT_KEYS = ("prompt", "messages", "prompt_token_ids")
 
@@ -17,11 +18,16 @@ class InputError(UserError, ValueError):
 
 def read_prompts(path: str | Path) -> list:
     """Prompts from a JSONL file; every malformed line is reported with its number, all at once."""
+    return [item for _, item in read_prompt_lines(path)]
+
+
+def read_prompt_lines(path: str | Path) -> list[tuple[int, dict]]:
+    """(line number, prompt) of every prompt in a JSONL file; all malformed lines reported at once."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"prompt file not found: {path}")
     prompts, problems = [], []
-    for no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for no, line in text_lines(path):
         if not line.strip():
             continue
         try:
@@ -33,12 +39,36 @@ def read_prompts(path: str | Path) -> list:
         if problem:
             problems.append(f"{path}:{no}: {problem}")
         else:
-            prompts.append(item)
+            prompts.append((no, item))
     if problems:
         raise InputError("malformed prompt lines:\n" + "\n".join(f"  - {p}" for p in problems))
     if not prompts:
         raise InputError(f"{path}: no prompts")
     return prompts
+
+
+def check_prompt_lines(path, lines: list[tuple[int, dict]], tokenizer, max_new_tokens: int,
+                       max_model_len: int | None, overflow: str) -> None:
+    """Every prompt encoded as the engine will (chat template, vocabulary) and measured against
+    max_model_len (unless `overflow` skips or truncates): all problems by line, before any engine starts."""
+    from vroll.strategy.prompts import PromptError, encode_prompt
+
+    problems = []
+    room = None if max_model_len is None else max_model_len - max_new_tokens
+    for no, item in lines:
+        try:
+            n = len(encode_prompt(no, item, tokenizer).token_ids)
+        except PromptError as e:
+            problems.append(f"{path}:{no}: {str(e).removeprefix(f'prompt {no}: ')}")
+            continue
+        if room is not None and n > room and (overflow == "error" or room < 1):
+            problems.append(f"{path}:{no}: {n} tokens + max_new_tokens {max_new_tokens} > max_model_len "
+                            f"{max_model_len}: shorten it, lower max_new_tokens, raise max_model_len, or pass "
+                            "--overflow skip / truncate")
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise InputError(f"{len(problems)} prompt(s) cannot be generated from:\n" +
+                         "\n".join(f"  - {p}" for p in shown))
 
 
 def check_prompt_item(item) -> str | None:

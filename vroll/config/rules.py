@@ -13,6 +13,7 @@ from vroll.config.layout import (devices_per_engine, local_slots, rollout_rows, 
                                  trainer_ranks)
 from vroll.config.options import parse_options
 from vroll.config.passes import critic_enabled, reference_enabled, reference_reason
+from vroll.config.sampling import greedy_issues, job_sampling
 from vroll.config.strategies import STRATEGIES, role_need
 from vroll.config.suggest import closest
 
@@ -26,7 +27,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
             issues += check_local_cpu_slots(path, role)
     if cfg.validation is not None:
         issues += check_generating_args("validation.generating_args", cfg.validation.generating_args)
-    return issues
+    return issues + [i for req in job_sampling(cfg) for i in greedy_issues(req)]
 
 
 def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]:
@@ -180,6 +181,8 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
                                         or cfg.actor_infer.strategy_args.strategy_name != "vllm"):
         issues.append(Issue("actor_infer.strategy_args.strategy_name", "`vroll train` generates with 'vllm'"))
     issues += check_rewards_present(cfg)
+    if cfg.actor_infer is not None:
+        issues += greedy_issues(job_sampling(cfg, "train")[0])
     if cfg.reference is None and reference_enabled(cfg):
         key, _, value = reference_reason(cfg).partition(": ")
         default = key == "init_kl_coef" and key not in cfg.model_fields_set

@@ -13,6 +13,8 @@ from typing import Any
 
 from vroll.config.errors import ConfigError, Issue
 from vroll.config.schema import DataArgs
+from vroll.data.jsonl import text_lines
+from vroll.strategy.prompts import render_chat
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ class PromptRecord:
     tag: str | None = None
     response: str | None = None  # the assistant's answer, for supervised warm-up
     extra: dict[str, Any] = field(default_factory=dict)
+    source: str = ""  # "file:line", for messages
 
 
 def data_files(data_args: DataArgs | None) -> list[Path]:
@@ -47,7 +50,7 @@ def load_prompts(data_args: DataArgs, tokenizer, prompt_length: int, key: str,
     messages_key, prompt_key = data_args.messages or "messages", data_args.prompt or "prompt"
     records, issues, too_long = [], [], 0
     for path in data_files(data_args):
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        for lineno, line in text_lines(path):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
@@ -56,6 +59,7 @@ def load_prompts(data_args: DataArgs, tokenizer, prompt_length: int, key: str,
                 if not isinstance(row, dict):
                     raise ValueError("a line must be a JSON object")
                 rec = _to_record(row, len(records), tokenizer, messages_key, prompt_key, with_response)
+                rec.source = where
             except (ValueError, KeyError, TypeError) as e:
                 issues.append(Issue(f"{key}.file_name", f"{where}: {e}"))
                 if len(issues) >= 10:
@@ -86,7 +90,7 @@ def _to_record(row: dict, index: int, tokenizer, messages_key: str, prompt_key: 
             if not messages or messages[-1]["role"] != "assistant":
                 raise ValueError(f"{messages_key!r}: the last message must be the assistant's answer")
             messages, response = messages[:-1], messages[-1]["content"]
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = render_chat(messages, tokenizer)
     elif prompt_key in row:
         text = str(row[prompt_key])
         if with_response:

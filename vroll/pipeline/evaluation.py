@@ -11,7 +11,7 @@ from pathlib import Path
 from vroll.config.errors import ConfigError
 from vroll.config.schema import PipelineConfig
 from vroll.pipeline.dataset import PromptRecord, load_prompts
-from vroll.rewards.workers import RewardItem, RewardRouter, unrouted_tags
+from vroll.rewards.workers import RewardItem, RewardRouter, missing_fields, unrouted_tags
 from vroll.roles.interfaces import GenerationEngine
 from vroll.roles.launcher import launch, launch_reward_models
 from vroll.strategy.results import PromptResult
@@ -57,7 +57,8 @@ def evaluate_model(cfg: PipelineConfig, model_dir: str, tokenizer, out_dir: Path
     """Held-out accuracy of a saved model with actor_infer's engine and the reward workers; the
     answers go to out_dir/validation/step_N.jsonl (N: `step`, default max_steps)."""
     records = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args")
-    issues = unrouted_tags(cfg.rewards, {r.tag for r in records})
+    issues = unrouted_tags(cfg.rewards, {r.tag for r in records}) + missing_fields(cfg.rewards, records,
+                                                                                   "validation.data_args")
     if issues:
         raise ConfigError(issues, source)
     role = cfg.actor_infer.model_copy(deep=True)

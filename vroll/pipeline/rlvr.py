@@ -18,14 +18,15 @@ from vroll.config.errors import ConfigError, Issue
 from vroll.config.layout import optimizer_steps_per_rollout, rows_per_optimizer_step, trainer_ranks
 from vroll.config.no_effect import no_effect_line
 from vroll.config.passes import old_logprobs_recomputed
-from vroll.config.schema import GeneratingArgs, PipelineConfig
+from vroll.config.sampling import rollout_args
+from vroll.config.schema import PipelineConfig
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
 from vroll.pipeline.checkpoint import CRITIC_DIR, find_checkpoint, read_state, save_checkpoint
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
 from vroll.pipeline.evaluation import generate, score, validate
 from vroll.pipeline.tracking import MetricsLog, PhaseTimer, plot_curves, process_rss_bytes
-from vroll.rewards.workers import RewardRouter, routes, unrouted_tags
+from vroll.rewards.workers import RewardRouter, missing_fields, routes, unrouted_tags
 from vroll.roles.launcher import Roles, launch_rlvr_roles
 from vroll.strategy.results import PromptResult, to_padded_batch
 from vroll.strategy.vllm_compat import current_platform_name
@@ -45,6 +46,12 @@ def load_data(cfg: PipelineConfig, tokenizer, source: str | None):
     issues = unrouted_tags(cfg.rewards, {r.tag for r in train + val})
     if cfg.difficulty_loss_weight:
         issues += missing_difficulty(train)
+    issues += missing_fields(cfg.rewards, train, "actor_train.data_args")
+    issues += missing_fields(cfg.rewards, val, "validation.data_args")
+    if len(train) < cfg.rollout_batch_size:  # the sampler would put a prompt in a step's batch twice
+        issues.append(Issue("rollout_batch_size", f"{cfg.rollout_batch_size} is more than the {len(train)} usable "
+                                                  "prompts of actor_train.data_args: every step would repeat "
+                                                  f"prompts; set at most {len(train)}, or add prompts"))
     if issues:
         raise ConfigError(issues, source)
     return train, val
@@ -59,13 +66,6 @@ def missing_difficulty(records: list[PromptRecord]) -> list[Issue]:
     return [Issue("difficulty_loss_weight", f"true needs a number `difficulty` (0 easy to 1 hard) on every training "
                                             f"row; {len(bad)} of {len(records)} rows have none or a non-number "
                                             f"(first: row {bad[0] + 1})")]
-
-
-def rollout_args(cfg: PipelineConfig) -> GeneratingArgs:
-    """actor_infer's sampling, with the group size, the response budget and sampled-token log-probs."""
-    return cfg.actor_infer.generating_args.model_copy(update={
-        "num_return_sequences": cfg.num_return_sequences_in_group, "max_new_tokens": cfg.response_length,
-        "logprobs": True, "num_beams": 1})
 
 
 def with_train_defaults(cfg: PipelineConfig) -> PipelineConfig:

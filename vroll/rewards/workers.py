@@ -89,6 +89,25 @@ def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> li
                              "tag_included, or leave a worker's tag_included empty to take every tag")]
 
 
+# The data field each reward_type needs on a prompt's row to score it.
+NEEDED_FIELDS = {"math_rule": "ground_truth"}
+
+
+def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[Issue]:
+    """Rows routed to a worker that cannot score them (a math_rule worker without the row's
+    ground_truth), counted per worker, the first named by file and line (`record.source`)."""
+    issues = []
+    for name, c in configs.items():
+        needed = NEEDED_FIELDS.get(c.reward_type)
+        rows = [r for r in records if needed and getattr(r, needed) is None and name in routes(configs, r.tag)]
+        if rows:
+            first = ", ".join(r.source for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
+            issues.append(Issue(f"{key}.file_name", f"{len(rows)} row(s) have no {needed!r}, which reward worker "
+                                                    f"{name!r} ({c.reward_type}) needs to score them ({first}): add "
+                                                    f"{needed!r} to each, or tag them for other workers"))
+    return issues
+
+
 def build_worker(name: str, cfg: RewardConfig, models: dict):
     if cfg.reward_type == "math_rule":
         return MathRuleWorker(cfg)

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from jinja2 import TemplateError
+
 from vroll.config.errors import UserError
+
+STANDARD_ROLES = ("system", "user", "assistant")
+# A template names a role where it compares one: `message['role'] == 'tool'`, `role in ['tool', 'ipython']`.
+_ROLE_COMPARED = re.compile(r"""role['"]?\]?\s*[!=]=\s*['"]([\w-]+)['"]"""
+                            r"""|['"]([\w-]+)['"]\s*[!=]=\s*[\w.]*\[?['"]?role\b""")
+_ROLE_LISTED = re.compile(r"""role['"]?\]?\s+(?:not\s+)?in\s+[\[(]([^\])]*)[\])]""")
 
 
 @dataclass
@@ -34,7 +43,10 @@ def encode_prompt(index: int, item: Any, tokenizer) -> Prompt:
     if isinstance(item, Sequence) and item and all(isinstance(m, dict) for m in item):
         if not all(isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in item):
             raise PromptError(f"prompt {index}: chat messages need string 'role' and 'content'")
-        text = tokenizer.apply_chat_template(list(item), add_generation_prompt=True, tokenize=False)
+        try:
+            text = render_chat(list(item), tokenizer)
+        except PromptError as e:
+            raise PromptError(f"prompt {index}: {e}") from None
         return Prompt(index, list(tokenizer(text, add_special_tokens=False)["input_ids"]), text)
     if isinstance(item, Sequence) and item and all(isinstance(t, int) and not isinstance(t, bool) for t in item):
         vocab = len(tokenizer)
@@ -44,6 +56,34 @@ def encode_prompt(index: int, item: Any, tokenizer) -> Prompt:
         return Prompt(index, list(item))
     raise PromptError(f"prompt {index}: expected text, chat messages or token ids, got {type(item).__name__} "
                       f"{str(item)[:60]!r}")
+
+
+def template_roles(tokenizer) -> set[str]:
+    """The roles the model's chat template knows: system, user, assistant, and every role it names."""
+    source = tokenizer.chat_template or ""
+    source = " ".join(source.values()) if isinstance(source, dict) else source
+    named = {a or b for a, b in _ROLE_COMPARED.findall(source)}
+    named |= {r for group in _ROLE_LISTED.findall(source) for r in re.findall(r"""['"]([\w-]+)['"]""", group)}
+    return set(STANDARD_ROLES) | named
+
+
+def render_chat(messages: list[dict], tokenizer) -> str:
+    """The chat as the model's template renders it; refuses a role the template does not know, and a
+    message it would drop without a word."""
+    known = template_roles(tokenizer)
+    for i, m in enumerate(messages, 1):
+        if m["role"] not in known:
+            raise PromptError(f"message {i} has role {m['role']!r}, which the model's chat template does not "
+                              f"know; use one of {', '.join(sorted(known))}")
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except (TemplateError, ValueError) as e:
+        raise PromptError(f"the model's chat template refuses these messages: {e}") from None
+    for i, m in enumerate(messages, 1):  # an assistant turn may be rewritten (reasoning removed): not checked
+        if m["role"] != "assistant" and str(m.get("content", "")).strip() not in text:
+            raise PromptError(f"message {i} (role {m['role']!r}) is dropped by the model's chat template; "
+                              f"use one of the roles it renders")
+    return text
 
 
 def fit_prompts(prompts: list[Prompt], max_new_tokens: int, max_model_len: int, policy: str) -> list[Prompt]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
+from vroll.config.errors import Issue
+from vroll.config.sampling import SamplingRequest
 from vroll.config.schema import GeneratingArgs
 
 
@@ -60,3 +62,36 @@ def request_seed(base_seed: int, call: int, index: int) -> int:
     for the n samples of one prompt, so those differ too)."""
     digest = hashlib.blake2b(f"{base_seed}:{call}:{index}".encode(), digest_size=4).digest()
     return int.from_bytes(digest, "little") & 0x3FFFFFFF
+
+
+# vLLM's parameter names for GeneratingArgs' fields, where they differ.
+VLLM_NAMES = {"n": "num_return_sequences", "max_tokens": "max_new_tokens", "min_tokens": "min_new_tokens",
+              "stop": "stop_strings", "beam_width": "num_beams"}
+
+
+def vllm_refusals(req: SamplingRequest, limit: int = 8) -> list[Issue]:
+    """The installed vLLM's own verdict on a request: its parameters are built as the engine builds them,
+    and each value vLLM refuses becomes an issue at its YAML key (then is reset, to find the next)."""
+    from vllm.exceptions import VLLMClientError
+
+    g, issues = req.args, []
+    for _ in range(limit):
+        try:
+            beam_search_params(g) if g.num_beams > 1 else sampling_params(g)
+            break
+        except (VLLMClientError, ValueError) as e:
+            message = str(e.args[0]) if e.args else str(e)
+            name = refused_field(e, message)
+            if name is None:
+                issues.append(Issue(req.section, f"refused by vLLM: {message}"))
+                break
+            issues.append(Issue(req.key(name), f"{getattr(g, name)!r} is refused by vLLM: {message}"))
+            g = g.model_copy(update={name: getattr(GeneratingArgs(), name)})
+    return issues
+
+
+def refused_field(e: Exception, message: str) -> str | None:
+    """The GeneratingArgs field vLLM names (its error's `parameter`, else the message's first word)."""
+    name = getattr(e, "parameter", None) or (message.split() or [""])[0]
+    name = VLLM_NAMES.get(name, name)
+    return name if name in GeneratingArgs.model_fields else None

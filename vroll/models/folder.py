@@ -1,0 +1,88 @@
+"""A local model folder checked before anything loads it: readable JSON files, a tokenizer, weights
+whose headers match their sizes. Cheap (no weights are read) and free of torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from vroll.config.errors import Issue
+
+JSON_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json", "generation_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
+
+
+def folder_problems(folder: str | Path, weights: bool = True) -> list[str]:
+    """What keeps the folder from loading, one line each; nothing for a folder that looks whole.
+    `weights=False` skips the weights (an engine with `load_format: dummy` does not read them)."""
+    folder = Path(folder)
+    if not any(folder.iterdir()):
+        return [f"{folder} is empty: build or download the model into it (tiny model: "
+                f"`vroll tiny-model --out {folder}`)"]
+    problems = [p for name in JSON_FILES if (p := json_problem(folder / name))]
+    if not (folder / "config.json").is_file():
+        problems.append(f"{folder} has no config.json: not a Hugging Face model folder")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        problems.append(f"{folder} has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the model's "
+                        "tokenizer files into it")
+    if weights:
+        problems += weight_problems(folder)
+    return problems
+
+
+def json_problem(path: Path) -> str | None:
+    """Why a JSON file of the folder cannot be read (None when it is absent or fine)."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_bytes())
+    except UnicodeDecodeError:
+        return f"{path} is not UTF-8 text: re-download or re-save the model"
+    except json.JSONDecodeError as e:
+        return f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}): re-download or re-save the model"
+    return None if isinstance(value, dict) else f"{path}: expected a JSON object, got {type(value).__name__}"
+
+
+def weight_problems(folder: Path) -> list[str]:
+    """Missing weights, missing shards of an index, or safetensors files whose header or size is wrong."""
+    files = sorted({f for pattern in WEIGHT_PATTERNS for f in folder.glob(pattern)})
+    if not files:
+        return [f"{folder} has no weights (*.safetensors or *.bin): the model was not saved completely"]
+    problems = []
+    for index in folder.glob("*.safetensors.index.json"):
+        try:
+            shards = set(json.loads(index.read_bytes())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            problems.append(f"{index}: not a valid weights index (no weight_map): re-download or re-save the model")
+            continue
+        problems += [f"{index} names shard {s}, which is missing" for s in sorted(shards)
+                     if not (folder / s).is_file()]
+    return problems + [p for f in files if f.suffix == ".safetensors" and (p := safetensors_problem(f))]
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why safetensors refuses the file (a truncated file's header names more bytes than it holds)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy"):
+            return None
+    except (SafetensorError, OSError) as e:
+        return f"{path} is truncated or corrupt ({e}): re-download or re-save the model"
+
+
+def model_folder_issues(cfg) -> list[Issue]:
+    """One issue per problem of every local model folder the file's roles name (each folder checked once)."""
+    issues, seen = [], set()
+    for path, role in cfg.roles().items():
+        name = role.model_args.model_name_or_path
+        if getattr(role, "reward_type", "model") != "model" or not name:
+            continue  # rule-based rewards load no model
+        folder = Path(name).expanduser()
+        dummy = role.strategy_args is not None and role.strategy_args.strategy_config.get("load_format") == "dummy"
+        if not folder.is_dir() or (folder, dummy) in seen:
+            continue
+        seen.add((folder, dummy))
+        issues += [Issue(f"{path}.model_args.model_name_or_path", p) for p in folder_problems(folder, not dummy)]
+    return issues
