@@ -4,7 +4,10 @@ from the model's generation_config.json (a source of train/infer mismatch)."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 
+from vroll.config.engine_args import cache_dir, installed_vllm_version
 from vroll.config.errors import Issue
 from vroll.config.sampling import SamplingRequest
 from vroll.config.schema import GeneratingArgs
@@ -72,22 +75,51 @@ VLLM_NAMES = {"n": "num_return_sequences", "max_tokens": "max_new_tokens", "min_
 def vllm_refusals(req: SamplingRequest, limit: int = 8) -> list[Issue]:
     """The installed vLLM's own verdict on a request: its parameters are built as the engine builds them,
     and each value vLLM refuses becomes an issue at its YAML key (then is reset, to find the next)."""
-    from vllm.exceptions import VLLMClientError
-
     g, issues = req.args, []
     for _ in range(limit):
-        try:
-            beam_search_params(g) if g.num_beams > 1 else sampling_params(g)
+        verdict = vllm_verdict(g)
+        if verdict is None:
             break
-        except (VLLMClientError, ValueError) as e:
-            message = str(e.args[0]) if e.args else str(e)
-            name = refused_field(e, message)
-            if name is None:
-                issues.append(Issue(req.section, f"refused by vLLM: {message}"))
-                break
-            issues.append(Issue(req.key(name), f"{getattr(g, name)!r} is refused by vLLM: {message}"))
-            g = g.model_copy(update={name: getattr(GeneratingArgs(), name)})
+        name, message = verdict
+        if name is None:
+            issues.append(Issue(req.section, f"refused by vLLM: {message}"))
+            break
+        issues.append(Issue(req.key(name), f"{getattr(g, name)!r} is refused by vLLM: {message}"))
+        g = g.model_copy(update={name: getattr(GeneratingArgs(), name)})
     return issues
+
+
+def vllm_verdict(g: GeneratingArgs) -> tuple[str | None, str] | None:
+    """None when vLLM accepts `g`, else (the field it refuses, or None, and its message). Verdicts are
+    kept per vLLM version in vroll's cache folder, so checking a file again does not import vLLM."""
+    path = cache_dir() / f"sampling-vllm-{installed_vllm_version()}.json"
+    key = g.model_dump_json()
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key not in known:
+        known[key] = _ask_vllm(g)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(known))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache only costs the import next time
+    verdict = known[key]
+    return None if verdict is None else (verdict[0], verdict[1])
+
+
+def _ask_vllm(g: GeneratingArgs) -> list | None:
+    from vllm.exceptions import VLLMClientError
+
+    try:
+        beam_search_params(g) if g.num_beams > 1 else sampling_params(g)
+        return None
+    except (VLLMClientError, ValueError) as e:
+        message = str(e.args[0]) if e.args else str(e)
+        return [refused_field(e, message), message]
 
 
 def refused_field(e: Exception, message: str) -> str | None:
