@@ -20,9 +20,11 @@ from vroll.config.passes import old_logprobs_recomputed
 from vroll.config.schema import GeneratingArgs, PipelineConfig
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
-from vroll.pipeline.checkpoint import find_checkpoint, read_state, save_checkpoint
+from vroll.pipeline.checkpoint import find_checkpoint, partial_saves_discarded, save_checkpoint
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
 from vroll.pipeline.evaluation import generate, score, validate
+from vroll.pipeline.health import skipped
+from vroll.pipeline.output_dir import own_output_dir
 from vroll.pipeline.tracking import MetricsLog, PhaseTimer, plot_curves, process_rss_bytes
 from vroll.rewards.workers import RewardRouter, routes, unrouted_tags
 from vroll.roles.launcher import Roles, launch_rlvr_roles
@@ -135,7 +137,7 @@ def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temper
     steps_rows = rows_per_optimizer_step(cfg, roles.train.world_size)
     n = batch["input_ids"].shape[0]
     totals: dict[str, float] = {}
-    count = 0
+    count = skips = 0
     for epoch in range(cfg.ppo_epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + step * 101 + epoch))
         for start in range(0, n, steps_rows):
@@ -144,10 +146,13 @@ def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temper
             micros = [{k: v[rows[i:i + micro_rows]] for k, v in batch.items()}
                       for i in range(0, len(rows), micro_rows)]
             got = roles.train.train_step(micros, loss_fn, temperature)
+            if skipped(cfg.actor_train.training_args, step, got):  # not finite: stops, or skips and counts
+                skips += 1
+                continue
             for k, v in got.items():
                 totals[k] = totals.get(k, 0.0) + v
             count += 1
-    return {k: v / count for k, v in totals.items()}
+    return {**{k: v / count for k, v in totals.items()}, "train/skipped_steps": float(skips)}
 
 
 def advantages_by_domain(cfg: PipelineConfig, records: list[PromptRecord], scores: torch.Tensor,
@@ -297,17 +302,21 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
 
 # -- the run --------------------------------------------------------------------------------------
 def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | None = None) -> dict:
-    """The whole RLVR run; returns a summary (first and last validation, paths)."""
+    """The whole RLVR run; returns a summary (first and last validation, paths). The run owns (locks)
+    output_dir while it lasts, and leaves no partial save behind however it ends."""
+    cfg = with_train_defaults(cfg)
+    with own_output_dir(cfg.output_dir) as out_dir, partial_saves_discarded(out_dir):
+        return _run_train(cfg, out_dir, source, progress)
+
+
+def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress: bool | None) -> dict:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    cfg = with_train_defaults(cfg)
-    out_dir = Path(cfg.output_dir)
     model_key = "actor_train.model_args.model_name_or_path"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.actor_train.model_args.model_name_or_path, model_key))
     train_records, val_records = load_data(cfg, tokenizer, source)
-    ckpt = find_checkpoint(cfg.resume_from_checkpoint, out_dir)
-    state = read_state(ckpt) if ckpt else {"step": 0}
+    ckpt, state = find_checkpoint(cfg.resume_from_checkpoint, out_dir)  # checked; falls back past broken ones
     sampler = PromptSampler(train_records, cfg.seed)
     algorithm = alg.AlgorithmState.start(cfg)
     if ckpt:

@@ -88,8 +88,9 @@ class RayTrainer(RayRole):
 
         results = self.group.on_each("train_step", mine)
         summed = {k: sum(r[k] for r in results) for k in results[0]}
-        for same in ("train/grad_norm", "train/lr"):  # global values, equal on every rank
-            summed[same] = results[0][same]
+        for same in ("train/grad_norm", "train/lr", "train/nonfinite"):  # global values, equal on every rank
+            if same in results[0]:
+                summed[same] = results[0][same]
         return summed
 
     def named_weights(self, names: list[str] | None = None, dtype: torch.dtype | None = None,
