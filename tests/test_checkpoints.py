@@ -121,6 +121,10 @@ def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, tiny_model, cap
         find_checkpoint(True, tmp_path)
     with pytest.raises(CheckpointError, match="step_3/model.safetensors: cannot be read"):  # named: no fallback
         find_checkpoint(str(tmp_path / "checkpoints" / "step_3"), tmp_path)
+    other = make_checkpoint(tmp_path / "other", 1, tiny_model)
+    torch.save({}, other / "pytorch_model.bin")  # transformers could pick it up: refused too
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: refused: a vroll checkpoint holds no pickled"):
+        find_checkpoint(str(other), tmp_path)
 
 
 class InterruptedTrainer:

@@ -16,11 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vroll.config.errors import CheckpointError, ConfigError, Issue
-from vroll.strategy.train_state import TENSORS, check_train_state
+from vroll.strategy.train_state import LEGACY, TENSORS, check_train_state
 
 log = logging.getLogger(__name__)
 
 STATE_JSON = "vroll_state.json"
+PICKLED = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -99,6 +100,10 @@ def check_checkpoint(path: Path) -> dict:
     raises CheckpointError naming a file that is missing, truncated, malformed or unsafe."""
     path = Path(path)
     state = read_state(path)
+    pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLED and p.name != LEGACY)
+    if pickled:  # transformers or vLLM might load them; vroll writes none
+        raise CheckpointError(f"{pickled[0]}: refused: a vroll checkpoint holds no pickled files (loading one could "
+                              "run code); delete it if you trust the rest of the folder")
     read_json(path / "config.json")
     weights = [w for w in sorted(path.glob("*.safetensors")) if w.name != TENSORS]
     if not weights:
