@@ -242,3 +242,33 @@ def test_trainer_memory_estimate_follows_ranks_batch_and_vocabulary(tmp_path, ti
     assert plan.checkpointing  # gradient checkpointing is on unless disabled: only layer inputs are kept
     assert "estimated peak per rank" in plan.table()
     assert plan_train_memory(cfg, "cuda").ranks == 2  # one per GPU of device_mapping
+
+
+def test_non_finite_numbers_are_errors_and_absurd_ones_warnings(tmp_path, caplog):
+    import logging
+    import subprocess
+    import sys
+
+    data = base(gpu_memory_utilization=float("nan"), cpu_offload_gb=float("inf"))
+    data["actor_train"] = {"strategy_args": {"strategy_name": "fsdp2_train"},
+                           "training_args": {"learning_rate": float("inf"), "max_grad_norm": "nan"}}
+    data["rewards"] = {"m": {"query_filter_config": {"type": "mean_filter",
+                                                     "filter_args": {"threshold_up": float("inf")}}}}
+    found = problems(tmp_path, data)
+    assert "actor_train.training_args.learning_rate: inf is not a finite number: give a finite value" in found
+    assert "actor_train.training_args.max_grad_norm: 'nan' is not a finite number: give a finite value" in found
+    assert "actor_infer.strategy_args.strategy_config.cpu_offload_gb: inf is not a finite number" in "\n".join(found)
+    assert any(p.startswith("actor_infer.strategy_args.strategy_config.gpu_memory_utilization: nan") for p in found)
+    assert len(found) == 4, found  # threshold_up: .inf means "no bound", and is kept
+
+    data["actor_train"]["training_args"] = {"learning_rate": 1e30}
+    del data["actor_infer"]["strategy_args"]["strategy_config"]["gpu_memory_utilization"]
+    del data["actor_infer"]["strategy_args"]["strategy_config"]["cpu_offload_gb"]
+    with caplog.at_level(logging.WARNING):
+        load_config(write_yaml(tmp_path / "c.yaml", data))
+    assert "actor_train.training_args.learning_rate: 1e+30 is far above the usual maximum 0.01" in caplog.text
+
+    r = subprocess.run([sys.executable, "-m", "vroll.cli.main", "validate", tmp_path / "c.yaml", "--platform", "none",
+                        "actor_train.training_args.learning_rate=.inf"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "actor_train.training_args.learning_rate: inf is not a finite number" in r.stderr

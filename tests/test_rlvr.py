@@ -185,9 +185,44 @@ def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, da
     root = tmp_path / "run" / "checkpoints"
     assert not list(root.glob(".*.tmp"))
     for ckpt in root.glob("step_*"):
-        assert {"model.safetensors", "config.json", "trainer_state.pt", "vroll_state.json"} <= {p.name for p in ckpt.iterdir()}
+        assert {"model.safetensors", "config.json", "trainer_state.safetensors", "trainer_state.json",
+                "vroll_state.json"} <= {p.name for p in ckpt.iterdir()}
+    assert not (tmp_path / "run" / ".vroll.lock").exists()  # the run no longer owns output_dir
     psutil.wait_procs(children, timeout=30)
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
+
+
+def test_nan_stops_the_run_before_the_optimiser_or_is_skipped_and_counted(tmp_path, tiny_model, data, monkeypatch):
+    from safetensors.torch import load_file
+
+    from vroll.pipeline import rlvr
+    from vroll.pipeline.health import NonFiniteStep
+
+    real, calls = rlvr.policy_loss, []
+
+    def nan_from_the_second_step(cfg, sizes):  # one optimiser step per RL step here
+        calls.append(1)
+        fn, poisoned = real(cfg, sizes), len(calls) >= 2
+        return lambda *a: (fn(*a)[0] * (float("nan") if poisoned else 1.0), fn(*a)[1])
+
+    monkeypatch.setattr(rlvr, "policy_loss", nan_from_the_second_step)
+    cfg = rl_config(tmp_path, tiny_model, data, max_steps=2, validation=None)
+    with pytest.raises(NonFiniteStep) as e:
+        run(tmp_path, cfg)
+    assert str(e.value).startswith("step 2: the loss or gradient norm is not finite (")
+    assert "the optimiser step was not applied" in str(e.value) and "learning_rate 0.001" in str(e.value)
+    assert "set actor_train.training_args.on_nonfinite: skip" in str(e.value)
+    root = tmp_path / "run" / "checkpoints"
+    assert [p.name for p in root.iterdir()] == ["step_1"]  # no checkpoint of the NaN step
+    assert all(t.isfinite().all() for t in load_file(root / "step_1" / "model.safetensors").values())
+
+    calls[:] = [1]  # skip mode, resumed at step 1: step 2 is NaN again, skipped and counted; training goes on
+    cfg["actor_train"]["training_args"]["on_nonfinite"] = "skip"
+    run(tmp_path, {**cfg, "resume_from_checkpoint": True}, "skip.yaml")
+    steps = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [(r["step"], r["train/skipped_steps"]) for r in steps] == [(1, 0.0), (2, 1.0)]
+    saved = load_file(root / "step_2" / "model.safetensors")
+    assert all(torch.equal(t, load_file(root / "step_1" / "model.safetensors")[k]) for k, t in saved.items())
 
 
 def test_trainer_ranks_are_checked_before_starting(tmp_path, tiny_model, data):

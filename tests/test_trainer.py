@@ -70,6 +70,24 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(trainer, tmp_path):
         assert torch.allclose(token_logprobs(loaded, ids, mask), trainer.batch_logprobs(ids, mask), atol=1e-6)
 
 
+def test_a_nonfinite_step_is_not_applied(trainer):
+    ids, mask = padded(SEQS)
+    micros = [{"input_ids": ids, "attention_mask": mask}]
+    before = {k: v.clone() for k, v in trainer.named_weights()}
+    schedule = trainer.scheduler.last_epoch
+
+    def poisoned(micro, logp, entropy):
+        loss, metrics = nll(micro, logp, entropy)
+        return loss * float("nan"), metrics
+
+    got = trainer.train_step(micros, poisoned)
+    assert got["train/nonfinite"] == 1.0 and got["train/grad_norm"] != got["train/grad_norm"]  # NaN
+    assert all(torch.equal(before[k], v) for k, v in trainer.named_weights())  # nothing applied
+    assert trainer.scheduler.last_epoch == schedule
+    after = trainer.train_step(micros, nll)  # the next finite step trains as usual
+    assert "train/nonfinite" not in after and not all(torch.equal(before[k], v) for k, v in trainer.named_weights())
+
+
 def test_weights_go_out_in_the_engines_dtype(trainer):
     full = dict(trainer.named_weights())
     half = dict(trainer.named_weights(dtype=torch.bfloat16))
@@ -78,7 +96,10 @@ def test_weights_go_out_in_the_engines_dtype(trainer):
 
 
 def test_resumed_optimiser_continues_exactly(tiny_model, tmp_path):
+    import shutil
+
     from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
+    from vroll.strategy.train_state import load_train_state
 
     ids, mask = padded(SEQS)
     micros = [{"input_ids": ids, "attention_mask": mask}]
@@ -88,11 +109,17 @@ def test_resumed_optimiser_continues_exactly(tiny_model, tmp_path):
             a.train_step(micros, nll)
         a.save(tmp_path / "mid")
         straight = [a.train_step(micros, nll) for _ in range(2)]
-    with Fsdp2TrainStrategy(role, total_steps=6, model_path=str(tmp_path / "mid")) as b:
-        b.load_state(tmp_path / "mid")
-        resumed = [b.train_step(micros, nll) for _ in range(2)]
-    for s, r in zip(straight, resumed):
-        assert s["loss"] == r["loss"] and s["train/lr"] == r["train/lr"]
+    # an earlier vroll's checkpoint: one trainer_state.pt, read with torch.load(weights_only=True)
+    shutil.copytree(tmp_path / "mid", tmp_path / "old")
+    torch.save(load_train_state(tmp_path / "mid"), tmp_path / "old" / "trainer_state.pt")
+    for name in ("trainer_state.json", "trainer_state.safetensors"):
+        (tmp_path / "old" / name).unlink()
+    for folder in ("mid", "old"):
+        with Fsdp2TrainStrategy(role, total_steps=6, model_path=str(tmp_path / folder)) as b:
+            b.load_state(tmp_path / folder)
+            resumed = [b.train_step(micros, nll) for _ in range(2)]
+        for s, r in zip(straight, resumed):
+            assert s["loss"] == r["loss"] and s["train/lr"] == r["train/lr"], folder
 
 
 def test_two_ranks_train_like_one(tiny_model, tmp_path):

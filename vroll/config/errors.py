@@ -10,6 +10,10 @@ class UserError(Exception):
     prints the message and exits 2, without a traceback."""
 
 
+class CheckpointError(UserError):
+    """A checkpoint that cannot be loaded (missing, truncated, malformed or unsafe); names the file."""
+
+
 @dataclass(frozen=True)
 class Issue:
     path: str  # dotted key path, e.g. "actor_infer.generating_args.top_p"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,12 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from vroll.config.errors import ConfigError, Issue
+from vroll.config.numbers import range_warnings
 from vroll.config.rules import check_config
 from vroll.config.schema import PipelineConfig, RewardConfig
 from vroll.config.suggest import closest
+
+log = logging.getLogger(__name__)
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None, platform: str | None = None) -> PipelineConfig:
@@ -30,6 +34,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, platform: 
         issues += [i for i in check_config(cfg, platform) if i.path not in reported]
     if issues:
         raise ConfigError(issues, source)
+    for warning in range_warnings(cfg):
+        log.warning("%s: %s", source, warning)
     return cfg
 
 
@@ -131,6 +137,8 @@ def pydantic_issue(err: dict) -> Issue:
     if kind == "missing":
         return Issue(path, "is required")
     msg = err["msg"].removeprefix("Value error, ")
+    if kind == "finite_number":
+        return Issue(path, f"{value!r} is not a finite number: give a finite value")
     if kind == "value_error":
         return Issue(path, msg)
     return Issue(path, f"{value!r} is not allowed: {msg[0].lower()}{msg[1:]}")

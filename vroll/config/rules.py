@@ -11,6 +11,7 @@ from vroll.config.schema import GeneratingArgs, PipelineConfig, RoleConfig
 from vroll.config.engine_args import check_engine_args
 from vroll.config.layout import (devices_per_engine, local_slots, rollout_rows, rows_per_optimizer_step,
                                  trainer_ranks)
+from vroll.config.numbers import nonfinite_issues
 from vroll.config.options import parse_options
 from vroll.config.passes import critic_enabled, reference_enabled, reference_reason
 from vroll.config.sampling import greedy_issues, job_sampling
@@ -41,6 +42,9 @@ def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]
             issues.append(Issue(f"{path}.strategy_args.strategy_name", "is required (e.g. vllm, hf_infer)"))
     else:
         issues += check_strategy(path, role, need, platform)
+        reported = {i.path for i in issues}  # a range check may have named the value already
+        where = f"{path}.strategy_args.strategy_config"
+        issues += [i for i in nonfinite_issues(role.strategy_args.strategy_config, where) if i.path not in reported]
     if not role.model_args.model_name_or_path and not reward_rule:
         issues.append(Issue(f"{path}.model_args.model_name_or_path",
                             "is not set, and there is no top-level `pretrain` to default to"))
@@ -158,11 +162,24 @@ def check_train_config(cfg: PipelineConfig, job: str = "train", platform: str = 
         issues += check_data_files("actor_train.data_args", train.data_args)
         if train.training_args is None:
             issues.append(Issue("actor_train.training_args", "is required (learning_rate, batch sizes, ...)"))
+    issues += check_output_dir(cfg.output_dir)
     if job == "train":
         issues += check_rl_sizes(cfg, platform)
     if cfg.validation is not None and cfg.validation.data_args is not None:
         issues += check_data_files("validation.data_args", cfg.validation.data_args)
     return issues
+
+
+def check_output_dir(output_dir: str) -> list[Issue]:
+    """output_dir must be a folder, or one that can be made: no file in its place or on its path."""
+    path = Path(output_dir).expanduser()
+    for p in (path, *path.parents):
+        if p.is_dir():
+            return []
+        if p.exists():
+            why = "is a file, not a folder" if p == path else f"cannot be created: {str(p)!r} is a file"
+            return [Issue("output_dir", f"{output_dir!r} {why}; choose a folder this user can write to")]
+    return []
 
 
 def check_trainer_slots(path: str, train: RoleConfig) -> list[Issue]:

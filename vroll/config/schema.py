@@ -6,7 +6,7 @@ collects every type and range problem at once; cross-field rules live in `rules.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -15,7 +15,8 @@ from vroll.config.options import parse_options, pass_through
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are refused in every float (a key that gives infinity a meaning says so itself)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelArgs(Section):
@@ -77,6 +78,9 @@ class TrainingArgs(Section):
     num_train_epochs: int = Field(1, ge=1)
     max_grad_norm: float = Field(1.0, gt=0.0)
     lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
+    # an optimiser step whose loss or gradient norm is NaN or infinite is never applied; then the run
+    # stops (naming the step and the likely cause), or skips the batch and counts it (train/skipped_steps)
+    on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
 class DataArgs(Section):
@@ -111,7 +115,15 @@ class RewardFilterConfig(Section):
     std_filter: drop when the group's reward std (unbiased) <= std_threshold (-1)."""
 
     type: Literal["no_filter", "mean_filter", "std_filter"] = "no_filter"
-    filter_args: dict[str, float] = Field(default_factory=dict)
+    filter_args: dict[str, Annotated[float, Field(allow_inf_nan=True)]] = Field(default_factory=dict)  # .inf: no bound
+
+    @field_validator("filter_args")
+    @classmethod
+    def _no_nan(cls, v):
+        bad = [k for k, x in v.items() if x != x]
+        if bad:
+            raise ValueError(f"{bad[0]}: nan is not a number (.inf and -.inf mean no bound)")
+        return v
 
 
 class RewardConfig(RoleConfig):

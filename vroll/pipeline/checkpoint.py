@@ -1,21 +1,28 @@
 """Checkpoints: `output_dir/checkpoints/step_N/` is a standard Hugging Face model folder (loadable by
-`from_pretrained` and by vLLM) plus `trainer_state.pt` (optimiser, scheduler, RNG) and
-`vroll_state.json` (step, data order, weight version); a critic (gae) is a folder of the same kind
-inside it, `critic/`. Written aside and renamed into place, so an
-interrupted save never leaves a half-written checkpoint."""
+`from_pretrained` and by vLLM) plus the trainer's state (optimiser, scheduler, RNG as safetensors +
+JSON: `strategy/train_state.py`) and `vroll_state.json` (step, data order, weight version); a critic
+(gae) is a folder of the same kind inside it, `critic/`. Nothing in a checkpoint is unpickled. A save
+is written aside and renamed into place, and an interrupted save leaves nothing behind; a resume
+checks the checkpoint before anything starts and falls back to the newest one that loads."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
-from vroll.config.errors import ConfigError, Issue
+from vroll.config.errors import CheckpointError, ConfigError, Issue
+from vroll.strategy.train_state import LEGACY, TENSORS, check_train_state
+
+log = logging.getLogger(__name__)
 
 STATE_JSON = "vroll_state.json"
 CRITIC_DIR = "critic"
+PICKLED = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt"}
 
 
 def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
@@ -27,36 +34,116 @@ def save_checkpoint(output_dir: str | Path, step: int, trainer, state: dict, oth
     final = checkpoint_dir(output_dir, step)
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save(tmp)
-    for name, role in (others or {}).items():
-        role.save(tmp / name)
-    (tmp / STATE_JSON).write_text(json.dumps({"step": step, **state}, indent=1))
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    try:
+        trainer.save(tmp)
+        for name, role in (others or {}).items():
+            role.save(tmp / name)
+        (tmp / STATE_JSON).write_text(json.dumps({"step": step, **state}, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:  # Ctrl-C or a failure mid-save: no partial folder stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return final
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    root = Path(output_dir) / "checkpoints"
-    found = [(int(m.group(1)), p) for p in root.glob("step_*")
-             if (m := re.fullmatch(r"step_(\d+)", p.name)) and (p / STATE_JSON).is_file()]
-    return max(found)[1] if found else None
+def discard_partial_saves(output_dir: str | Path) -> None:
+    """Remove the folders of saves that never finished (`.step_N.tmp`, `.model.tmp`), e.g. a killed run's."""
+    root = Path(output_dir)
+    for tmp in [*root.glob("checkpoints/.*.tmp"), *root.glob(".*.tmp")]:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def find_checkpoint(resume: str | bool, output_dir: str | Path) -> Path | None:
-    """`resume_from_checkpoint`: false (start fresh), true (the latest in output_dir, if any) or a
-    checkpoint folder."""
+@contextmanager
+def partial_saves_discarded(output_dir: str | Path):
+    """Around a run: no partial save of an earlier run before it, none of its own after it, however it
+    ends (a save a trainer rank was still writing when the run was interrupted included)."""
+    discard_partial_saves(output_dir)
+    try:
+        yield
+    finally:
+        discard_partial_saves(output_dir)
+
+
+def find_checkpoint(resume: str | bool, output_dir: str | Path) -> tuple[Path | None, dict]:
+    """`resume_from_checkpoint`: false (start fresh), true (the newest checkpoint in output_dir that
+    loads, if any) or a checkpoint folder; with its checked `vroll_state.json` ({"step": 0} when none)."""
     if resume is False or resume in ("", None):
-        return None
+        return None, {"step": 0}
     if resume is True:
-        return latest_checkpoint(output_dir)
+        return newest_loadable(output_dir)
     path = Path(str(resume)).expanduser()
     if not (path / STATE_JSON).is_file():
         raise ConfigError([Issue("resume_from_checkpoint", f"{str(resume)!r} is not a vroll checkpoint folder "
                                                            f"(no {STATE_JSON}); use true for the latest in output_dir")])
-    return path
+    return path, check_checkpoint(path)
+
+
+def newest_loadable(output_dir: str | Path) -> tuple[Path | None, dict]:
+    """The newest checkpoint that passes `check_checkpoint`; each newer one is skipped with a warning."""
+    root = Path(output_dir) / "checkpoints"
+    found = sorted(((int(m.group(1)), p) for p in root.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))),
+                   reverse=True)
+    reasons = []
+    for _, path in found:
+        try:
+            return path, check_checkpoint(path)
+        except CheckpointError as e:
+            log.warning("resume: skipping checkpoint %s: %s", path.name, e)
+            reasons.append(f"{path.name}: {e}")
+    if found:
+        raise CheckpointError(f"resume_from_checkpoint: no checkpoint in {root} loads ({'; '.join(reasons)}); move "
+                              "them away, or set resume_from_checkpoint: false to start over")
+    return None, {"step": 0}
+
+
+def check_checkpoint(path: Path) -> dict:
+    """Its `vroll_state.json`, after checking every file a resume reads (weights by their headers);
+    raises CheckpointError naming a file that is missing, truncated, malformed or unsafe."""
+    path = Path(path)
+    state = read_state(path)
+    pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLED and p.name != LEGACY)
+    if pickled:  # transformers or vLLM might load them; vroll writes none
+        raise CheckpointError(f"{pickled[0]}: refused: a vroll checkpoint holds no pickled files (loading one could "
+                              "run code); delete it if you trust the rest of the folder")
+    read_json(path / "config.json")
+    weights = [w for w in sorted(path.glob("*.safetensors")) if w.name != TENSORS]
+    if not weights:
+        raise CheckpointError(f"{path}: no model weights (*.safetensors)")
+    for w in weights:
+        check_safetensors(w)
+    check_train_state(path)
+    return state
 
 
 def read_state(path: Path) -> dict:
-    return json.loads((Path(path) / STATE_JSON).read_text())
+    file = Path(path) / STATE_JSON
+    state = read_json(file)
+    data = state.get("data") if isinstance(state, dict) else None
+    ints = (state.get("step"), state.get("weight_version"), data.get("epoch"), data.get("position")) \
+        if isinstance(data, dict) else (None,)
+    if not all(isinstance(v, int) for v in ints) or not isinstance(state.get("algorithm", {}), dict):
+        raise CheckpointError(f"{file}: not a vroll checkpoint state (expected integers step, weight_version, "
+                              "data.epoch and data.position)")
+    return state
+
+
+def read_json(file: Path):
+    try:
+        return json.loads(file.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: not readable JSON ({e})") from None
+
+
+def check_safetensors(file: Path) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(file, "pt"):
+            pass
+    except Exception as e:  # safetensors checks the header covers the whole file: truncation shows here
+        raise CheckpointError(f"{file}: cannot be read, truncated or corrupt ({e})") from None

@@ -22,9 +22,11 @@ from vroll.config.sampling import rollout_args
 from vroll.config.schema import PipelineConfig
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
-from vroll.pipeline.checkpoint import CRITIC_DIR, find_checkpoint, read_state, save_checkpoint
+from vroll.pipeline.checkpoint import CRITIC_DIR, find_checkpoint, partial_saves_discarded, save_checkpoint
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
 from vroll.pipeline.evaluation import generate, score, validate
+from vroll.pipeline.health import skipped
+from vroll.pipeline.output_dir import own_output_dir
 from vroll.pipeline.tracking import MetricsLog, PhaseTimer, plot_curves, process_rss_bytes
 from vroll.rewards.workers import RewardRouter, missing_fields, routes, unrouted_tags
 from vroll.roles.launcher import Roles, launch_rlvr_roles
@@ -157,15 +159,16 @@ def critic_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
 
 
 def optimizer_steps(cfg: PipelineConfig, trainer, role, batch: dict, epochs: int, step: int, make_loss,
-                    mask_key: str, temperature: float = 1.0) -> dict:
+                    mask_key: str, prefix: str, temperature: float = 1.0) -> dict:
     """`epochs` passes over the rollout in shuffled mini-batches, one optimiser step each
     (per_device_train_batch_size x gradient_accumulation_steps rows on each of the role's ranks);
-    `make_loss(step sizes)` gives each step's loss function. Returns the metrics averaged over steps."""
+    `make_loss(step sizes)` gives each step's loss function. Returns the metrics averaged over steps,
+    and `<prefix>/skipped_steps` (steps not applied: not finite, `training_args.on_nonfinite: skip`)."""
     micro_rows = role.training_args.per_device_train_batch_size * trainer.world_size
     steps_rows = rows_per_optimizer_step(cfg, trainer.world_size, role)
     n = batch["input_ids"].shape[0]
     totals: dict[str, float] = {}
-    count = 0
+    count = skips = 0
     for epoch in range(epochs):
         order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 100003 + step * 101 + epoch))
         for start in range(0, n, steps_rows):
@@ -173,22 +176,25 @@ def optimizer_steps(cfg: PipelineConfig, trainer, role, batch: dict, epochs: int
             micros = [{k: v[rows[i:i + micro_rows]] for k, v in batch.items()}
                       for i in range(0, len(rows), micro_rows)]
             got = trainer.train_step(micros, make_loss(alg.StepSizes.of(batch[mask_key][rows])), temperature)
+            if skipped(role.training_args, step, got):  # not finite: stops, or skips and counts
+                skips += 1
+                continue
             for k, v in got.items():
                 totals[k] = totals.get(k, 0.0) + v
             count += 1
-    return {k: v / count for k, v in totals.items()}
+    return {**{k: v / max(count, 1) for k, v in totals.items()}, f"{prefix}/skipped_steps": float(skips)}
 
 
 def ppo_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int, temperature: float) -> dict:
     """The policy's `ppo_epochs` passes over the rollout."""
     return optimizer_steps(cfg, roles.train, cfg.actor_train, batch, cfg.ppo_epochs, step,
-                           lambda sizes: policy_loss(cfg, sizes), "mask", temperature)
+                           lambda sizes: policy_loss(cfg, sizes), "mask", "train", temperature)
 
 
 def critic_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int) -> dict:
     """The critic's one pass over the rollout (ROLL's critic trains one epoch per step)."""
     return optimizer_steps(cfg, roles.critic, cfg.critic, batch, 1, step, lambda sizes: critic_loss(cfg, sizes),
-                           "response_mask")
+                           "response_mask", "critic")
 
 
 def advantages_by_domain(cfg: PipelineConfig, records: list[PromptRecord], scores: torch.Tensor,
@@ -350,19 +356,23 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
 
 # -- the run --------------------------------------------------------------------------------------
 def run_train(cfg: PipelineConfig, source: str | None = None, progress: bool | None = None) -> dict:
-    """The whole RLVR run; returns a summary (first and last validation, paths)."""
+    """The whole RLVR run; returns a summary (first and last validation, paths). The run owns (locks)
+    output_dir while it lasts, and leaves no partial save behind however it ends."""
+    cfg = with_train_defaults(cfg)
+    with own_output_dir(cfg.output_dir) as out_dir, partial_saves_discarded(out_dir):
+        return _run_train(cfg, out_dir, source, progress)
+
+
+def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress: bool | None) -> dict:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
-    cfg = with_train_defaults(cfg)
     if no_effect_line(cfg):
         log.warning("%s", no_effect_line(cfg))
-    out_dir = Path(cfg.output_dir)
     model_key = "actor_train.model_args.model_name_or_path"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.actor_train.model_args.model_name_or_path, model_key))
     train_records, val_records = load_data(cfg, tokenizer, source)
-    ckpt = find_checkpoint(cfg.resume_from_checkpoint, out_dir)
-    state = read_state(ckpt) if ckpt else {"step": 0}
+    ckpt, state = find_checkpoint(cfg.resume_from_checkpoint, out_dir)  # checked; falls back past broken ones
     sampler = PromptSampler(train_records, cfg.seed)
     algorithm = alg.AlgorithmState.start(cfg)
     if ckpt:

@@ -14,8 +14,11 @@ import torch
 from vroll.config.schema import PipelineConfig
 from vroll.models.padding import left_pad
 from vroll.models.paths import resolve_model_path
+from vroll.pipeline.checkpoint import partial_saves_discarded
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
 from vroll.pipeline.evaluation import evaluate_model
+from vroll.pipeline.health import skipped
+from vroll.pipeline.output_dir import own_output_dir
 from vroll.pipeline.tracking import MetricsLog, PhaseTimer
 from vroll.roles.launcher import launch
 
@@ -36,11 +39,16 @@ def supervised_batch(records: list[PromptRecord], tokenizer, response_length: in
 
 
 def run_sft(cfg: PipelineConfig, source: str | None = None, progress: bool | None = None) -> dict:
+    """The whole SFT run; it owns (locks) output_dir while it lasts and leaves no partial save behind."""
+    with own_output_dir(cfg.output_dir) as out_dir, partial_saves_discarded(out_dir):
+        return _run_sft(cfg, out_dir, progress)
+
+
+def _run_sft(cfg: PipelineConfig, out_dir: Path, progress: bool | None) -> dict:
     from tqdm import tqdm
     from transformers import AutoTokenizer
 
     role, args = cfg.actor_train, cfg.actor_train.training_args
-    out_dir = Path(cfg.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(role.model_args.model_name_or_path,
                                                                  "actor_train.model_args.model_name_or_path"))
     records = load_prompts(role.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args", with_response=True)
@@ -64,7 +72,9 @@ def run_sft(cfg: PipelineConfig, source: str | None = None, progress: bool | Non
             with timer("train"):
                 micros = [{k: v[i:i + micro] for k, v in batch.items()} for i in range(0, rows, micro)]
                 got = trainer.train_step(micros, loss_fn)
-            record = {"step": step, **got, **timer.metrics(), "data/epoch": sampler.epoch}
+            skip = skipped(args, step, got)  # not finite: stops, or skips and counts
+            record = {"step": step, **got, **timer.metrics(), "data/epoch": sampler.epoch,
+                      "train/skipped_steps": float(skip)}
             metrics_log.write(record)
             bar.set_postfix(loss=f"{record['train/loss']:.3f}")
             if step % cfg.logging_steps == 0:
@@ -82,8 +92,12 @@ def save_model(trainer, folder: Path) -> Path:
     """The trained weights as a Hugging Face folder, written aside and renamed into place."""
     tmp = folder.with_name(f".{folder.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save(tmp, with_state=False)
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    try:
+        trainer.save(tmp, with_state=False)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    except BaseException:  # Ctrl-C or a failure mid-save: no partial folder stays
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return folder

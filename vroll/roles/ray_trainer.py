@@ -103,7 +103,7 @@ class RayTrainer(RayRole):
 
         results = self.group.on_each("train_step", mine)
         summed = {k: sum(r[k] for r in results) for k in results[0]}
-        for same in [k for k in summed if k.endswith(("/grad_norm", "/lr"))]:  # global values, equal on every rank
+        for same in [k for k in summed if k.endswith(("/grad_norm", "/lr", "/nonfinite"))]:  # equal on every rank
             summed[same] = results[0][same]
         return summed
 

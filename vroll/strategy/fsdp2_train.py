@@ -19,15 +19,15 @@ from typing import Callable, Iterator
 import torch
 
 from vroll.config.dtypes import torch_dtype
+from vroll.config.errors import CheckpointError
 from vroll.config.schema import RoleConfig, TrainingArgs
 from vroll.models.logprobs import token_logprobs
 from vroll.models.paths import resolve_model_path
 from vroll.models.values import load_value_model, token_values
 from vroll.strategy import vllm_compat
+from vroll.strategy.train_state import load_train_state, save_train_state
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "trainer_state.pt"
 
 
 def multi_rank_mesh(device_type: str, rank: int, world_size: int, init_method: str):
@@ -158,26 +158,44 @@ class Fsdp2TrainStrategy:
 
         `loss_fn(micro, logp, entropy) -> (loss, metrics)` (a critic's: `loss_fn(micro, values)`)
         returns this micro-batch's share of the step's loss (the caller normalises over the whole
-        step, so the split does not change it).
+        step, so the split does not change it). A step whose loss or gradient norm is not finite (on
+        any rank) is not applied: its metrics carry `<prefix>/nonfinite: 1.0`, and the caller stops or
+        skips (`training_args.on_nonfinite`).
         """
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
+        loss_total = torch.zeros((), device=self.device)
         for micro in micro_batches:
             micro = {k: v.to(self.device) for k, v in micro.items()}  # the loss sees one device
             loss, metrics = loss_fn(micro, *self._outputs(micro, temperature))
             # FSDP2 averages gradients over the ranks, while each rank's loss is its share of a sum
             # normalised over the whole step: scale back so that W ranks give one rank's gradient.
             (loss * self.world_size).backward()
+            loss_total += loss.detach()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         lr = self.scheduler.get_last_lr()[0]
+        p = self.metric_prefix
+        metrics = {**sums, f"{p}/grad_norm": float(grad_norm), f"{p}/lr": lr}
+        if not self._all_finite(loss_total, grad_norm):  # never applied; the caller stops or skips
+            self.optimizer.zero_grad(set_to_none=True)
+            return {**metrics, f"{p}/nonfinite": 1.0}
         self.optimizer.step()
         self.scheduler.step()
-        return {**sums, f"{self.metric_prefix}/grad_norm": float(grad_norm), f"{self.metric_prefix}/lr": lr}
+        return metrics
+
+    def _all_finite(self, *values: torch.Tensor) -> bool:
+        """True when every value is finite on every rank (all ranks then agree to step or not)."""
+        bad = torch.tensor([0.0 if all(bool(torch.isfinite(v).all()) for v in values) else 1.0], device=self.device)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        return not bool(bad.item())
 
     # -- weights out --------------------------------------------------------------------------
     def named_weights(self, names: list[str] | None = None, dtype: torch.dtype | None = None
@@ -225,20 +243,24 @@ class Fsdp2TrainStrategy:
         if getattr(self.model, "generation_config", None) is not None:
             self.model.generation_config.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
-        if with_state:
-            torch.save({"optimizer": optim, "scheduler": self.scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state()}, folder / STATE_FILE)
+        if with_state:  # safetensors + JSON: loading a checkpoint never unpickles (train_state.py)
+            save_train_state(folder, {"optimizer": optim, "scheduler": self.scheduler.state_dict(),
+                                      "torch_rng": torch.get_rng_state()})
 
     def load_state(self, folder: str | Path) -> None:
         """Optimiser, scheduler and RNG state saved by `save` (the weights come from the folder at
-        construction: pass it as `model_path`)."""
+        construction: pass it as `model_path`); a state that does not fit this model is a CheckpointError."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        state = torch.load(Path(folder) / STATE_FILE, weights_only=False)
-        set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
-                                 options=StateDictOptions(full_state_dict=True))
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        state = load_train_state(folder)
+        try:
+            set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
+                                     options=StateDictOptions(full_state_dict=True))
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{folder}: the trainer state does not fit this model and optimiser "
+                                  f"({type(e).__name__}: {e})") from None
 
     def close(self) -> None:
         if not self._closed:

@@ -1,0 +1,149 @@
+"""Checkpoints hold nothing that runs: the trainer state is safetensors + JSON, an earlier vroll's
+`trainer_state.pt` is read without unpickling code, a hostile one is refused with its file named, a
+broken latest checkpoint is skipped for the newest one that loads, and interrupted saves leave nothing."""
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, write_yaml
+from vroll.config.errors import CheckpointError
+from vroll.pipeline.checkpoint import find_checkpoint, partial_saves_discarded, save_checkpoint
+from vroll.strategy.train_state import check_train_state, load_train_state, save_train_state
+
+
+class Payload:
+    """Unpickling this runs a shell command that creates `marker`."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def fake_state():
+    return {"optimizer": {"state": {"w": {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 3)}},
+                          "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": ["w"], "foreach": None}]},
+            "scheduler": {"last_epoch": 3, "_last_lr": [1e-3]}, "torch_rng": torch.get_rng_state()}
+
+
+def make_checkpoint(root, step, model):
+    """A checkpoint folder as vroll writes it (the model's files, a small trainer state, vroll_state.json)."""
+    path = root / "checkpoints" / f"step_{step}"
+    shutil.copytree(model, path)
+    save_train_state(path, fake_state())
+    (path / "vroll_state.json").write_text(json.dumps({"step": step, "data": {"epoch": 0, "position": 4 * step},
+                                                       "weight_version": step}))
+    return path
+
+
+def test_trainer_state_is_safetensors_and_json_and_round_trips(tmp_path):
+    save_train_state(tmp_path, fake_state())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trainer_state.json", "trainer_state.safetensors"]
+    got = load_train_state(tmp_path)
+    want = fake_state()
+    assert got["optimizer"]["param_groups"] == want["optimizer"]["param_groups"]  # the tuple stays a tuple
+    assert torch.equal(got["optimizer"]["state"]["w"]["exp_avg"], want["optimizer"]["state"]["w"]["exp_avg"])
+    assert got["optimizer"]["state"]["w"]["step"].shape == () and torch.equal(got["torch_rng"], want["torch_rng"])
+    assert got["scheduler"] == want["scheduler"]
+
+
+def test_an_earlier_vrolls_trainer_state_pt_still_loads(tmp_path):
+    torch.save(fake_state(), tmp_path / "trainer_state.pt")
+    check_train_state(tmp_path)
+    assert load_train_state(tmp_path)["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+
+
+def test_a_hostile_trainer_state_runs_nothing_and_names_its_file(tmp_path, tiny_model):
+    marker = tmp_path / "pwned"
+    torch.save({"optimizer": Payload(marker), "scheduler": {}, "torch_rng": torch.get_rng_state()},
+               tmp_path / "trainer_state.pt")
+    with pytest.raises(CheckpointError, match="trainer_state.pt: refused: .*posix.system"):
+        load_train_state(tmp_path)
+    assert not marker.exists()
+
+    # the whole command, with the folder as resume_from_checkpoint: refused before anything starts
+    from test_rlvr import rl_config
+    from vroll.data.arithmetic import write_dataset
+
+    ckpt = make_checkpoint(tmp_path / "downloaded", 3, tiny_model)
+    for name in ("trainer_state.json", "trainer_state.safetensors"):
+        (ckpt / name).unlink()
+    shutil.copy(tmp_path / "trainer_state.pt", ckpt)
+    data = write_dataset(tmp_path / "data", n_train=8, n_eval=4, seed=1, max_operand=9)
+    cfg = rl_config(tmp_path, tiny_model, data, resume_from_checkpoint=str(ckpt))
+    r = subprocess.run([sys.executable, "-m", "vroll.cli.main", "train", write_yaml(tmp_path / "c.yaml", cfg)],
+                       capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert not marker.exists()
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"{ckpt / 'trainer_state.pt'}: refused" in r.stderr and "could run code" in r.stderr
+
+
+def test_malformed_state_files_are_named(tmp_path):
+    save_train_state(tmp_path, fake_state())
+    data = (tmp_path / "trainer_state.safetensors").read_bytes()
+    (tmp_path / "trainer_state.safetensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match="trainer_state.safetensors: cannot be read"):
+        check_train_state(tmp_path)
+    (tmp_path / "trainer_state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="trainer_state.json: not readable JSON"):
+        check_train_state(tmp_path)
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"format": "vroll-trainer-state/1", "state": {
+        "optimizer": {"__tensor__": "/nowhere"}, "scheduler": {}, "torch_rng": None}}))
+    (tmp_path / "other").mkdir()
+    save_train_state(tmp_path / "other", {"x": torch.ones(1)})  # a valid tensors file of another state
+    shutil.copy(tmp_path / "other" / "trainer_state.safetensors", tmp_path)
+    with pytest.raises(CheckpointError, match="trainer_state.safetensors: has no tensor '/nowhere'"):
+        load_train_state(tmp_path)
+
+
+def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, tiny_model, caplog):
+    for step in (1, 2, 3):
+        make_checkpoint(tmp_path, step, tiny_model)
+    weights = tmp_path / "checkpoints" / "step_3" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # a save cut short by a full disk
+    (tmp_path / "checkpoints" / "step_2" / "vroll_state.json").write_text('{"step": 2')
+    with caplog.at_level(logging.WARNING):
+        path, state = find_checkpoint(True, tmp_path)
+    assert path.name == "step_1" and state["step"] == 1
+    assert f"skipping checkpoint step_3: {weights}: cannot be read, truncated or corrupt" in caplog.text
+    assert "skipping checkpoint step_2: " in caplog.text and "vroll_state.json: not readable JSON" in caplog.text
+
+    (tmp_path / "checkpoints" / "step_1" / "trainer_state.json").unlink()
+    with pytest.raises(CheckpointError, match="no checkpoint in .* loads .*step_1: .*no trainer state"):
+        find_checkpoint(True, tmp_path)
+    with pytest.raises(CheckpointError, match="step_3/model.safetensors: cannot be read"):  # named: no fallback
+        find_checkpoint(str(tmp_path / "checkpoints" / "step_3"), tmp_path)
+    other = make_checkpoint(tmp_path / "other", 1, tiny_model)
+    torch.save({}, other / "pytorch_model.bin")  # transformers could pick it up: refused too
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: refused: a vroll checkpoint holds no pickled"):
+        find_checkpoint(str(other), tmp_path)
+
+
+class InterruptedTrainer:
+    """Writes part of a checkpoint, then is interrupted (Ctrl-C) mid-save."""
+
+    def save(self, folder):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_save_leaves_nothing_behind(tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 2, InterruptedTrainer(), {})
+    assert not list((tmp_path / "checkpoints").iterdir())
+
+    left = tmp_path / "checkpoints" / ".step_1.tmp"  # a killed run's (kill -9: no handler ran)
+    left.mkdir()
+    with partial_saves_discarded(tmp_path):
+        assert not left.exists()
+        left.mkdir()  # a trainer rank still writing after the driver was interrupted
+    assert not left.exists()
