@@ -13,9 +13,9 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
 from vroll.config.errors import ConfigError, Issue
-from vroll.config.no_effect import record_no_effect
+from vroll.config.no_effect import SECTIONS, record_no_effect
 from vroll.config.options import own_keys
-from vroll.config.roll_compat import adopt_roll_keys
+from vroll.config.roll_compat import DIFFERENT, UNSUPPORTED, adopt_roll_keys
 from vroll.config.rules import check_config
 from vroll.config.schema import (DataArgs, GeneratingArgs, ModelArgs, PipelineConfig, RewardConfig, RoleConfig,
                                  TrainingArgs, ValidationConfig)
@@ -68,7 +68,8 @@ def _fields(model: type[BaseModel]) -> set[str]:
 
 
 # section of no_effect.SECTIONS -> the keys vroll's schema types there (kept in the file, not removed)
-TYPED = {"": _fields(PipelineConfig), "role": _fields(RoleConfig), "reward": _fields(RewardConfig),
+TYPED = {"": _fields(PipelineConfig), "role": _fields(RoleConfig), "reward_role": _fields(RewardConfig),
+         "reward": _fields(RewardConfig),
          "model_args": _fields(ModelArgs), "training_args": _fields(TrainingArgs),
          "generating_args": _fields(GeneratingArgs), "data_args": _fields(DataArgs),
          "validation": _fields(ValidationConfig), "strategy_config.fsdp2_train": set(own_keys("fsdp2_train"))}
@@ -202,13 +203,26 @@ def pydantic_issue(err: dict) -> Issue:
     kind, value = err["type"], err.get("input")
     if kind == "extra_forbidden":
         allowed = allowed_keys(PipelineConfig, loc[:-1])
-        return Issue(path, f"unknown key{closest(loc[-1], allowed)}; allowed here: {', '.join(allowed)}")
+        near = closest(loc[-1], allowed + roll_keys_at(loc[:-1]))
+        return Issue(path, f"unknown key{near}; allowed here: {', '.join(allowed)}")
     if kind == "missing":
         return Issue(path, "is required")
     msg = err["msg"].removeprefix("Value error, ")
     if kind == "value_error":
         return Issue(path, msg)
     return Issue(path, f"{value!r} is not allowed: {msg[0].lower()}{msg[1:]}")
+
+
+def roll_keys_at(loc: list[str]) -> list[str]:
+    """ROLL's keys that vroll reads or accepts at `loc` beyond the schema's fields (for suggestions)."""
+    if loc[:1] == ["rewards"]:
+        sections = ("reward_role", "reward") if len(loc) == 2 else tuple(loc[2:3])
+    elif loc[:1] == ["validation"]:
+        sections = ("validation",) if len(loc) == 1 else tuple(loc[1:2])
+    else:
+        sections = ("",) if not loc else ("role",) if len(loc) == 1 else tuple(loc[1:2])
+    tables = [SECTIONS, DIFFERENT, UNSUPPORTED]
+    return [k for s in sections for table in tables for k in table.get("role" if s == "reward_role" else s, {})]
 
 
 def allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:

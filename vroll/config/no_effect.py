@@ -95,6 +95,7 @@ ROLE = {
     "router_replay": "MoE routing replay is Megatron's and SGLang's; not in vroll",
     "mtp_training_mode": "vroll trains no multi-token-prediction heads",
     "opd_kl_coef": NO_OPD,
+    "tag_included": "routes prompts to ROLL's distillation teachers; a reward worker's tag_included is read",
     "use_remove_padding": NOT_A_FIELD,
 }
 MODEL_ARGS = {
@@ -172,7 +173,7 @@ FSDP2_TRAIN = {
     "reduce_scatter_during_grad_accumulation": "vroll reduces gradients once per optimiser step",
     "use_batched_model_update": NOT_A_FIELD,
 }
-SECTIONS = {"": TOP, "role": ROLE, "model_args": MODEL_ARGS, "training_args": TRAINING_ARGS,
+SECTIONS = {"": TOP, "role": ROLE, "reward_role": {k: v for k, v in ROLE.items() if k != "tag_included"}, "model_args": MODEL_ARGS, "training_args": TRAINING_ARGS,
             "generating_args": GENERATING_ARGS, "data_args": DATA_ARGS, "reward": REWARD, "validation": VALIDATION,
             "strategy_config.fsdp2_train": FSDP2_TRAIN}
 ROLES = ("actor_train", "actor_infer", "reference", "critic")
@@ -187,7 +188,7 @@ def sections(raw: dict[str, Any]) -> Iterator[tuple[str, str, dict]]:
     for path, role, reward in parts:
         if not isinstance(role, dict):
             continue
-        yield f"{path}.", "role", role
+        yield f"{path}.", "reward_role" if reward else "role", role
         if reward:
             yield f"{path}.", "reward", role
         for sub in ("model_args", "training_args", "generating_args", "data_args"):

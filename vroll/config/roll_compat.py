@@ -27,7 +27,8 @@ DIFFERENT = {
                        "the run starts inherit them; workers of a joined cluster (ray_address) do not",
     },
     "role": {
-        "pg_variant": "actor_train's (read with ROLL's ActorPGWorker) sets vroll's top-level pg_variant",
+        "pg_variant": "actor_train's, with worker_cls ActorPGWorker (the worker that reads it), sets vroll's "
+                      "top-level pg_variant",
         "topr_positive_weight": "actor_train's sets vroll's top-level topr_positive_weight",
         "topr_negative_weight": "actor_train's sets vroll's top-level topr_negative_weight",
     },
@@ -203,11 +204,15 @@ def _trainer_keys(raw, notes, issues) -> None:
     train = raw.get("actor_train")
     if not isinstance(train, dict):
         return
+    pg_worker = str(train.get("worker_cls") or "").endswith("ActorPGWorker")  # the worker that reads them
     for key in ("pg_variant", "topr_positive_weight", "topr_negative_weight"):
         if key not in train:
             continue
         value = train.pop(key)
         if value is None:
+            continue
+        if not pg_worker:
+            notes[f"actor_train.{key}"] = "ignored, as in ROLL: only worker_cls ActorPGWorker reads it"
             continue
         if key in raw and raw[key] != value:
             issues.append(Issue(f"actor_train.{key}", f"{value!r} differs from the top-level {key}={raw[key]!r}; "
