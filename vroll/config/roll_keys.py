@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import sys
 
+from vroll.config.loader import TYPED
 from vroll.config.no_effect import NOT_A_FIELD, SECTIONS
+from vroll.config.options import own_keys
 from vroll.config.roll_compat import DIFFERENT, REWARD_WORKERS, UNSUPPORTED
 from vroll.config.strategies import STRATEGIES, VROLL_STRATEGY
 
@@ -103,11 +105,7 @@ def status(section: str, key: str) -> tuple[str, str]:
     if key in SECTIONS.get(section, {}):
         return NO_EFFECT, SECTIONS[section][key]
     if section == "strategy_config.fsdp2_train":
-        from vroll.config.options import own_keys
-
         return (SAME, "honoured by vroll's fsdp2_train") if key in own_keys("fsdp2_train") else ("unknown", "")
-    from vroll.config.loader import TYPED
-
     return (SAME, "") if key in TYPED.get(section, ()) else ("unknown", "")
 
 
