@@ -375,5 +375,6 @@ def test_gae_without_a_critic_and_a_critic_whose_batch_does_not_divide_are_refus
                      " * gradient_accumulation_steps * ranks = 4"]
     critic["training_args"]["per_device_train_batch_size"] = 3
     assert check_rl_sizes(options(**base, critic=critic)) == []
-    critic["strategy_args"]["strategy_name"] = "megatron_train"
-    assert [i.path for i in check_rl_sizes(options(**base, critic=critic))] == ["critic.strategy_args.strategy_name"]
+    critic["strategy_args"]["strategy_name"] = "megatron_train"  # named with its override by check_runnable
+    from vroll.config.rules import check_runnable
+    assert [i.path for i in check_runnable(options(**base, critic=critic))] == ["critic.strategy_args.strategy_name"]

@@ -95,7 +95,7 @@ def test_unknown_role_and_unimplemented_strategy(tmp_path):
     r = run("generate", "examples/rlvr_megatron.yaml", *ON_THIS_MACHINE,
             "--role", "reference", "--input", prompts, "--output", tmp_path / "o.jsonl")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "strategy 'megatron_infer' is not implemented" in r.stderr
+    assert "strategy 'megatron_infer' is not available in vroll" in r.stderr
     r = run("generate", "examples/rlvr_megatron.yaml", *ON_THIS_MACHINE,
             "--role", "critic", "--input", prompts, "--output", tmp_path / "o.jsonl")
     assert r.returncode == 2 and "critic: no such role" in r.stderr

@@ -47,7 +47,7 @@ def test_unimplemented_strategy_fails_when_used_not_when_loaded():
 
     cfg = load_config(WHOLE, platform="cuda")
     with pytest.raises(StrategyNotAvailable, match="reference.strategy_args.strategy_name: strategy 'megatron_infer' "
-                                                   "is not implemented"):
+                                                   "is not available in vroll; run the role on hf_infer"):
         launch_role(cfg.reference)
 
 

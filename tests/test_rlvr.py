@@ -156,7 +156,8 @@ def test_train_refuses_impossible_files_before_starting(tmp_path, tiny_model, da
     r = subprocess.run([sys.executable, "-m", "vroll.cli.main", "train", write_yaml(tmp_path / "bad2.yaml", cfg)],
                        capture_output=True, text=True, cwd=REPO, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "'megatron_train': `vroll train` trains with 'fsdp2_train'" in r.stderr, r.stderr
+    assert ("actor_train.strategy_args.strategy_name: strategy 'megatron_train' is not available in vroll; run the "
+            "role on fsdp2_train") in r.stderr, r.stderr
 
 
 def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, data):

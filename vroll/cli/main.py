@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also check what this platform cannot run (auto: the installed vLLM's)")
     v.add_argument("--job", choices=["train", "sft"], default=None,
                    help="also check what `vroll train` or `vroll sft` needs (roles, data files, batch sizes)")
+    v.add_argument("--use-vroll-strategies", action="store_true",
+                   help="run each role whose strategy vroll lacks (megatron_*, deepspeed_*, sglang) on vroll's "
+                        "(fsdp2_train, hf_infer, vllm), dropping that strategy's own strategy_config keys; "
+                        "prints every change")
     v.set_defaults(func=cmd_validate)
 
     g = sub.add_parser("generate", help="generate samples for a prompt file with a role's engine")
@@ -135,17 +139,12 @@ def platform_of(choice: str) -> str | None:
 def cmd_validate(args) -> int:
     from omegaconf import OmegaConf
 
-    from vroll.config import ConfigError, load_config
     from vroll.config.memory import plan_train_memory
     from vroll.config.no_effect import no_effect_line
-    from vroll.config.rules import check_train_config
 
     platform = platform_of(args.platform)
-    cfg = load_config(args.config, args.overrides, platform=platform)
-    if args.job:  # also what `vroll train` / `vroll sft` need (data files, batch sizes)
-        issues = check_train_config(cfg, args.job, platform or "cpu")
-        if issues:
-            raise ConfigError(issues, args.config)
+    loaded = checked_config(args, platform, args.job, args.use_vroll_strategies)
+    cfg = loaded.cfg
     check_before_start(cfg, args.config, args.job, with_vllm=platform is not None)
     if args.job == "train" and platform is not None:  # the rows too, as `vroll train` reads them
         check_train_data(cfg, args.config)
@@ -158,6 +157,11 @@ def cmd_validate(args) -> int:
     if train_plan is not None:
         print("# memory of each actor_train rank (estimate):\n" +
               "\n".join(f"#   {line}" for line in train_plan.table().splitlines()), file=sys.stderr)
+    for change in loaded.changes:
+        print(f"# changed by --use-vroll-strategies: {change}", file=sys.stderr)
+    if cfg._differences:
+        print("# note: ROLL keys read with a difference (docs/from-roll.md): " +
+              "; ".join(f"{k} ({what})" for k, what in cfg._differences.items()), file=sys.stderr)
     ignored = no_effect_line(cfg)
     if ignored:
         print(f"# warning: {ignored}", file=sys.stderr)
@@ -197,6 +201,32 @@ def check_train_data(cfg, source: str) -> None:
         load_data(cfg, AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code), source)
 
 
+def checked_config(args, platform: str | None, job: str | None = None, vroll_strategies: bool = False):
+    """The file read with every problem reported at once: types, rules, each role's strategy, and what
+    the job (`train`, `sft`) needs; raises ConfigError, else returns the loader's `Loaded`."""
+    from vroll.config import ConfigError
+    from vroll.config.loader import read_config
+    from vroll.config.rules import check_runnable, check_train_config
+
+    loaded = read_config(args.config, args.overrides, platform, vroll_strategies)
+    issues = list(loaded.issues)
+    if loaded.cfg is not None:
+        seen = {i.path for i in issues}
+        more = check_train_config(loaded.cfg, job, platform or "cpu") if job else check_runnable(loaded.cfg)
+        issues += [i for i in more if i.path not in seen]
+    if issues:
+        raise ConfigError(issues, args.config)
+    return loaded
+
+
+def apply_system_envs(cfg) -> None:
+    """ROLL's top-level system_envs, set here before any role starts (in-process roles and the Ray
+    actors this run starts inherit them)."""
+    if cfg.system_envs:
+        os.environ.update({k: str(v) for k, v in cfg.system_envs.items()})
+        log.info("system_envs: set %s", ", ".join(sorted(cfg.system_envs)))
+
+
 def check_memory(cfg, source: str, role: str, job: str = "generate", platform: str | None = None):
     """The role's memory plan (None when its model is not a local folder); raises when it cannot work."""
     from vroll.config import ConfigError
@@ -222,6 +252,7 @@ def cmd_generate(args) -> int:
     check_before_start(cfg, args.config, "generate", args.role)
     check_memory(cfg, args.config, args.role, platform=platform)
     prompts = read_prompt_checked(args, cfg, role)  # all input problems before the engine starts
+    apply_system_envs(cfg)
     with launch(cfg, role) as strategy:
         started = time.perf_counter()
         results = strategy.generate(prompts, prompt_overflow=args.overflow, use_tqdm=sys.stderr.isatty())
@@ -266,16 +297,12 @@ def print_summary(results, elapsed: float, output: str) -> None:
 
 def load_job_config(args, job: str):
     """The file, checked for what the job needs, before any model or engine starts."""
-    from vroll.config import ConfigError, load_config
-    from vroll.config.rules import check_train_config
     from vroll.strategy.vllm_compat import current_platform_name
 
     platform = current_platform_name()
-    cfg = load_config(args.config, args.overrides, platform=platform)
-    issues = check_train_config(cfg, job, platform)
-    if issues:
-        raise ConfigError(issues, args.config)
+    cfg = checked_config(args, platform, job).cfg
     check_before_start(cfg, args.config, job)
+    apply_system_envs(cfg)
     if job == "train":
         check_memory(cfg, args.config, "actor_infer", "train", platform)
     from vroll.config.memory import plan_train_memory
@@ -319,6 +346,7 @@ def cmd_evaluate(args) -> int:
     if issues:
         raise ConfigError(issues, args.config)
     check_before_start(cfg, args.config, "evaluate")
+    apply_system_envs(cfg)
     model = resolve_model_path(args.model, "--model")
     if Path(model).is_dir() and (problems := folder_problems(model)):
         raise ConfigError([Issue("--model", p) for p in problems], args.config)

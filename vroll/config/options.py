@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from vroll.config.dtypes import DTYPES
 from vroll.config.errors import Issue
 
 
@@ -36,9 +37,27 @@ class VllmOptions:
 
 @dataclass(frozen=True)
 class Fsdp2Options:
-    """vroll's keys of the `fsdp2_train` strategy."""
+    """The keys of the `fsdp2_train` strategy: vroll's own, and ROLL's (no_effect.FSDP2_TRAIN names the
+    ROLL keys vroll cannot honour yet; they are typed here all the same)."""
 
     cpu_threads_per_rank: int | None = None  # on CPU: slots per trainer rank (None: all slots, one rank)
+    param_dtype: str | None = None  # compute dtype of forward and backward (None: model_args.dtype)
+    reduce_dtype: str = "fp32"  # dtype of the gradient reduction
+    # ROLL's keys with no effect here (no_effect.py says why)
+    reshard_after_forward: bool | None = None
+    offload_policy: bool = False
+    fsdp_size: int = 1
+    wrap_policy: dict | None = None
+    apply_expert_patch: bool = False
+    ep_size: int = 1
+    efsdp_size: int = 1
+    moe_use_grouped_mm: bool = False
+    apply_tiled_mlp: bool = False
+    tiled_num_shards: int = 4
+    async_save_ckpt: bool = True
+    save_only_model: bool = False
+    reduce_scatter_during_grad_accumulation: bool = True
+    use_batched_model_update: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +66,17 @@ class NoOptions:
 
 
 PROMPT_OVERFLOW = ("error", "skip", "truncate")
+# a dtype as the file names it (bf16) or as torch / ROLL do (bfloat16, torch.bfloat16) -> the file's name
+DTYPE_NAMES = {alias: name for name, d in DTYPES.items() for alias in (name, d.torch_name, f"torch.{d.torch_name}")}
+
+
+def dtype_name(value) -> str | None:
+    """The file's name of a dtype given in any of its spellings, or None."""
+    return DTYPE_NAMES.get(str(value)) if value is not None else None
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 # key -> (is the value allowed, what is allowed)
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -57,8 +87,16 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "weight_update_timeout_s": (_positive, "a positive number"),
     "engine_call_timeout_s": (_positive, "a positive number"),
     "verify_weights": (_flag, "true or false"),
-    "cpu_threads_per_rank": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                             "a whole number >= 1"),
+    "cpu_threads_per_rank": (_count, "a whole number >= 1"),
+    "param_dtype": (lambda v: v is None or dtype_name(v) is not None, f"one of {', '.join(DTYPE_NAMES)}"),
+    "reduce_dtype": (lambda v: dtype_name(v) is not None, f"one of {', '.join(DTYPE_NAMES)}"),
+    "reshard_after_forward": (lambda v: v is None or isinstance(v, bool), "true, false or null"),
+    "wrap_policy": (lambda v: v is None or isinstance(v, dict), "a mapping (ROLL's transformer_layer_cls_to_wrap, "
+                                                                 "wrap_embeddings, wrap_lm_output, moe_experts)"),
+    **{k: (_flag, "true or false") for k in ("offload_policy", "apply_expert_patch", "moe_use_grouped_mm",
+                                             "apply_tiled_mlp", "async_save_ckpt", "save_only_model",
+                                             "reduce_scatter_during_grad_accumulation", "use_batched_model_update")},
+    **{k: (_count, "a whole number >= 1") for k in ("fsdp_size", "ep_size", "efsdp_size", "tiled_num_shards")},
 }
 
 OPTIONS: dict[str, type] = {"vllm": VllmOptions, "fsdp2_train": Fsdp2Options}
@@ -80,7 +118,7 @@ def parse_options(strategy_name: str, cfg: dict[str, Any], path: str = "strategy
             continue
         ok, allowed = _RULES[key]
         if ok(cfg[key]):
-            values[key] = cfg[key]
+            values[key] = dtype_name(cfg[key]) if key in ("param_dtype", "reduce_dtype") else cfg[key]
         else:
             issues.append(Issue(f"{path}.{key}", f"{cfg[key]!r} is not allowed: {allowed}"))
     if strategy_name in CLOSED:

@@ -15,7 +15,7 @@ from vroll.config.numbers import nonfinite_issues
 from vroll.config.options import parse_options
 from vroll.config.passes import critic_enabled, reference_enabled, reference_reason
 from vroll.config.sampling import greedy_issues, job_sampling
-from vroll.config.strategies import STRATEGIES, role_need
+from vroll.config.strategies import STRATEGIES, not_available, role_need, vroll_strategy
 from vroll.config.suggest import closest
 
 
@@ -144,10 +144,23 @@ def check_generating_args(path: str, g: GeneratingArgs) -> list[Issue]:
     return issues
 
 
+def check_runnable(cfg: PipelineConfig) -> list[Issue]:
+    """Every role whose strategy vroll knows but cannot run (Megatron, DeepSpeed, SGLang), each with the
+    override that runs it on vroll's. `load_config` leaves this to the commands, so a file whose other
+    roles vroll cannot run still serves `vroll generate` with the one it can."""
+    issues = []
+    for path, role in cfg.roles().items():
+        name = role.strategy_args.strategy_name if role.strategy_args else None
+        if vroll_strategy(path, name):
+            issues.append(Issue(f"{path}.strategy_args.strategy_name", not_available(path, name)))
+    return issues
+
+
 def check_train_config(cfg: PipelineConfig, job: str = "train", platform: str = "cpu") -> list[Issue]:
-    """What `vroll train` (or `vroll sft`) needs on top of valid roles: the roles themselves, data files
-    that exist, and batch sizes that divide over the trainer's ranks on `platform`."""
-    issues: list[Issue] = []
+    """What `vroll train` (or `vroll sft`) needs on top of valid roles: the roles themselves, every role's
+    strategy runnable (`check_runnable`), data files that exist, and batch sizes that divide over the
+    trainer's ranks on `platform`."""
+    issues: list[Issue] = check_runnable(cfg)
     needed = ("actor_train",) if job == "sft" else ("actor_infer", "actor_train")
     for key in needed:
         if getattr(cfg, key) is None:
@@ -155,10 +168,9 @@ def check_train_config(cfg: PipelineConfig, job: str = "train", platform: str = 
     train = cfg.actor_train
     if train is not None:
         name = train.strategy_args.strategy_name if train.strategy_args else None
-        if name != "fsdp2_train":
+        if name != "fsdp2_train" and not vroll_strategy("actor_train", name):
             issues.append(Issue("actor_train.strategy_args.strategy_name",
-                                f"{name!r}: `vroll {job}` trains with 'fsdp2_train' (megatron_train and "
-                                "deepspeed_train are not implemented)"))
+                                f"{name!r}: `vroll {job}` trains with 'fsdp2_train'"))
         issues += check_data_files("actor_train.data_args", train.data_args)
         if train.training_args is None:
             issues.append(Issue("actor_train.training_args", "is required (learning_rate, batch sizes, ...)"))
@@ -194,8 +206,8 @@ def check_trainer_slots(path: str, train: RoleConfig) -> list[Issue]:
 
 def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
     issues = []
-    if cfg.actor_infer is not None and (cfg.actor_infer.strategy_args is None
-                                        or cfg.actor_infer.strategy_args.strategy_name != "vllm"):
+    infer = cfg.actor_infer.strategy_args.strategy_name if cfg.actor_infer and cfg.actor_infer.strategy_args else None
+    if cfg.actor_infer is not None and infer != "vllm" and not vroll_strategy("actor_infer", infer):
         issues.append(Issue("actor_infer.strategy_args.strategy_name", "`vroll train` generates with 'vllm'"))
     issues += check_rewards_present(cfg)
     if cfg.actor_infer is not None:
@@ -245,10 +257,8 @@ def check_critic(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
                                        "fsdp2_train); or use grpo / reinforce, which need none")]
     issues = []
     name = critic.strategy_args.strategy_name if critic.strategy_args else None
-    if name != "fsdp2_train":
-        issues.append(Issue("critic.strategy_args.strategy_name", f"{name!r}: the critic trains with 'fsdp2_train' "
-                                                                  "(megatron_train and deepspeed_train are not "
-                                                                  "implemented)"))
+    if name != "fsdp2_train" and not vroll_strategy("critic", name):  # else check_runnable names the override
+        issues.append(Issue("critic.strategy_args.strategy_name", f"{name!r}: the critic trains with 'fsdp2_train'"))
     if critic.training_args is None:
         issues.append(Issue("critic.training_args", "is required (learning_rate, batch sizes, ...)"))
     elif name == "fsdp2_train" and not check_strategy("critic", critic, "train", None):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from vroll.config.device_mapping import parse_device_mapping
 from vroll.config.options import parse_options, pass_through
@@ -76,7 +76,9 @@ class TrainingArgs(Section):
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_steps: int = Field(0, ge=0)
     num_train_epochs: int = Field(1, ge=1)
-    max_grad_norm: float = Field(1.0, gt=0.0)
+    max_grad_norm: float = Field(1.0, gt=0.0)  # ROLL's is top-level (roll_compat.py copies it here)
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
+    adam_beta2: float = Field(0.999, ge=0.0, lt=1.0)
     lr_scheduler_type: Literal["constant", "linear", "cosine"] = "constant"
     # an optimiser step whose loss or gradient norm is NaN or infinite is never applied; then the run
     # stops (naming the step and the likely cause), or skips the batch and counts it (train/skipped_steps)
@@ -185,6 +187,7 @@ class PipelineConfig(Section):
     output_dir: str = "./output"
     ray_address: str | None = None
     num_gpus_per_node: int = Field(8, ge=1)
+    system_envs: dict[str, Any] = Field(default_factory=dict)  # set in vroll's process before roles start
 
     # RL loop sizes (used by `vroll train`)
     max_steps: int = Field(100, ge=1)
@@ -266,6 +269,9 @@ class PipelineConfig(Section):
     reference: RoleConfig | None = None
     critic: RoleConfig | None = None  # the value model of adv_estimator: gae
     rewards: dict[str, RewardConfig] = Field(default_factory=dict)
+    # filled by the loader: ROLL keys set with no effect here, and ROLL keys adopted with a difference
+    _no_effect: dict[str, str] = PrivateAttr(default_factory=dict)
+    _differences: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def roles(self) -> dict[str, RoleConfig]:
         """Every configured role by its dotted key path (rewards as `rewards.<name>`)."""

@@ -20,6 +20,7 @@ import torch
 
 from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import CheckpointError
+from vroll.config.options import Fsdp2Options
 from vroll.config.schema import RoleConfig, TrainingArgs
 from vroll.models.logprobs import token_logprobs
 from vroll.models.paths import resolve_model_path
@@ -101,8 +102,10 @@ class Fsdp2TrainStrategy:
         if not role.model_args.disable_gradient_checkpointing:
             model.gradient_checkpointing_enable()
         model.config.use_cache = False
-        compute = torch_dtype(role.model_args.dtype)
-        mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch.float32)
+        # ROLL's param_dtype / reduce_dtype (default: the model's dtype, fp32)
+        options = role.strategy_args.options if role.strategy_args else Fsdp2Options()
+        compute = torch_dtype(options.param_dtype or role.model_args.dtype)
+        mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch_dtype(options.reduce_dtype))
         for layer in decoder_layers(model):
             fully_shard(layer, mesh=mesh, mp_policy=mp)
         fully_shard(model, mesh=mesh, mp_policy=mp)
@@ -110,7 +113,8 @@ class Fsdp2TrainStrategy:
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=role.model_args.trust_remote_code)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.args.learning_rate,
-                                           weight_decay=self.args.weight_decay)
+                                           weight_decay=self.args.weight_decay,
+                                           betas=(self.args.adam_beta1, self.args.adam_beta2))
         # transformers' "constant" ignores warmup_steps; the file's warmup_steps must still apply.
         schedule = self.args.lr_scheduler_type
         if schedule == "constant" and self.args.warmup_steps > 0:

@@ -1,0 +1,280 @@
+"""ROLL keys vroll adopts with a difference, and ROLL settings it refuses. `adopt_roll_keys` rewrites
+the resolved file into vroll's keys before the schema reads it; each difference is noted (path -> what
+was done), each refusal is an Issue that names the fix."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from vroll.config.errors import Issue
+from vroll.config.no_effect import ROLES
+
+# section -> key -> how vroll reads it (the doc's "different" column)
+DIFFERENT = {
+    "": {
+        "sequence_length": "ROLL's total length: vroll sets response_length = sequence_length - prompt_length "
+                           "(ROLL's rule; sequence_length wins over response_length)",
+        "val_sequence_length": "with val_prompt_length: validation.generating_args.max_new_tokens = "
+                               "val_sequence_length - val_prompt_length (ROLL's rewrite); held-out prompts are "
+                               "still limited by prompt_length",
+        "val_prompt_length": "see val_sequence_length",
+        "rpc_timeout": "the deadline of each call to an engine actor: strategy_config.engine_call_timeout_s of "
+                       "every vllm role that does not set it",
+        "model_update_buffer_size_mb": "the weight bucket: strategy_config.weight_update_bucket_bytes of every "
+                                       "vllm role that does not set it",
+        "max_grad_norm": "read as training_args.max_grad_norm of actor_train and critic (where not set there)",
+        "system_envs": "set in vroll's process before any role starts, so in-process roles and the Ray actors "
+                       "the run starts inherit them; workers of a joined cluster (ray_address) do not",
+    },
+    "role": {
+        "pg_variant": "actor_train's, with worker_cls ActorPGWorker (the worker that reads it), sets vroll's "
+                      "top-level pg_variant",
+        "topr_positive_weight": "actor_train's sets vroll's top-level topr_positive_weight",
+        "topr_negative_weight": "actor_train's sets vroll's top-level topr_negative_weight",
+    },
+    "reward": {
+        "worker_cls": "chooses vroll's reward worker (reward_type): ROLL's MathRuleRewardWorker is vroll's "
+                      "math_rule; workers vroll does not have yet are refused by name",
+        "reward_type": "with worker_cls it keeps ROLL's meaning (the worker's own option; ROLL's math worker "
+                       "never reads it); without worker_cls it is vroll's worker kind (math_rule, format, model)",
+    },
+    "generating_args": {
+        "do_sample": "false means greedy: vroll sets temperature 0 (vLLM has no do_sample)",
+    },
+    "training_args": {
+        "lr_scheduler_type": "same names, but ROLL's default is linear (decay to 0) and vroll's is constant: "
+                             "set it to keep ROLL's schedule",
+    },
+    "strategy_name": {
+        "fsdp2_infer": "runs as hf_infer: the whole model in vroll's process (no FSDP sharding), its "
+                       "strategy_config FSDP options dropped with a note",
+    },
+}
+
+
+def _none(v) -> bool:
+    return v is None
+
+
+def _falsy(v) -> bool:
+    return not v
+
+
+# section -> key -> (is the value fine, why it is refused otherwise and what to do)
+UNSUPPORTED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "": {
+        "async_generation_ratio": (_falsy, "asynchronous generation is not in vroll yet (issue 14); set 0 to train "
+                                           "on-policy"),
+        "use_opd": (_falsy, "on-policy distillation is not in vroll"),
+        "is_pure_opd": (_falsy, "on-policy distillation is not in vroll"),
+        "rl_loss_coef": (lambda v: v == 1, "vroll's loss has no such factor (ROLL multiplies the policy and KL loss "
+                                           "by it); only 1.0, ROLL's default, is accepted"),
+        "dataset_filter": (lambda v: not isinstance(v, dict) or all(x is None for x in v.values()),
+                           "vroll does not filter the dataset by difficulty"),
+        "user_defined_rollout_loop_cls": (
+            lambda v: v == "roll.distributed.scheduler.user_defined_rollout_loop.UserDefinedRolloutLoop",
+            "a ROLL class cannot run in vroll; remove it to use vroll's rollout loop"),
+    },
+    "role": {
+        "apply_loss_scale": (lambda v: v is True, "vroll's loss is always over the whole global batch (ROLL's "
+                                                  "default true)"),
+    },
+    "model_args": {
+        "lora_target": (_none, "LoRA is not in vroll: it trains every weight; remove lora_target (and use a full "
+                               "fine-tune's learning rate)"),
+        "adapter_name_or_path": (_none, "LoRA adapters are not in vroll"),
+        "model_config_kwargs": (_falsy, "vroll loads the model's config as it is"),
+        "freeze_module_prefix": (_none, "vroll trains every weight (no frozen modules)"),
+    },
+    "training_args": {
+        "warmup_ratio": (_falsy, "use warmup_steps (vroll's warm-up is a number of optimiser steps)"),
+    },
+    "generating_args": {
+        "include_stop_str_in_output": (_falsy, "vroll's responses end before the stop string (vLLM's default)"),
+    },
+}
+
+ROLL_DEFAULT_WORKER = "roll.pipeline.rlvr.rewards."
+# ROLL's reward worker classes (by class name) -> vroll's reward_type, or None where vroll has none yet
+REWARD_WORKERS = {
+    "MathRuleRewardWorker": "math_rule",
+    "CodeSandboxRewardWorker": None,
+    "LLMJudgeRewardWorker": None,
+    "GeneralRuleRewardWorker": None,
+    "CrossThinkQARuleRewardWorker": None,
+    "MultipleChoiceBoxedRuleRewardWorker": None,
+    "GeneralValRuleRewardWorker": None,
+    "DetectionRewardWorker": None,
+    "RemoteRewardSystemWorker": None,
+}
+VROLL_REWARD_TYPES = ("math_rule", "format", "model")
+
+
+def adopt_roll_keys(raw: dict[str, Any]) -> tuple[dict[str, str], list[Issue]]:
+    """Rewrite ROLL's keys in `raw` (in place) into vroll's: (notes path -> what was done, refusals)."""
+    notes: dict[str, str] = {}
+    issues = _refusals(raw)
+    _lengths(raw, notes, issues)
+    _engine_defaults(raw, notes)
+    _trainer_keys(raw, notes, issues)
+    _generating(raw, notes)
+    _rewards(raw, notes, issues)
+    _fsdp2_infer(raw, notes)
+    return notes, issues
+
+
+def _roles(raw) -> dict[str, dict]:
+    out = {k: raw[k] for k in ROLES if isinstance(raw.get(k), dict)}
+    rewards = raw.get("rewards")
+    if isinstance(rewards, dict):
+        out.update({f"rewards.{k}": v for k, v in rewards.items() if isinstance(v, dict)})
+    return out
+
+
+def _refusals(raw) -> list[Issue]:
+    issues = []
+    scopes = [("", raw, "")] + [(f"{p}.", r, "role") for p, r in _roles(raw).items()]
+    scopes += [(f"{p}.{s}.", r[s], s) for p, r in _roles(raw).items() for s in ("model_args", "training_args",
+                                                                                  "generating_args")
+               if isinstance(r.get(s), dict)]
+    if isinstance(raw.get("validation"), dict) and isinstance(raw["validation"].get("generating_args"), dict):
+        scopes.append(("validation.generating_args.", raw["validation"]["generating_args"], "generating_args"))
+    for prefix, mapping, section in scopes:
+        for key, (fine, why) in UNSUPPORTED.get(section, {}).items():
+            if key in mapping:
+                if not fine(mapping[key]):
+                    issues.append(Issue(prefix + key, f"{mapping[key]!r} is not supported: {why}"))
+                del mapping[key]  # ROLL's neutral value: nothing to do
+    return issues
+
+
+def _lengths(raw, notes, issues) -> None:
+    prompt = raw.get("prompt_length", 1024)
+    seq = raw.pop("sequence_length", None)
+    if seq is not None:
+        if isinstance(seq, int) and isinstance(prompt, int) and seq > prompt:
+            raw["response_length"] = seq - prompt
+            notes["sequence_length"] = f"response_length = {seq} - prompt_length {prompt} = {seq - prompt}"
+        else:
+            issues.append(Issue("sequence_length", f"{seq!r} must be a whole number above prompt_length ({prompt!r})"))
+    val_prompt, val_seq = raw.pop("val_prompt_length", None), raw.pop("val_sequence_length", None)
+    if (val_prompt is None) != (val_seq is None):
+        issues.append(Issue("val_sequence_length", "val_prompt_length and val_sequence_length go together (as in "
+                                                   "ROLL): set both or neither"))
+    elif val_seq is not None:
+        if not (isinstance(val_seq, int) and isinstance(val_prompt, int) and val_seq > val_prompt):
+            issues.append(Issue("val_sequence_length", f"{val_seq!r} must be a whole number above val_prompt_length"))
+        elif isinstance(raw.get("validation"), dict):
+            raw["validation"].setdefault("generating_args", {})["max_new_tokens"] = val_seq - val_prompt
+            notes["val_sequence_length"] = f"validation.generating_args.max_new_tokens = {val_seq - val_prompt}"
+
+
+def _engine_defaults(raw, notes) -> None:
+    for key, option, scale in (("rpc_timeout", "engine_call_timeout_s", 1),
+                               ("model_update_buffer_size_mb", "weight_update_bucket_bytes", 1 << 20)):
+        value = raw.pop(key, None)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            notes[key] = f"{value!r} is not a positive number: ignored"
+            continue
+        targets = []
+        for path, role in _roles(raw).items():
+            strategy = role.get("strategy_args")
+            if isinstance(strategy, dict) and strategy.get("strategy_name") == "vllm":
+                config = strategy.get("strategy_config")
+                config = strategy["strategy_config"] = config if isinstance(config, dict) else {}
+                if option not in config:
+                    config[option] = value * scale
+                    targets.append(f"{path}.strategy_args.strategy_config.{option}")
+        notes[key] = f"sets {', '.join(targets)} = {value * scale}" if targets else "no vllm role to apply it to"
+
+
+def _trainer_keys(raw, notes, issues) -> None:
+    norm = raw.pop("max_grad_norm", None)
+    if norm is not None:
+        set_on = []
+        for role in ("actor_train", "critic"):
+            if isinstance(raw.get(role), dict):
+                args = raw[role].setdefault("training_args", {})
+                if isinstance(args, dict) and "max_grad_norm" not in args:
+                    args["max_grad_norm"] = norm
+                    set_on.append(f"{role}.training_args.max_grad_norm")
+        notes["max_grad_norm"] = f"sets {', '.join(set_on) or 'nothing (set in each trainer)'}"
+    train = raw.get("actor_train")
+    if not isinstance(train, dict):
+        return
+    pg_worker = str(train.get("worker_cls") or "").endswith("ActorPGWorker")  # the worker that reads them
+    for key in ("pg_variant", "topr_positive_weight", "topr_negative_weight"):
+        if key not in train:
+            continue
+        value = train.pop(key)
+        if value is None:
+            continue
+        if not pg_worker:
+            notes[f"actor_train.{key}"] = "ignored, as in ROLL: only worker_cls ActorPGWorker reads it"
+            continue
+        if key in raw and raw[key] != value:
+            issues.append(Issue(f"actor_train.{key}", f"{value!r} differs from the top-level {key}={raw[key]!r}; "
+                                                      "vroll has one (the top-level): keep one"))
+        else:
+            raw[key] = value
+            notes[f"actor_train.{key}"] = f"top-level {key} = {value!r}"
+    for path, role in _roles(raw).items():  # other roles' copies mean nothing in ROLL either
+        for key in ("pg_variant", "topr_positive_weight", "topr_negative_weight"):
+            role.pop(key, None)
+
+
+def _generating(raw, notes) -> None:
+    sections = {f"{p}.generating_args": r.get("generating_args") for p, r in _roles(raw).items()}
+    if isinstance(raw.get("validation"), dict):
+        sections["validation.generating_args"] = raw["validation"].get("generating_args")
+    for path, g in sections.items():
+        if isinstance(g, dict) and "do_sample" in g:
+            if g.pop("do_sample") is False:
+                g["temperature"] = 0.0
+                notes[f"{path}.do_sample"] = "false: temperature = 0 (greedy)"
+
+
+def _rewards(raw, notes, issues) -> None:
+    rewards = raw.get("rewards")
+    if not isinstance(rewards, dict):
+        return
+    for name in [n for n, w in rewards.items() if w is None]:  # `rewards.<name>=null` removes a worker
+        del rewards[name]
+        notes[f"rewards.{name}"] = "null: worker removed"
+    for name, worker in rewards.items():
+        if not isinstance(worker, dict) or worker.get("worker_cls") is None:
+            continue
+        path, cls = f"rewards.{name}", worker.pop("worker_cls")
+        short = str(cls).rsplit(".", 1)[-1]
+        if short not in REWARD_WORKERS:
+            issues.append(Issue(f"{path}.worker_cls", f"{cls!r} is not one of ROLL's RLVR reward workers "
+                                                      f"({', '.join(REWARD_WORKERS)})"))
+            continue
+        kind = REWARD_WORKERS[short]
+        if kind is None:
+            issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} is not in vroll yet; remove the worker "
+                                                      f"(`{path}=null`: its tags then get no reward) or route its "
+                                                      "tags to a vroll worker"))
+            worker.pop("reward_type", None)
+            continue
+        rtype = worker.get("reward_type")
+        if rtype in VROLL_REWARD_TYPES and rtype != kind:
+            issues.append(Issue(f"{path}.reward_type", f"{rtype!r} contradicts worker_cls {short} (vroll's {kind})"))
+            continue
+        worker["reward_type"] = kind
+        notes[f"{path}.worker_cls"] = f"{short}: vroll's {kind}" + (
+            f" (ROLL's reward_type {rtype!r} is that worker's option; its math worker never reads it)"
+            if rtype is not None and rtype != kind else "")
+
+
+def _fsdp2_infer(raw, notes) -> None:
+    for path, role in _roles(raw).items():
+        strategy = role.get("strategy_args")
+        if isinstance(strategy, dict) and strategy.get("strategy_name") == "fsdp2_infer":
+            strategy["strategy_name"] = "hf_infer"
+            dropped = sorted(strategy.pop("strategy_config", None) or {})
+            notes[f"{path}.strategy_args.strategy_name"] = (
+                "fsdp2_infer: runs as hf_infer (the whole model in vroll's process, no FSDP)" +
+                (f"; dropped its FSDP options {', '.join(dropped)}" if dropped else ""))
