@@ -127,6 +127,19 @@ def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path, tiny_model, cap
         find_checkpoint(str(other), tmp_path)
 
 
+def test_a_run_with_a_critic_needs_the_critics_checkpoint_and_checks_it(tmp_path, tiny_model):
+    path = make_checkpoint(tmp_path, 1, tiny_model)
+    with pytest.raises(CheckpointError, match="step_1/critic: missing"):
+        find_checkpoint(str(path), tmp_path, ("critic",))
+    shutil.copytree(tiny_model, path / "critic")
+    save_train_state(path / "critic", fake_state())
+    assert find_checkpoint(True, tmp_path, ("critic",))[0] == path
+    weights = path / "critic" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="critic/model.safetensors: cannot be read"):
+        find_checkpoint(str(path), tmp_path, ("critic",))
+
+
 class InterruptedTrainer:
     """Writes part of a checkpoint, then is interrupted (Ctrl-C) mid-save."""
 

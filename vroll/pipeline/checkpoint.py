@@ -67,21 +67,23 @@ def partial_saves_discarded(output_dir: str | Path):
         discard_partial_saves(output_dir)
 
 
-def find_checkpoint(resume: str | bool, output_dir: str | Path) -> tuple[Path | None, dict]:
+def find_checkpoint(resume: str | bool, output_dir: str | Path, inner: tuple[str, ...] = ()
+                    ) -> tuple[Path | None, dict]:
     """`resume_from_checkpoint`: false (start fresh), true (the newest checkpoint in output_dir that
-    loads, if any) or a checkpoint folder; with its checked `vroll_state.json` ({"step": 0} when none)."""
+    loads, if any) or a checkpoint folder; with its checked `vroll_state.json` ({"step": 0} when none).
+    `inner`: the folders of other training roles the run needs in it (the critic's)."""
     if resume is False or resume in ("", None):
         return None, {"step": 0}
     if resume is True:
-        return newest_loadable(output_dir)
+        return newest_loadable(output_dir, inner)
     path = Path(str(resume)).expanduser()
     if not (path / STATE_JSON).is_file():
         raise ConfigError([Issue("resume_from_checkpoint", f"{str(resume)!r} is not a vroll checkpoint folder "
                                                            f"(no {STATE_JSON}); use true for the latest in output_dir")])
-    return path, check_checkpoint(path)
+    return path, check_checkpoint(path, inner)
 
 
-def newest_loadable(output_dir: str | Path) -> tuple[Path | None, dict]:
+def newest_loadable(output_dir: str | Path, inner: tuple[str, ...] = ()) -> tuple[Path | None, dict]:
     """The newest checkpoint that passes `check_checkpoint`; each newer one is skipped with a warning."""
     root = Path(output_dir) / "checkpoints"
     found = sorted(((int(m.group(1)), p) for p in root.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))),
@@ -89,7 +91,7 @@ def newest_loadable(output_dir: str | Path) -> tuple[Path | None, dict]:
     reasons = []
     for _, path in found:
         try:
-            return path, check_checkpoint(path)
+            return path, check_checkpoint(path, inner)
         except CheckpointError as e:
             log.warning("resume: skipping checkpoint %s: %s", path.name, e)
             reasons.append(f"{path.name}: {e}")
@@ -99,11 +101,23 @@ def newest_loadable(output_dir: str | Path) -> tuple[Path | None, dict]:
     return None, {"step": 0}
 
 
-def check_checkpoint(path: Path) -> dict:
-    """Its `vroll_state.json`, after checking every file a resume reads (weights by their headers);
-    raises CheckpointError naming a file that is missing, truncated, malformed or unsafe."""
+def check_checkpoint(path: Path, inner: tuple[str, ...] = ()) -> dict:
+    """Its `vroll_state.json`, after checking every file a resume reads (weights by their headers), in
+    it and in its `inner` folders; raises CheckpointError naming a file that is missing, truncated,
+    malformed or unsafe."""
     path = Path(path)
     state = read_state(path)
+    check_trainer_folder(path)
+    for name in inner:
+        if not (path / name).is_dir():
+            raise CheckpointError(f"{path / name}: missing (this run needs the {name}'s checkpoint, and this one was "
+                                  f"saved without it)")
+        check_trainer_folder(path / name)
+    return state
+
+
+def check_trainer_folder(path: Path) -> None:
+    """A training role's saved folder: no pickled files, its config, weights and trainer state."""
     pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLED and p.name != LEGACY)
     if pickled:  # transformers or vLLM might load them; vroll writes none
         raise CheckpointError(f"{pickled[0]}: refused: a vroll checkpoint holds no pickled files (loading one could "
@@ -115,7 +129,6 @@ def check_checkpoint(path: Path) -> dict:
     for w in weights:
         check_safetensors(w)
     check_train_state(path)
-    return state
 
 
 def read_state(path: Path) -> dict:

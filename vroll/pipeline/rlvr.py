@@ -17,7 +17,7 @@ from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import ConfigError, Issue
 from vroll.config.layout import optimizer_steps_per_rollout, rows_per_optimizer_step, trainer_ranks
 from vroll.config.no_effect import no_effect_line
-from vroll.config.passes import old_logprobs_recomputed
+from vroll.config.passes import critic_enabled, old_logprobs_recomputed
 from vroll.config.sampling import rollout_args
 from vroll.config.schema import PipelineConfig
 from vroll.models.paths import resolve_model_path
@@ -372,7 +372,8 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
     model_key = "actor_train.model_args.model_name_or_path"
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.actor_train.model_args.model_name_or_path, model_key))
     train_records, val_records = load_data(cfg, tokenizer, source)
-    ckpt, state = find_checkpoint(cfg.resume_from_checkpoint, out_dir)  # checked; falls back past broken ones
+    inner = (CRITIC_DIR,) if critic_enabled(cfg) else ()
+    ckpt, state = find_checkpoint(cfg.resume_from_checkpoint, out_dir, inner)  # checked; falls back past broken ones
     sampler = PromptSampler(train_records, cfg.seed)
     algorithm = alg.AlgorithmState.start(cfg)
     if ckpt:
