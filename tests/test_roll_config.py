@@ -187,7 +187,8 @@ def test_keys_read_with_a_difference(tmp_path):
 
 def test_reward_workers_by_rolls_class(tmp_path):
     cfg = load_config(roll_file(tmp_path), platform="cuda", vroll_strategies=True)
-    assert cfg.rewards["math_rule"].reward_type == "math_rule"  # ROLL's reward_type 'soft' is its worker's option
+    assert cfg.rewards["math_rule"].reward_type == "math_verify"  # ROLL's reward_type 'soft' is its worker's option
+    assert "never reads" in cfg._differences["rewards.math_rule.worker_cls"]
     data = copy.deepcopy(ROLL_FILE)
     data["rewards"]["code"] = {"worker_cls": "roll.pipeline.rlvr.rewards.code_sandbox_reward_worker."
                                              "CodeSandboxRewardWorker", "use_local": True, "tag_included": ["KodCode"]}
@@ -195,7 +196,12 @@ def test_reward_workers_by_rolls_class(tmp_path):
     found = issues_of(path, vroll_strategies=True)
     assert found == ["rewards.code.worker_cls: ROLL's CodeSandboxRewardWorker is not in vroll yet; remove the worker "
                      "(`rewards.code=null`: its tags then get no reward) or route its tags to a vroll worker"]
-    assert issues_of(path, ["rewards.code=null"], vroll_strategies=True) == []
+    # vroll's own math rule chosen beside ROLL's worker_cls (e.g. for <answer> tags, which math-verify does not read)
+    cfg = load_config(path, ["rewards.code=null", "rewards.math_rule.reward_type=math_rule"], vroll_strategies=True)
+    assert cfg.rewards["math_rule"].reward_type == "math_rule"
+    assert issues_of(path, ["rewards.code=null", "rewards.math_rule.reward_type=format"], vroll_strategies=True) == [
+        "rewards.math_rule.reward_type: 'format' contradicts worker_cls MathRuleRewardWorker (vroll's math_verify, "
+        "or math_rule)"]
 
 
 def test_rolls_features_vroll_lacks_are_refused_at_their_enabling_value(tmp_path):

@@ -149,8 +149,7 @@ REWARD = {
                                     "penalty",
     "reward_manager_config": "ROLL's remote reward-system plug-in; not in vroll",
     **{k: "read only by ROLL's code-sandbox and LLM-judge workers, which vroll does not have yet" for k in (
-        "code_url", "use_local", "judge_prompt", "judge_model_type", "judge_model_name", "judge_api_url",
-        "judge_api_key")},
+        "code_url", "use_local", "judge_prompt", "judge_model_type", "judge_model_name", "judge_api_url", "judge_api_key")},
     "format_pattern": "read only by ROLL's format-checking workers; vroll's format worker reads `pattern`",
 }
 VALIDATION = {

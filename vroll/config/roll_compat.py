@@ -33,10 +33,13 @@ DIFFERENT = {
         "topr_negative_weight": "actor_train's sets vroll's top-level topr_negative_weight",
     },
     "reward": {
-        "worker_cls": "chooses vroll's reward worker (reward_type): ROLL's MathRuleRewardWorker is vroll's "
-                      "math_rule; workers vroll does not have yet are refused by name",
-        "reward_type": "with worker_cls it keeps ROLL's meaning (the worker's own option; ROLL's math worker "
-                       "never reads it); without worker_cls it is vroll's worker kind (math_rule, format, model)",
+        "worker_cls": "chooses vroll's reward worker (reward_type): MathRuleRewardWorker is vroll's math_verify "
+                      "(ROLL's math-verify check, 1 or 0); a vroll reward_type set beside it wins where it is one "
+                      "of its alternatives (math_rule for the math worker); workers vroll does not have yet "
+                      "are refused by name",
+        "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
+                       "reads it: soft / loose / strict; its math worker never does), so it is dropped; "
+                       "without worker_cls it is vroll's worker kind (math_rule, math_verify, format, model)",
     },
     "generating_args": {
         "do_sample": "false means greedy: vroll sets temperature 0 (vLLM has no do_sample)",
@@ -97,7 +100,7 @@ UNSUPPORTED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 ROLL_DEFAULT_WORKER = "roll.pipeline.rlvr.rewards."
 # ROLL's reward worker classes (by class name) -> vroll's reward_type, or None where vroll has none yet
 REWARD_WORKERS = {
-    "MathRuleRewardWorker": "math_rule",
+    "MathRuleRewardWorker": "math_verify",
     "CodeSandboxRewardWorker": None,
     "LLMJudgeRewardWorker": None,
     "GeneralRuleRewardWorker": None,
@@ -107,7 +110,9 @@ REWARD_WORKERS = {
     "DetectionRewardWorker": None,
     "RemoteRewardSystemWorker": None,
 }
-VROLL_REWARD_TYPES = ("math_rule", "format", "model")
+VROLL_REWARD_TYPES = ("math_rule", "math_verify", "format", "model")
+# a vroll reward_type that may stand in for a ROLL worker when set beside its worker_cls
+REWARD_ALTERNATIVES = {"math_verify": ("math_rule",)}
 
 
 def adopt_roll_keys(raw: dict[str, Any]) -> tuple[dict[str, str], list[Issue]]:
@@ -259,14 +264,19 @@ def _rewards(raw, notes, issues) -> None:
                                                       "tags to a vroll worker"))
             worker.pop("reward_type", None)
             continue
-        rtype = worker.get("reward_type")
-        if rtype in VROLL_REWARD_TYPES and rtype != kind:
-            issues.append(Issue(f"{path}.reward_type", f"{rtype!r} contradicts worker_cls {short} (vroll's {kind})"))
+        rtype = worker.pop("reward_type", None)
+        if rtype in REWARD_ALTERNATIVES.get(kind, ()):
+            kind, why = rtype, f" (reward_type {rtype!r} chosen instead)"
+        elif rtype in VROLL_REWARD_TYPES and rtype != kind:
+            issues.append(Issue(f"{path}.reward_type", f"{rtype!r} contradicts worker_cls {short} (vroll's {kind}"
+                                                       + "".join(f", or {a}" for a in REWARD_ALTERNATIVES.get(kind, ()))
+                                                       + ")"))
             continue
+        else:
+            why = f" (ROLL's reward_type {rtype!r} is that worker's own option, which it never reads)" \
+                if rtype is not None and rtype != kind else ""
         worker["reward_type"] = kind
-        notes[f"{path}.worker_cls"] = f"{short}: vroll's {kind}" + (
-            f" (ROLL's reward_type {rtype!r} is that worker's option; its math worker never reads it)"
-            if rtype is not None and rtype != kind else "")
+        notes[f"{path}.worker_cls"] = f"{short}: vroll's {kind}{why}"
 
 
 def _fsdp2_infer(raw, notes) -> None:

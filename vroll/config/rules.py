@@ -34,7 +34,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
 def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]:
     issues: list[Issue] = []
     need = role_need(path)
-    reward_rule = path.startswith("rewards.") and getattr(role, "reward_type", None) in ("math_rule", "format")
+    reward_rule = path.startswith("rewards.") and getattr(role, "reward_type", "model") != "model"
     if path.startswith("rewards.") and getattr(role, "reward_type", None) == "format":
         issues += check_format_pattern(path, role.pattern)
     if role.strategy_args is None:

@@ -5,11 +5,13 @@ scores. A worker that raises on a sample scores that sample 0 and the step goes 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from vroll.config.errors import Issue
 from vroll.config.schema import RewardConfig
 from vroll.rewards.math_rule import MathRuleReward
+from vroll.rewards.math_verify import MathVerifyWorker
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,7 @@ class RewardItem:
     response_text: str
     ground_truth: str | None
     tag: str | None
+    extra: dict[str, Any] = field(default_factory=dict)  # the data row's other fields (code test cases, ...)
 
 
 class MathRuleWorker:
@@ -90,7 +93,11 @@ def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> li
 
 
 # The data field each reward_type needs on a prompt's row to score it.
-NEEDED_FIELDS = {"math_rule": "ground_truth"}
+NEEDED_FIELDS = {"math_rule": "ground_truth", "math_verify": "ground_truth"}
+
+
+def _has(record, name: str) -> bool:
+    return getattr(record, name, None) is not None or (getattr(record, "extra", None) or {}).get(name) is not None
 
 
 def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[Issue]:
@@ -99,7 +106,7 @@ def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[
     issues = []
     for name, c in configs.items():
         needed = NEEDED_FIELDS.get(c.reward_type)
-        rows = [r for r in records if needed and getattr(r, needed) is None and name in routes(configs, r.tag)]
+        rows = [r for r in records if needed and not _has(r, needed) and name in routes(configs, r.tag)]
         if rows:
             first = ", ".join(r.source for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
             issues.append(Issue(f"{key}.file_name", f"{len(rows)} row(s) have no {needed!r}, which reward worker "
@@ -111,6 +118,8 @@ def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[
 def build_worker(name: str, cfg: RewardConfig, models: dict):
     if cfg.reward_type == "math_rule":
         return MathRuleWorker(cfg)
+    if cfg.reward_type == "math_verify":
+        return MathVerifyWorker(cfg)
     if cfg.reward_type == "format":
         return FormatWorker(cfg)
     if name not in models:
