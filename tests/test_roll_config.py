@@ -192,14 +192,19 @@ def test_reward_workers_by_rolls_class(tmp_path):
     data = copy.deepcopy(ROLL_FILE)
     data["rewards"]["code"] = {"worker_cls": "roll.pipeline.rlvr.rewards.code_sandbox_reward_worker."
                                              "CodeSandboxRewardWorker", "use_local": True, "tag_included": ["KodCode"]}
+    data["rewards"]["judge"] = {"worker_cls": "roll.pipeline.rlvr.rewards.llm_judge_reward_worker."
+                                              "LLMJudgeRewardWorker", "tag_included": ["RLVR"]}
     path = write_yaml(tmp_path / "c.yaml", data)
     found = issues_of(path, vroll_strategies=True)
-    assert found == ["rewards.code.worker_cls: ROLL's CodeSandboxRewardWorker is not in vroll yet; remove the worker "
-                     "(`rewards.code=null`: its tags then get no reward) or route its tags to a vroll worker"]
+    assert found == ["rewards.judge.worker_cls: ROLL's LLMJudgeRewardWorker is not in vroll yet; remove the worker "
+                     "(`rewards.judge=null`: its tags then get no reward) or route its tags to a vroll worker"]
+    cfg = load_config(path, ["rewards.judge=null"], vroll_strategies=True)
+    assert cfg.rewards["code"].reward_type == "code_sandbox"
+    assert "rewards.code.use_local" in no_effect_keys(cfg)
     # vroll's own math rule chosen beside ROLL's worker_cls (e.g. for <answer> tags, which math-verify does not read)
-    cfg = load_config(path, ["rewards.code=null", "rewards.math_rule.reward_type=math_rule"], vroll_strategies=True)
+    cfg = load_config(path, ["rewards.judge=null", "rewards.math_rule.reward_type=math_rule"], vroll_strategies=True)
     assert cfg.rewards["math_rule"].reward_type == "math_rule"
-    assert issues_of(path, ["rewards.code=null", "rewards.math_rule.reward_type=format"], vroll_strategies=True) == [
+    assert issues_of(path, ["rewards.judge=null", "rewards.math_rule.reward_type=format"], vroll_strategies=True) == [
         "rewards.math_rule.reward_type: 'format' contradicts worker_cls MathRuleRewardWorker (vroll's math_verify, "
         "or math_rule)"]
 

@@ -34,12 +34,14 @@ DIFFERENT = {
     },
     "reward": {
         "worker_cls": "chooses vroll's reward worker (reward_type): MathRuleRewardWorker is vroll's math_verify "
-                      "(ROLL's math-verify check, 1 or 0); a vroll reward_type set beside it wins where it is one "
+                      "(ROLL's math-verify check, 1 or 0), CodeSandboxRewardWorker its code_sandbox (ROLL's "
+                      "use_local path, in vroll's sandbox); a vroll reward_type set beside it wins where it is one "
                       "of its alternatives (math_rule for the math worker); workers vroll does not have yet "
                       "are refused by name",
         "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
-                       "reads it: soft / loose / strict; its math worker never does), so it is dropped; "
-                       "without worker_cls it is vroll's worker kind (math_rule, math_verify, format, model)",
+                       "reads it: soft / loose / strict; its math and code workers never do), so it is dropped; "
+                       "without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
+                       "format, model)",
     },
     "generating_args": {
         "do_sample": "false means greedy: vroll sets temperature 0 (vLLM has no do_sample)",
@@ -101,7 +103,7 @@ ROLL_DEFAULT_WORKER = "roll.pipeline.rlvr.rewards."
 # ROLL's reward worker classes (by class name) -> vroll's reward_type, or None where vroll has none yet
 REWARD_WORKERS = {
     "MathRuleRewardWorker": "math_verify",
-    "CodeSandboxRewardWorker": None,
+    "CodeSandboxRewardWorker": "code_sandbox",
     "LLMJudgeRewardWorker": None,
     "GeneralRuleRewardWorker": None,
     "CrossThinkQARuleRewardWorker": None,
@@ -110,7 +112,7 @@ REWARD_WORKERS = {
     "DetectionRewardWorker": None,
     "RemoteRewardSystemWorker": None,
 }
-VROLL_REWARD_TYPES = ("math_rule", "math_verify", "format", "model")
+VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "format", "model")
 # a vroll reward_type that may stand in for a ROLL worker when set beside its worker_cls
 REWARD_ALTERNATIVES = {"math_verify": ("math_rule",)}
 

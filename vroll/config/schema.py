@@ -131,13 +131,17 @@ class RewardFilterConfig(Section):
 class RewardConfig(RoleConfig):
     """A reward worker. `tag_included` routes each prompt to the workers matching its tag."""
 
-    reward_type: Literal["math_rule", "math_verify", "format", "model"] = "math_rule"
+    reward_type: Literal["math_rule", "math_verify", "code_sandbox", "format", "model"] = "math_rule"
     # math_rule: where the final answer is looked for, in this order
     extractors: list[Literal["boxed", "answer_tag", "last_number"]] = Field(
         default_factory=lambda: ["boxed", "answer_tag", "last_number"])
     # math_verify (ROLL's math worker): where the answer is read: ROLL's rule (after </think>, else after
     # the last blank line) or the whole response
     answer_region: Literal["roll", "whole"] = "roll"
+    # code_sandbox: limits of each test run of the response's program
+    time_limit_s: float = Field(10.0, gt=0.0)
+    memory_limit_mb: int = Field(1024, ge=64)
+    output_limit_kb: int = Field(1024, ge=1)
     # format: 1 when the whole response (stripped) matches this regular expression, else 0
     pattern: str | None = None
     tag_included: list[str] = Field(default_factory=list)

@@ -10,6 +10,7 @@ from typing import Any
 
 from vroll.config.errors import Issue
 from vroll.config.schema import RewardConfig
+from vroll.rewards.code_sandbox import CodeSandboxWorker
 from vroll.rewards.math_rule import MathRuleReward
 from vroll.rewards.math_verify import MathVerifyWorker
 
@@ -93,7 +94,7 @@ def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> li
 
 
 # The data field each reward_type needs on a prompt's row to score it.
-NEEDED_FIELDS = {"math_rule": "ground_truth", "math_verify": "ground_truth"}
+NEEDED_FIELDS = {"math_rule": "ground_truth", "math_verify": "ground_truth", "code_sandbox": "test_cases"}
 
 
 def _has(record, name: str) -> bool:
@@ -120,6 +121,8 @@ def build_worker(name: str, cfg: RewardConfig, models: dict):
         return MathRuleWorker(cfg)
     if cfg.reward_type == "math_verify":
         return MathVerifyWorker(cfg)
+    if cfg.reward_type == "code_sandbox":
+        return CodeSandboxWorker(cfg)
     if cfg.reward_type == "format":
         return FormatWorker(cfg)
     if name not in models:
