@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -31,14 +30,16 @@ PRELUDE = ("import sys, os, re, math, string, heapq, bisect, itertools, functool
 # Runs in the child before the program: refuses what a test program never needs (best effort in Python;
 # the kernel limits above it are the hard ones).
 GUARD = r'''
-import os, sys
+import os, resource, sys
 def _install():
+    for name, value in LIMITS.items():  # set here, not in a preexec_fn (unsafe in vroll's threaded process)
+        resource.setrlimit(getattr(resource, name), (value, value))
     root = os.path.realpath(os.getcwd())
     writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
     deny = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo", "socket.sendto",
             "os.fork", "os.forkpty", "os.posix_spawn", "os.spawn", "os.exec", "os.system", "subprocess.Popen",
             "os.kill", "os.killpg", "signal.pthread_kill", "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata",
-            "os.setuid", "os.chroot", "sys.addaudithook"}
+            "os.setuid", "os.chroot", "sys.addaudithook", "resource.setrlimit", "resource.prlimit"}
     paths = {"os.remove": (0,), "os.rename": (0, 1), "os.mkdir": (0,), "os.rmdir": (0,), "os.chmod": (0,),
              "os.chown": (0,), "os.symlink": (1,), "os.link": (1,), "os.truncate": (0,), "os.utime": (0,),
              "shutil.rmtree": (0,), "os.mkfifo": (0,), "os.mknod": (0,)}
@@ -86,16 +87,12 @@ class RunResult:
         return self.returncode == 0
 
 
-def _set_limits(limits: Limits):
-    def apply():
-        cap = lambda what, n: resource.setrlimit(what, (n, n))  # noqa: E731
-        cap(resource.RLIMIT_AS, limits.memory_mb << 20)
-        cap(resource.RLIMIT_CPU, int(limits.time_s) + 1)
-        cap(resource.RLIMIT_FSIZE, limits.output_kb << 10)
-        cap(resource.RLIMIT_NPROC, limits.processes)
-        cap(resource.RLIMIT_NOFILE, limits.open_files)
-        cap(resource.RLIMIT_CORE, 0)
-    return apply
+def _guard(limits: Limits) -> str:
+    """The child's first code: its resource limits, then the audit hook, then the program."""
+    rlimits = {"RLIMIT_AS": limits.memory_mb << 20, "RLIMIT_CPU": int(limits.time_s) + 1,
+               "RLIMIT_FSIZE": limits.output_kb << 10, "RLIMIT_NPROC": limits.processes,
+               "RLIMIT_NOFILE": limits.open_files, "RLIMIT_CORE": 0}
+    return f"LIMITS = {rlimits!r}\n{GUARD}"
 
 
 def _env(folder: str) -> dict[str, str]:
@@ -128,9 +125,9 @@ def run_sandboxed(program: str, stdin: str = "", limits: Limits = Limits()) -> R
             f.write(stdin)
         out_path = os.path.join(io_folder, "stdout")
         with open(os.path.join(io_folder, "stdin")) as fin, open(out_path, "wb") as fout:
-            proc = subprocess.Popen([*network_isolation(), sys.executable, "-I", "-c", GUARD], cwd=folder,
-                                    env=_env(folder), stdin=fin, stdout=fout, stderr=subprocess.DEVNULL,
-                                    start_new_session=True, preexec_fn=_set_limits(limits), close_fds=True)
+            proc = subprocess.Popen([*network_isolation(), sys.executable, "-I", "-c", _guard(limits)],
+                                    cwd=folder, env=_env(folder), stdin=fin, stdout=fout,
+                                    stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
             try:
                 code = proc.wait(timeout=limits.time_s)
             except subprocess.TimeoutExpired:
