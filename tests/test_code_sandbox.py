@@ -147,3 +147,17 @@ def test_the_worker_routes_weights_and_never_crashes_a_step():
     combined, correct, metrics = router.score(items)
     assert combined == [2.0, 0.0, 0.0, 0.0] and correct == [1.0, 0.0, 0.0, 0.0]
     assert metrics["reward/code/errors"] == 2.0
+
+
+def test_rows_without_test_cases_are_counted_before_start():
+    from vroll.pipeline.dataset import PromptRecord
+    from vroll.rewards.workers import missing_fields
+
+    cfg = {"code": RewardConfig(reward_type="code_sandbox", tag_included=["code"])}
+    rows = [PromptRecord(0, [1], "q", tag="code", extra={"test_cases": DOUBLE}, source="d.jsonl:1"),
+            PromptRecord(1, [1], "q", tag="code", source="d.jsonl:2"),
+            PromptRecord(2, [1], "q", tag="math", source="d.jsonl:3")]  # not routed to the code worker
+    issues = missing_fields(cfg, rows, "actor_train.data_args")
+    assert [str(i) for i in issues] == [
+        "actor_train.data_args.file_name: 1 row(s) have no 'test_cases', which reward worker 'code' (code_sandbox) "
+        "needs to score them (d.jsonl:2): add 'test_cases' to each, or tag them for other workers"]
