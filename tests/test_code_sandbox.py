@@ -161,3 +161,15 @@ def test_rows_without_test_cases_are_counted_before_start():
     assert [str(i) for i in issues] == [
         "actor_train.data_args.file_name: 1 row(s) have no 'test_cases', which reward worker 'code' (code_sandbox) "
         "needs to score them (d.jsonl:2): add 'test_cases' to each, or tag them for other workers"]
+
+
+def test_samples_run_in_parallel():
+    from vroll.rewards.code_sandbox import CodeSandboxWorker
+
+    worker = CodeSandboxWorker(RewardConfig(reward_type="code_sandbox", time_limit_s=2.0))
+    worker.parallel = 4
+    row = {"test_cases": DOUBLE}
+    items = [RewardItem("q", "while True: pass", None, None, row)] * 4
+    start = time.monotonic()
+    assert worker.score(items) == [0.0] * 4
+    assert time.monotonic() - start < 2 * 2.0 + 2  # not 4 x 2 s one after another

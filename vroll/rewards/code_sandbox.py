@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -191,15 +192,19 @@ def score_response(response: str, case_type: str, test_cases, function: str | No
 
 class CodeSandboxWorker:
     """ROLL's CodeSandboxRewardWorker (its local path): the row's `test_cases`, `case_type` and
-    `test_case_function` fields; 1 when all cases pass, 0 otherwise."""
+    `test_case_function` fields; 1 when all cases pass, 0 otherwise. Samples run in parallel (one
+    sandbox per thread, up to one per CPU core)."""
 
     checks_answer = True
 
     def __init__(self, cfg):
         self.limits = Limits(time_s=cfg.time_limit_s, memory_mb=cfg.memory_limit_mb, output_kb=cfg.output_limit_kb)
+        self.parallel = max(1, min(8, os.cpu_count() or 1))
 
     def score(self, items) -> list[float]:
-        return [self.score_one(it) for it in items]
+        """A sample that raises makes the batch raise: the router then scores each alone, naming it."""
+        with ThreadPoolExecutor(self.parallel) as pool:
+            return list(pool.map(self.score_one, items))
 
     def score_one(self, item) -> float:
         row = item.extra
