@@ -193,18 +193,29 @@ def test_reward_workers_by_rolls_class(tmp_path):
     data["rewards"]["code"] = {"worker_cls": "roll.pipeline.rlvr.rewards.code_sandbox_reward_worker."
                                              "CodeSandboxRewardWorker", "use_local": True, "tag_included": ["KodCode"]}
     data["rewards"]["judge"] = {"worker_cls": "roll.pipeline.rlvr.rewards.llm_judge_reward_worker."
-                                              "LLMJudgeRewardWorker", "tag_included": ["RLVR"]}
+                                              "LLMJudgeRewardWorker", "tag_included": ["RLVR"],
+                                "judge_prompt": "Qwen2.5-7B-Instruct-RLVR-prompt", "judge_model_type": "inference"}
+    data["rewards"]["ifeval"] = {"worker_cls": "roll.pipeline.rlvr.rewards.ifeval_rule_reward_worker."
+                                               "GeneralRuleRewardWorker", "tag_included": ["ifeval"]}
     path = write_yaml(tmp_path / "c.yaml", data)
     found = issues_of(path, vroll_strategies=True)
-    assert found == ["rewards.judge.worker_cls: ROLL's LLMJudgeRewardWorker is not in vroll yet; remove the worker "
-                     "(`rewards.judge=null`: its tags then get no reward) or route its tags to a vroll worker"]
-    cfg = load_config(path, ["rewards.judge=null"], vroll_strategies=True)
-    assert cfg.rewards["code"].reward_type == "code_sandbox"
+    assert sorted(found)[0] == ("rewards.ifeval.worker_cls: ROLL's GeneralRuleRewardWorker is not in vroll yet; remove the "
+                        "worker (`rewards.ifeval=null`: its tags then get no reward) or route its tags to a vroll "
+                        "worker") and len(found) == 2  # and the judge's, below (ROLL's examples all run it on `inference`)
+    found = issues_of(path, ["rewards.ifeval=null"], vroll_strategies=True)
+    assert found == ["rewards.judge.worker_cls: ROLL's LLMJudgeRewardWorker with judge_model_type 'inference' is not "
+                     "in vroll yet; remove the worker (`rewards.judge=null`: its tags then get no reward) or route its "
+                     "tags to a vroll worker; vroll's judge is judge_model_type: api with judge_api_url (an "
+                     "OpenAI-compatible server, e.g. `vllm serve MODEL`)"]
+    overrides = ["rewards.ifeval=null", "rewards.judge.judge_model_type=api",
+                 "rewards.judge.judge_api_url=http://localhost:8000/v1"]
+    cfg = load_config(path, overrides, vroll_strategies=True)
+    assert cfg.rewards["code"].reward_type == "code_sandbox" and cfg.rewards["judge"].reward_type == "llm_judge"
     assert "rewards.code.use_local" in no_effect_keys(cfg)
     # vroll's own math rule chosen beside ROLL's worker_cls (e.g. for <answer> tags, which math-verify does not read)
-    cfg = load_config(path, ["rewards.judge=null", "rewards.math_rule.reward_type=math_rule"], vroll_strategies=True)
+    cfg = load_config(path, [*overrides, "rewards.math_rule.reward_type=math_rule"], vroll_strategies=True)
     assert cfg.rewards["math_rule"].reward_type == "math_rule"
-    assert issues_of(path, ["rewards.judge=null", "rewards.math_rule.reward_type=format"], vroll_strategies=True) == [
+    assert issues_of(path, [*overrides, "rewards.math_rule.reward_type=format"], vroll_strategies=True) == [
         "rewards.math_rule.reward_type: 'format' contradicts worker_cls MathRuleRewardWorker (vroll's math_verify, "
         "or math_rule)"]
 

@@ -150,8 +150,6 @@ REWARD = {
     "reward_manager_config": "ROLL's remote reward-system plug-in; not in vroll",
     "code_url": "ROLL's HTTP code sandbox; vroll's code_sandbox always runs the tests in its local sandbox",
     "use_local": "vroll's code_sandbox is always local (ROLL's use_local: true)",
-    **{k: "read only by ROLL's LLM-judge worker, which vroll does not have yet" for k in (
-        "judge_prompt", "judge_model_type", "judge_model_name", "judge_api_url", "judge_api_key")},
     "format_pattern": "read only by ROLL's format-checking workers; vroll's format worker reads `pattern`",
 }
 VALIDATION = {

@@ -35,13 +35,19 @@ DIFFERENT = {
     "reward": {
         "worker_cls": "chooses vroll's reward worker (reward_type): MathRuleRewardWorker is vroll's math_verify "
                       "(ROLL's math-verify check, 1 or 0), CodeSandboxRewardWorker its code_sandbox (ROLL's "
-                      "use_local path, in vroll's sandbox); a vroll reward_type set beside it wins where it is one "
+                      "use_local path, in vroll's sandbox), LLMJudgeRewardWorker its llm_judge (judge_model_type: api only; inference and cluster are refused "
+                      "by name); a vroll reward_type set beside it wins where it is one "
                       "of its alternatives (math_rule for the math worker); workers vroll does not have yet "
                       "are refused by name",
         "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
                        "reads it: soft / loose / strict; its math and code workers never do), so it is dropped; "
                        "without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
-                       "format, model)",
+                       "llm_judge, format, model)",
+        "judge_model_type": "only api (an OpenAI-compatible endpoint): ROLL's inference and cluster (the judge on "
+                            "a strategy of its own) are refused with the worker, naming the api route",
+        "judge_prompt": "ROLL's prompt name (its one prompt, in vroll's wording: same placeholders and YES / NO "
+                        "contract) or vroll's own template with {question}, {response}, {reference}",
+        "judge_api_key": "optional (a local `vllm serve` needs none), else the environment's OPENAI_API_KEY",
     },
     "generating_args": {
         "do_sample": "false means greedy: vroll sets temperature 0 (vLLM has no do_sample)",
@@ -104,7 +110,7 @@ ROLL_DEFAULT_WORKER = "roll.pipeline.rlvr.rewards."
 REWARD_WORKERS = {
     "MathRuleRewardWorker": "math_verify",
     "CodeSandboxRewardWorker": "code_sandbox",
-    "LLMJudgeRewardWorker": None,
+    "LLMJudgeRewardWorker": "llm_judge",
     "GeneralRuleRewardWorker": None,
     "CrossThinkQARuleRewardWorker": None,
     "MultipleChoiceBoxedRuleRewardWorker": None,
@@ -112,7 +118,9 @@ REWARD_WORKERS = {
     "DetectionRewardWorker": None,
     "RemoteRewardSystemWorker": None,
 }
-VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "format", "model")
+VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "format", "model")
+# ROLL's judge prompt names (roll/utils/prompt.py); vroll's wording of each is in rewards/llm_judge.py
+ROLL_JUDGE_PROMPTS = ("Qwen2.5-7B-Instruct-RLVR-prompt",)
 # a vroll reward_type that may stand in for a ROLL worker when set beside its worker_cls
 REWARD_ALTERNATIVES = {"math_verify": ("math_rule",)}
 
@@ -260,6 +268,14 @@ def _rewards(raw, notes, issues) -> None:
                                                       f"({', '.join(REWARD_WORKERS)})"))
             continue
         kind = REWARD_WORKERS[short]
+        if kind == "llm_judge" and worker.get("judge_model_type") != "api":
+            issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} with judge_model_type "
+                                f"{worker.get('judge_model_type')!r} is not in vroll yet; remove the worker (`{path}=null`:"
+                                " its tags then get no reward) or route its tags to a vroll worker; vroll's judge is "
+                                "judge_model_type: api with judge_api_url (an OpenAI-compatible server, e.g. `vllm "
+                                "serve MODEL`)"))
+            worker.pop("reward_type", None)
+            continue
         if kind is None:
             issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} is not in vroll yet; remove the worker "
                                                       f"(`{path}=null`: its tags then get no reward) or route its "
