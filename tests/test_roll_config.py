@@ -211,6 +211,15 @@ def test_reward_workers_by_rolls_class(tmp_path):
                  "rewards.judge.judge_api_url=http://localhost:8000/v1"]
     cfg = load_config(path, overrides, vroll_strategies=True)
     assert cfg.rewards["code"].reward_type == "code_sandbox" and cfg.rewards["judge"].reward_type == "llm_judge"
+    # the one ROLL worker that reads its reward_type: loose / soft / strict becomes its grading
+    data["rewards"]["ctqa"] = {"worker_cls": "roll.pipeline.rlvr.rewards.crossthinkqa_rule_reward_worker."
+                                             "CrossThinkQARuleRewardWorker", "reward_type": "strict"}
+    path = write_yaml(tmp_path / "c.yaml", data)
+    cfg = load_config(path, overrides, vroll_strategies=True)
+    assert (cfg.rewards["ctqa"].reward_type, cfg.rewards["ctqa"].grading) == ("crossthinkqa", "strict")
+    assert issues_of(path, [*overrides, "rewards.ctqa.reward_type=null"], vroll_strategies=True) == [
+        "rewards.ctqa.reward_type: None: ROLL's CrossThinkQARuleRewardWorker needs reward_type loose, soft or strict "
+        "(ROLL fails without one)"]
     assert "rewards.code.use_local" in no_effect_keys(cfg)
     # vroll's own math rule chosen beside ROLL's worker_cls (e.g. for <answer> tags, which math-verify does not read)
     cfg = load_config(path, [*overrides, "rewards.math_rule.reward_type=math_rule"], vroll_strategies=True)

@@ -145,7 +145,8 @@ DATA_ARGS = {
 # keys of a reward worker (ROLL's RewardConfig) besides its role keys
 REWARD = {
     "response_filter_config": "ROLL never applies it (query_filter_config is the one that filters)",
-    "response_length_penalty_coef": "only ROLL's crossthinkqa worker reads it; vroll's workers have no length "
+    "response_length_penalty_coef": "only ROLL's crossthinkqa worker reads it (on the padded length of the "
+                                    "batch's responses); vroll's workers, its crossthinkqa included, have no length "
                                     "penalty",
     "reward_manager_config": "ROLL's remote reward-system plug-in; not in vroll",
     "code_url": "ROLL's HTTP code sandbox; vroll's code_sandbox always runs the tests in its local sandbox",

@@ -35,14 +35,14 @@ DIFFERENT = {
     "reward": {
         "worker_cls": "chooses vroll's reward worker (reward_type): MathRuleRewardWorker is vroll's math_verify "
                       "(ROLL's math-verify check, 1 or 0), CodeSandboxRewardWorker its code_sandbox (ROLL's "
-                      "use_local path, in vroll's sandbox), LLMJudgeRewardWorker its llm_judge (judge_model_type: api only; inference and cluster are refused "
-                      "by name); a vroll reward_type set beside it wins where it is one "
-                      "of its alternatives (math_rule for the math worker); workers vroll does not have yet "
-                      "are refused by name",
+                      "use_local path, in vroll's sandbox), CrossThinkQARuleRewardWorker its crossthinkqa, "
+                      "LLMJudgeRewardWorker its llm_judge (judge_model_type: api only; inference and cluster are "
+                      "refused by name); a vroll reward_type set beside it wins where it is one of its alternatives "
+                      "(math_rule for the math worker); workers vroll does not have yet are refused by name",
         "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
-                       "reads it: soft / loose / strict; its math and code workers never do), so it is dropped; "
-                       "without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
-                       "llm_judge, format, model)",
+                       "reads it: loose / soft / strict, vroll's grading there; the others never read it, so it is "
+                       "dropped); without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
+                       "llm_judge, crossthinkqa, format, model)",
         "judge_model_type": "only api (an OpenAI-compatible endpoint): ROLL's inference and cluster (the judge on "
                             "a strategy of its own) are refused with the worker, naming the api route",
         "judge_prompt": "ROLL's prompt name (its one prompt, in vroll's wording: same placeholders and YES / NO "
@@ -112,13 +112,13 @@ REWARD_WORKERS = {
     "CodeSandboxRewardWorker": "code_sandbox",
     "LLMJudgeRewardWorker": "llm_judge",
     "GeneralRuleRewardWorker": None,
-    "CrossThinkQARuleRewardWorker": None,
+    "CrossThinkQARuleRewardWorker": "crossthinkqa",
     "MultipleChoiceBoxedRuleRewardWorker": None,
     "GeneralValRuleRewardWorker": None,
     "DetectionRewardWorker": None,
     "RemoteRewardSystemWorker": None,
 }
-VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "format", "model")
+VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa", "format", "model")
 # ROLL's judge prompt names (roll/utils/prompt.py); vroll's wording of each is in rewards/llm_judge.py
 ROLL_JUDGE_PROMPTS = ("Qwen2.5-7B-Instruct-RLVR-prompt",)
 # a vroll reward_type that may stand in for a ROLL worker when set beside its worker_cls
@@ -270,10 +270,10 @@ def _rewards(raw, notes, issues) -> None:
         kind = REWARD_WORKERS[short]
         if kind == "llm_judge" and worker.get("judge_model_type") != "api":
             issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} with judge_model_type "
-                                f"{worker.get('judge_model_type')!r} is not in vroll yet; remove the worker (`{path}=null`:"
-                                " its tags then get no reward) or route its tags to a vroll worker; vroll's judge is "
-                                "judge_model_type: api with judge_api_url (an OpenAI-compatible server, e.g. `vllm "
-                                "serve MODEL`)"))
+                                f"{worker.get('judge_model_type')!r} is not in vroll yet; remove the worker "
+                                f"(`{path}=null`: its tags then get no reward) or route its tags to a vroll worker; "
+                                "vroll's judge is judge_model_type: api with judge_api_url (an OpenAI-compatible "
+                                "server, e.g. `vllm serve MODEL`)"))
             worker.pop("reward_type", None)
             continue
         if kind is None:
@@ -283,6 +283,14 @@ def _rewards(raw, notes, issues) -> None:
             worker.pop("reward_type", None)
             continue
         rtype = worker.pop("reward_type", None)
+        if kind == "crossthinkqa":  # the one ROLL worker that reads its reward_type
+            if rtype not in ("loose", "soft", "strict"):
+                issues.append(Issue(f"{path}.reward_type", f"{rtype!r}: ROLL's {short} needs reward_type loose, soft "
+                                                           "or strict (ROLL fails without one)"))
+                continue
+            worker["reward_type"], worker["grading"] = kind, rtype
+            notes[f"{path}.worker_cls"] = f"{short}: vroll's {kind}, ROLL's reward_type {rtype!r} as its grading"
+            continue
         if rtype in REWARD_ALTERNATIVES.get(kind, ()):
             kind, why = rtype, f" (reward_type {rtype!r} chosen instead)"
         elif rtype in VROLL_REWARD_TYPES and rtype != kind:

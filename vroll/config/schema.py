@@ -131,7 +131,8 @@ class RewardFilterConfig(Section):
 class RewardConfig(RoleConfig):
     """A reward worker. `tag_included` routes each prompt to the workers matching its tag."""
 
-    reward_type: Literal["math_rule", "math_verify", "code_sandbox", "llm_judge", "format", "model"] = "math_rule"
+    reward_type: Literal["math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa",
+                         "format", "model"] = "math_rule"
     # math_rule: where the final answer is looked for, in this order
     extractors: list[Literal["boxed", "answer_tag", "last_number"]] = Field(
         default_factory=lambda: ["boxed", "answer_tag", "last_number"])
@@ -142,6 +143,8 @@ class RewardConfig(RoleConfig):
     time_limit_s: float = Field(10.0, gt=0.0)
     memory_limit_mb: int = Field(1024, ge=64)
     output_limit_kb: int = Field(1024, ge=1)
+    # crossthinkqa (ROLL's multiple-choice rule): ROLL's reward_type of that worker
+    grading: Literal["loose", "soft", "strict"] = "loose"
     # llm_judge (ROLL's judge): ROLL's prompt name or a template with {question}, {response}, {reference};
     # the judge behind an OpenAI-compatible endpoint (judge_model_type: api)
     judge_prompt: str | None = None

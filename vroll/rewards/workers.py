@@ -10,6 +10,7 @@ from typing import Any
 
 from vroll.config.errors import Issue
 from vroll.config.schema import RewardConfig
+from vroll.rewards.choice_rule import ChoiceRuleWorker
 from vroll.rewards.code_sandbox import CodeSandboxWorker
 from vroll.rewards.llm_judge import LlmJudgeWorker
 from vroll.rewards.math_rule import MathRuleReward
@@ -96,7 +97,7 @@ def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> li
 
 # The data field each reward_type needs on a prompt's row to score it.
 NEEDED_FIELDS = {"math_rule": "ground_truth", "math_verify": "ground_truth", "code_sandbox": "test_cases",
-                 "llm_judge": "ground_truth"}
+                 "llm_judge": "ground_truth", "crossthinkqa": "ground_truth"}
 
 
 def _has(record, name: str) -> bool:
@@ -125,6 +126,8 @@ def build_worker(name: str, cfg: RewardConfig, models: dict):
         return MathVerifyWorker(cfg)
     if cfg.reward_type == "code_sandbox":
         return CodeSandboxWorker(cfg)
+    if cfg.reward_type == "crossthinkqa":
+        return ChoiceRuleWorker(cfg)
     if cfg.reward_type == "llm_judge":
         return LlmJudgeWorker(cfg)
     if cfg.reward_type == "format":
