@@ -119,19 +119,14 @@ def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[
     return issues
 
 
+# each reward_type's worker, but `model` (its model started by the launcher)
+RULE_WORKERS = {"math_rule": MathRuleWorker, "math_verify": MathVerifyWorker, "code_sandbox": CodeSandboxWorker,
+                "crossthinkqa": ChoiceRuleWorker, "llm_judge": LlmJudgeWorker, "format": FormatWorker}
+
+
 def build_worker(name: str, cfg: RewardConfig, models: dict):
-    if cfg.reward_type == "math_rule":
-        return MathRuleWorker(cfg)
-    if cfg.reward_type == "math_verify":
-        return MathVerifyWorker(cfg)
-    if cfg.reward_type == "code_sandbox":
-        return CodeSandboxWorker(cfg)
-    if cfg.reward_type == "crossthinkqa":
-        return ChoiceRuleWorker(cfg)
-    if cfg.reward_type == "llm_judge":
-        return LlmJudgeWorker(cfg)
-    if cfg.reward_type == "format":
-        return FormatWorker(cfg)
+    if cfg.reward_type in RULE_WORKERS:
+        return RULE_WORKERS[cfg.reward_type](cfg)
     if name not in models:
         raise ValueError(f"rewards.{name}: reward_type: model needs its model started (vroll.roles.launcher."
                          "launch_reward_models)")
