@@ -33,3 +33,17 @@ def test_worker_reads_after_thinking_and_adds_the_penalty():
              RewardItem("q", "\\boxed{B}", "", "mc")]  # no reference letter: an error, scored 0
     combined, correct, metrics = router.score(items)
     assert combined == [1.0, 0.5, 0.0] and correct == [1.0, 1.0, 0.0] and metrics["reward/mc/errors"] == 1.0
+
+
+def test_rolls_measuring_workers_add_no_reward_and_count_accuracy():
+    cfg = {"boxed": RewardConfig(reward_type="choice_boxed", tag_included=["mc"]),
+           "val": RewardConfig(reward_type="choice_val", tag_included=["mmlu_pro", "poetry"])}
+    router = RewardRouter(cfg)
+    items = [RewardItem("q", "\\boxed{B}", "B", "mc"),
+             RewardItem("q", "the answer is B", "B", "mc"),  # right but not boxed: wrong for choice_boxed
+             RewardItem("q", "<think>x</think>\nthe answer is B", "B", "mmlu_pro"),  # right for choice_val
+             RewardItem("q", "\\boxed{C}", "B", "mmlu_pro"),
+             RewardItem("q", "\\boxed{B}", "B", "poetry")]  # a tag ROLL's val worker does not score: an error
+    combined, correct, metrics = router.score(items)
+    assert combined == [0.0] * 5 and correct == [1.0, 0.0, 1.0, 0.0, 0.0]
+    assert metrics["reward/boxed/mean"] == 0.5 and metrics["reward/val/errors"] == 1.0

@@ -36,13 +36,15 @@ DIFFERENT = {
         "worker_cls": "chooses vroll's reward worker (reward_type): MathRuleRewardWorker is vroll's math_verify "
                       "(ROLL's math-verify check, 1 or 0), CodeSandboxRewardWorker its code_sandbox (ROLL's "
                       "use_local path, in vroll's sandbox), CrossThinkQARuleRewardWorker its crossthinkqa, "
+                      "MultipleChoiceBoxedRuleRewardWorker and GeneralValRuleRewardWorker its choice_boxed and "
+                      "choice_val (reward 0, accuracy only, as ROLL's), "
                       "LLMJudgeRewardWorker its llm_judge (judge_model_type: api only; inference and cluster are "
                       "refused by name); a vroll reward_type set beside it wins where it is one of its alternatives "
                       "(math_rule for the math worker); workers vroll does not have yet are refused by name",
         "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
                        "reads it: loose / soft / strict, vroll's grading there; the others never read it, so it is "
                        "dropped); without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
-                       "llm_judge, crossthinkqa, format, model)",
+                       "llm_judge, crossthinkqa, choice_boxed, choice_val, format, model)",
         "judge_model_type": "only api (an OpenAI-compatible endpoint): ROLL's inference and cluster (the judge on "
                             "a strategy of its own) are refused with the worker, naming the api route",
         "judge_prompt": "ROLL's prompt name (its one prompt, in vroll's wording: same placeholders and YES / NO "
@@ -113,12 +115,13 @@ REWARD_WORKERS = {
     "LLMJudgeRewardWorker": "llm_judge",
     "GeneralRuleRewardWorker": None,
     "CrossThinkQARuleRewardWorker": "crossthinkqa",
-    "MultipleChoiceBoxedRuleRewardWorker": None,
-    "GeneralValRuleRewardWorker": None,
+    "MultipleChoiceBoxedRuleRewardWorker": "choice_boxed",
+    "GeneralValRuleRewardWorker": "choice_val",
     "DetectionRewardWorker": None,
     "RemoteRewardSystemWorker": None,
 }
-VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa", "format", "model")
+VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa", "choice_boxed",
+                      "choice_val", "format", "model")
 # ROLL's judge prompt names (roll/utils/prompt.py); vroll's wording of each is in rewards/llm_judge.py
 ROLL_JUDGE_PROMPTS = ("Qwen2.5-7B-Instruct-RLVR-prompt",)
 # a vroll reward_type that may stand in for a ROLL worker when set beside its worker_cls

@@ -1,6 +1,7 @@
 """Reward workers and their combination: each prompt goes to the workers whose `tag_included`
 matches its tag (all workers when a worker lists no tags), and its reward is the weighted sum of their
-scores. A worker that raises on a sample scores that sample 0 and the step goes on."""
+scores (a measuring worker, `reward_free`, adds none: its score only counts for accuracy). A worker
+that raises on a sample scores that sample 0 and the step goes on."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 
 from vroll.config.errors import Issue
 from vroll.config.schema import RewardConfig
-from vroll.rewards.choice_rule import ChoiceRuleWorker
+from vroll.rewards.choice_rule import ChoiceMeasureWorker, ChoiceRuleWorker
 from vroll.rewards.code_sandbox import CodeSandboxWorker
 from vroll.rewards.llm_judge import LlmJudgeWorker
 from vroll.rewards.math_rule import MathRuleReward
@@ -97,7 +98,8 @@ def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> li
 
 # The data field each reward_type needs on a prompt's row to score it.
 NEEDED_FIELDS = {"math_rule": "ground_truth", "math_verify": "ground_truth", "code_sandbox": "test_cases",
-                 "llm_judge": "ground_truth", "crossthinkqa": "ground_truth"}
+                 "llm_judge": "ground_truth", "crossthinkqa": "ground_truth", "choice_boxed": "ground_truth",
+                 "choice_val": "ground_truth"}
 
 
 def _has(record, name: str) -> bool:
@@ -121,7 +123,8 @@ def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[
 
 # each reward_type's worker, but `model` (its model started by the launcher)
 RULE_WORKERS = {"math_rule": MathRuleWorker, "math_verify": MathVerifyWorker, "code_sandbox": CodeSandboxWorker,
-                "crossthinkqa": ChoiceRuleWorker, "llm_judge": LlmJudgeWorker, "format": FormatWorker}
+                "crossthinkqa": ChoiceRuleWorker, "choice_boxed": ChoiceMeasureWorker,
+                "choice_val": ChoiceMeasureWorker, "llm_judge": LlmJudgeWorker, "format": FormatWorker}
 
 
 def build_worker(name: str, cfg: RewardConfig, models: dict):
@@ -143,7 +146,7 @@ class RewardRouter:
                                                             for n, c in configs.items()}
 
     def score(self, items: list[RewardItem]) -> tuple[list[float], list[float | None], dict[str, float]]:
-        """(combined reward per item, correctness per item (None without a math_rule worker),
+        """(combined reward per item, correctness per item (None without an answer-checking worker),
         metrics per worker)."""
         combined = [0.0] * len(items)
         correct: list[float | None] = [None] * len(items)
@@ -154,8 +157,9 @@ class RewardRouter:
                 continue
             scores, errors = self._score_safely(name, worker, [items[i] for i in idx])
             weight = self.configs[name].weight
+            adds = not getattr(worker, "reward_free", False)  # a measuring worker adds no reward
             for i, s in zip(idx, scores):
-                combined[i] += weight * s
+                combined[i] += weight * s if adds else 0.0
                 if worker.checks_answer:
                     correct[i] = max(correct[i] or 0.0, float(s > 0))
             metrics[f"reward/{name}/mean"] = sum(scores) / len(scores)
