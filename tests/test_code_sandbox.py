@@ -37,6 +37,15 @@ def test_right_and_wrong_programs():
     assert score_response("", "input", DOUBLE, limits=LIMITS) == 0.0
 
 
+def test_outputs_compare_by_line_or_as_numbers():
+    from vroll.rewards.code_sandbox import same_output
+
+    assert same_output("1 2\n3  \n\n", "1 2\n3")
+    assert same_output("0.3333333333\n", "0.333333") and same_output("1.0 2", "1 2.000000001")
+    assert not same_output("1 2", "2 1") and not same_output("0.33", "0.333333") and not same_output("1", "1 1")
+    assert not same_output("abc", "abd")
+
+
 def test_code_is_found_as_rolls_local_path_finds_it():
     assert extract_code("<think>```python\nwrong\n```</think>```\nx = 1\n```") == "x = 1\n"
     assert extract_code("```text\nnotes\n``` then ```python\ndef f():\n    pass\n```") == "def f():\n    pass\n"
