@@ -187,15 +187,46 @@ def test_keys_read_with_a_difference(tmp_path):
 
 def test_reward_workers_by_rolls_class(tmp_path):
     cfg = load_config(roll_file(tmp_path), platform="cuda", vroll_strategies=True)
-    assert cfg.rewards["math_rule"].reward_type == "math_rule"  # ROLL's reward_type 'soft' is its worker's option
+    assert cfg.rewards["math_rule"].reward_type == "math_verify"  # ROLL's reward_type 'soft' is its worker's option
+    assert "never reads" in cfg._differences["rewards.math_rule.worker_cls"]
     data = copy.deepcopy(ROLL_FILE)
     data["rewards"]["code"] = {"worker_cls": "roll.pipeline.rlvr.rewards.code_sandbox_reward_worker."
                                              "CodeSandboxRewardWorker", "use_local": True, "tag_included": ["KodCode"]}
+    data["rewards"]["judge"] = {"worker_cls": "roll.pipeline.rlvr.rewards.llm_judge_reward_worker."
+                                              "LLMJudgeRewardWorker", "tag_included": ["RLVR"],
+                                "judge_prompt": "Qwen2.5-7B-Instruct-RLVR-prompt", "judge_model_type": "inference"}
+    data["rewards"]["ifeval"] = {"worker_cls": "roll.pipeline.rlvr.rewards.ifeval_rule_reward_worker."
+                                               "GeneralRuleRewardWorker", "tag_included": ["ifeval"]}
     path = write_yaml(tmp_path / "c.yaml", data)
     found = issues_of(path, vroll_strategies=True)
-    assert found == ["rewards.code.worker_cls: ROLL's CodeSandboxRewardWorker is not in vroll yet; remove the worker "
-                     "(`rewards.code=null`: its tags then get no reward) or route its tags to a vroll worker"]
-    assert issues_of(path, ["rewards.code=null"], vroll_strategies=True) == []
+    assert sorted(found)[0] == ("rewards.ifeval.worker_cls: ROLL's GeneralRuleRewardWorker is not in vroll yet; remove the "
+                        "worker (`rewards.ifeval=null`: its tags then get no reward) or route its tags to a vroll "
+                        "worker") and len(found) == 2  # and the judge's, below (ROLL's examples all run it on `inference`)
+    found = issues_of(path, ["rewards.ifeval=null"], vroll_strategies=True)
+    assert found == ["rewards.judge.worker_cls: ROLL's LLMJudgeRewardWorker with judge_model_type 'inference' is not "
+                     "in vroll yet; remove the worker (`rewards.judge=null`: its tags then get no reward) or route its "
+                     "tags to a vroll worker; vroll's judge is judge_model_type: api with judge_api_url (an "
+                     "OpenAI-compatible server, e.g. `vllm serve MODEL`)"]
+    overrides = ["rewards.ifeval=null", "rewards.judge.judge_model_type=api",
+                 "rewards.judge.judge_api_url=http://localhost:8000/v1"]
+    cfg = load_config(path, overrides, vroll_strategies=True)
+    assert cfg.rewards["code"].reward_type == "code_sandbox" and cfg.rewards["judge"].reward_type == "llm_judge"
+    # the one ROLL worker that reads its reward_type: loose / soft / strict becomes its grading
+    data["rewards"]["ctqa"] = {"worker_cls": "roll.pipeline.rlvr.rewards.crossthinkqa_rule_reward_worker."
+                                             "CrossThinkQARuleRewardWorker", "reward_type": "strict"}
+    path = write_yaml(tmp_path / "c.yaml", data)
+    cfg = load_config(path, overrides, vroll_strategies=True)
+    assert (cfg.rewards["ctqa"].reward_type, cfg.rewards["ctqa"].grading) == ("crossthinkqa", "strict")
+    assert issues_of(path, [*overrides, "rewards.ctqa.reward_type=null"], vroll_strategies=True) == [
+        "rewards.ctqa.reward_type: None: ROLL's CrossThinkQARuleRewardWorker needs reward_type loose, soft or strict "
+        "(ROLL fails without one)"]
+    assert "rewards.code.use_local" in no_effect_keys(cfg)
+    # vroll's own math rule chosen beside ROLL's worker_cls (e.g. for <answer> tags, which math-verify does not read)
+    cfg = load_config(path, [*overrides, "rewards.math_rule.reward_type=math_rule"], vroll_strategies=True)
+    assert cfg.rewards["math_rule"].reward_type == "math_rule"
+    assert issues_of(path, [*overrides, "rewards.math_rule.reward_type=format"], vroll_strategies=True) == [
+        "rewards.math_rule.reward_type: 'format' contradicts worker_cls MathRuleRewardWorker (vroll's math_verify, "
+        "or math_rule)"]
 
 
 def test_rolls_features_vroll_lacks_are_refused_at_their_enabling_value(tmp_path):

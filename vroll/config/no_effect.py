@@ -145,12 +145,12 @@ DATA_ARGS = {
 # keys of a reward worker (ROLL's RewardConfig) besides its role keys
 REWARD = {
     "response_filter_config": "ROLL never applies it (query_filter_config is the one that filters)",
-    "response_length_penalty_coef": "only ROLL's crossthinkqa worker reads it; vroll's workers have no length "
+    "response_length_penalty_coef": "only ROLL's crossthinkqa worker reads it (on the padded length of the "
+                                    "batch's responses); vroll's workers, its crossthinkqa included, have no length "
                                     "penalty",
     "reward_manager_config": "ROLL's remote reward-system plug-in; not in vroll",
-    **{k: "read only by ROLL's code-sandbox and LLM-judge workers, which vroll does not have yet" for k in (
-        "code_url", "use_local", "judge_prompt", "judge_model_type", "judge_model_name", "judge_api_url",
-        "judge_api_key")},
+    "code_url": "ROLL's HTTP code sandbox; vroll's code_sandbox always runs the tests in its local sandbox",
+    "use_local": "vroll's code_sandbox is always local (ROLL's use_local: true)",
     "format_pattern": "read only by ROLL's format-checking workers; vroll's format worker reads `pattern`",
 }
 VALIDATION = {

@@ -33,10 +33,23 @@ DIFFERENT = {
         "topr_negative_weight": "actor_train's sets vroll's top-level topr_negative_weight",
     },
     "reward": {
-        "worker_cls": "chooses vroll's reward worker (reward_type): ROLL's MathRuleRewardWorker is vroll's "
-                      "math_rule; workers vroll does not have yet are refused by name",
-        "reward_type": "with worker_cls it keeps ROLL's meaning (the worker's own option; ROLL's math worker "
-                       "never reads it); without worker_cls it is vroll's worker kind (math_rule, format, model)",
+        "worker_cls": "chooses vroll's reward worker (reward_type): MathRuleRewardWorker is vroll's math_verify "
+                      "(ROLL's math-verify check, 1 or 0), CodeSandboxRewardWorker its code_sandbox (ROLL's "
+                      "use_local path, in vroll's sandbox), CrossThinkQARuleRewardWorker its crossthinkqa, "
+                      "MultipleChoiceBoxedRuleRewardWorker and GeneralValRuleRewardWorker its choice_boxed and "
+                      "choice_val (reward 0, accuracy only, as ROLL's), "
+                      "LLMJudgeRewardWorker its llm_judge (judge_model_type: api only; inference and cluster are "
+                      "refused by name); a vroll reward_type set beside it wins where it is one of its alternatives "
+                      "(math_rule for the math worker); workers vroll does not have yet are refused by name",
+        "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
+                       "reads it: loose / soft / strict, vroll's grading there; the others never read it, so it is "
+                       "dropped); without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
+                       "llm_judge, crossthinkqa, choice_boxed, choice_val, format, model)",
+        "judge_model_type": "only api (an OpenAI-compatible endpoint): ROLL's inference and cluster (the judge on "
+                            "a strategy of its own) are refused with the worker, naming the api route",
+        "judge_prompt": "ROLL's prompt name (its one prompt, in vroll's wording: same placeholders and YES / NO "
+                        "contract) or vroll's own template with {question}, {response}, {reference}",
+        "judge_api_key": "optional (a local `vllm serve` needs none), else the environment's OPENAI_API_KEY",
     },
     "generating_args": {
         "do_sample": "false means greedy: vroll sets temperature 0 (vLLM has no do_sample)",
@@ -97,17 +110,22 @@ UNSUPPORTED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
 ROLL_DEFAULT_WORKER = "roll.pipeline.rlvr.rewards."
 # ROLL's reward worker classes (by class name) -> vroll's reward_type, or None where vroll has none yet
 REWARD_WORKERS = {
-    "MathRuleRewardWorker": "math_rule",
-    "CodeSandboxRewardWorker": None,
-    "LLMJudgeRewardWorker": None,
+    "MathRuleRewardWorker": "math_verify",
+    "CodeSandboxRewardWorker": "code_sandbox",
+    "LLMJudgeRewardWorker": "llm_judge",
     "GeneralRuleRewardWorker": None,
-    "CrossThinkQARuleRewardWorker": None,
-    "MultipleChoiceBoxedRuleRewardWorker": None,
-    "GeneralValRuleRewardWorker": None,
+    "CrossThinkQARuleRewardWorker": "crossthinkqa",
+    "MultipleChoiceBoxedRuleRewardWorker": "choice_boxed",
+    "GeneralValRuleRewardWorker": "choice_val",
     "DetectionRewardWorker": None,
     "RemoteRewardSystemWorker": None,
 }
-VROLL_REWARD_TYPES = ("math_rule", "format", "model")
+VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa", "choice_boxed",
+                      "choice_val", "format", "model")
+# ROLL's judge prompt names (roll/utils/prompt.py); vroll's wording of each is in rewards/llm_judge.py
+ROLL_JUDGE_PROMPTS = ("Qwen2.5-7B-Instruct-RLVR-prompt",)
+# a vroll reward_type that may stand in for a ROLL worker when set beside its worker_cls
+REWARD_ALTERNATIVES = {"math_verify": ("math_rule",)}
 
 
 def adopt_roll_keys(raw: dict[str, Any]) -> tuple[dict[str, str], list[Issue]]:
@@ -253,20 +271,41 @@ def _rewards(raw, notes, issues) -> None:
                                                       f"({', '.join(REWARD_WORKERS)})"))
             continue
         kind = REWARD_WORKERS[short]
+        if kind == "llm_judge" and worker.get("judge_model_type") != "api":
+            issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} with judge_model_type "
+                                f"{worker.get('judge_model_type')!r} is not in vroll yet; remove the worker "
+                                f"(`{path}=null`: its tags then get no reward) or route its tags to a vroll worker; "
+                                "vroll's judge is judge_model_type: api with judge_api_url (an OpenAI-compatible "
+                                "server, e.g. `vllm serve MODEL`)"))
+            worker.pop("reward_type", None)
+            continue
         if kind is None:
             issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} is not in vroll yet; remove the worker "
                                                       f"(`{path}=null`: its tags then get no reward) or route its "
                                                       "tags to a vroll worker"))
             worker.pop("reward_type", None)
             continue
-        rtype = worker.get("reward_type")
-        if rtype in VROLL_REWARD_TYPES and rtype != kind:
-            issues.append(Issue(f"{path}.reward_type", f"{rtype!r} contradicts worker_cls {short} (vroll's {kind})"))
+        rtype = worker.pop("reward_type", None)
+        if kind == "crossthinkqa":  # the one ROLL worker that reads its reward_type
+            if rtype not in ("loose", "soft", "strict"):
+                issues.append(Issue(f"{path}.reward_type", f"{rtype!r}: ROLL's {short} needs reward_type loose, soft "
+                                                           "or strict (ROLL fails without one)"))
+                continue
+            worker["reward_type"], worker["grading"] = kind, rtype
+            notes[f"{path}.worker_cls"] = f"{short}: vroll's {kind}, ROLL's reward_type {rtype!r} as its grading"
             continue
+        if rtype in REWARD_ALTERNATIVES.get(kind, ()):
+            kind, why = rtype, f" (reward_type {rtype!r} chosen instead)"
+        elif rtype in VROLL_REWARD_TYPES and rtype != kind:
+            issues.append(Issue(f"{path}.reward_type", f"{rtype!r} contradicts worker_cls {short} (vroll's {kind}"
+                                                       + "".join(f", or {a}" for a in REWARD_ALTERNATIVES.get(kind, ()))
+                                                       + ")"))
+            continue
+        else:
+            why = f" (ROLL's reward_type {rtype!r} is that worker's own option, which it never reads)" \
+                if rtype is not None and rtype != kind else ""
         worker["reward_type"] = kind
-        notes[f"{path}.worker_cls"] = f"{short}: vroll's {kind}" + (
-            f" (ROLL's reward_type {rtype!r} is that worker's option; its math worker never reads it)"
-            if rtype is not None and rtype != kind else "")
+        notes[f"{path}.worker_cls"] = f"{short}: vroll's {kind}{why}"
 
 
 def _fsdp2_infer(raw, notes) -> None:

@@ -14,6 +14,7 @@ from vroll.config.layout import (devices_per_engine, local_slots, rollout_rows, 
 from vroll.config.numbers import nonfinite_issues
 from vroll.config.options import parse_options
 from vroll.config.passes import critic_enabled, reference_enabled, reference_reason
+from vroll.config.roll_compat import ROLL_JUDGE_PROMPTS
 from vroll.config.sampling import greedy_issues, job_sampling
 from vroll.config.strategies import STRATEGIES, not_available, role_need, vroll_strategy
 from vroll.config.suggest import closest
@@ -34,9 +35,11 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
 def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]:
     issues: list[Issue] = []
     need = role_need(path)
-    reward_rule = path.startswith("rewards.") and getattr(role, "reward_type", None) in ("math_rule", "format")
+    reward_rule = path.startswith("rewards.") and getattr(role, "reward_type", "model") != "model"
     if path.startswith("rewards.") and getattr(role, "reward_type", None) == "format":
         issues += check_format_pattern(path, role.pattern)
+    if path.startswith("rewards.") and getattr(role, "reward_type", None) == "llm_judge":
+        issues += check_judge(path, role)
     if role.strategy_args is None:
         if not reward_rule:
             issues.append(Issue(f"{path}.strategy_args.strategy_name", "is required (e.g. vllm, hf_infer)"))
@@ -50,6 +53,25 @@ def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]
                             "is not set, and there is no top-level `pretrain` to default to"))
     issues += check_device_mapping(path, role)
     issues += check_generating_args(f"{path}.generating_args", role.generating_args)
+    return issues
+
+
+def check_judge(path: str, role) -> list[Issue]:
+    """An LLM judge needs an endpoint (judge_model_type: api) and a known prompt."""
+    issues = []
+    if role.judge_model_type != "api":
+        issues.append(Issue(f"{path}.judge_model_type", f"{role.judge_model_type!r}: vroll's judge calls an "
+                            "OpenAI-compatible endpoint: set `api` and judge_api_url (serve the judge model with, "
+                            "e.g., `vllm serve MODEL`); `inference` (the judge on vroll's own strategies) is not "
+                            "in vroll yet"))
+    elif not role.judge_api_url:
+        issues.append(Issue(f"{path}.judge_api_url", "is required with judge_model_type: api (e.g. "
+                                                     "http://localhost:8000/v1)"))
+    prompt = role.judge_prompt
+    if prompt is not None and prompt not in ROLL_JUDGE_PROMPTS and "{response}" not in prompt:
+        issues.append(Issue(f"{path}.judge_prompt", f"{prompt!r} is neither one of ROLL's prompt names "
+                            f"({', '.join(ROLL_JUDGE_PROMPTS)}) nor a template with {{question}}, {{response}} "
+                            "and {reference}"))
     return issues
 
 

@@ -26,7 +26,7 @@ def generate(engine: GenerationEngine, records: list[PromptRecord], g, call: int
 
 
 def score(rewards: RewardRouter, records: list[PromptRecord], results: list[PromptResult]):
-    items = [RewardItem(rec.prompt_text, s.text, rec.ground_truth, rec.tag)
+    items = [RewardItem(rec.prompt_text, s.text, rec.ground_truth, rec.tag, rec.extra)
              for rec, res in zip(records, results) for s in res.samples]
     return rewards.score(items)
 

@@ -1,15 +1,21 @@
 """Reward workers and their combination: each prompt goes to the workers whose `tag_included`
 matches its tag (all workers when a worker lists no tags), and its reward is the weighted sum of their
-scores. A worker that raises on a sample scores that sample 0 and the step goes on."""
+scores (a measuring worker, `reward_free`, adds none: its score only counts for accuracy). A worker
+that raises on a sample scores that sample 0 and the step goes on."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from vroll.config.errors import Issue
 from vroll.config.schema import RewardConfig
+from vroll.rewards.choice_rule import ChoiceMeasureWorker, ChoiceRuleWorker
+from vroll.rewards.code_sandbox import CodeSandboxWorker
+from vroll.rewards.llm_judge import LlmJudgeWorker
 from vroll.rewards.math_rule import MathRuleReward
+from vroll.rewards.math_verify import MathVerifyWorker
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +26,7 @@ class RewardItem:
     response_text: str
     ground_truth: str | None
     tag: str | None
+    extra: dict[str, Any] = field(default_factory=dict)  # the data row's other fields (code test cases, ...)
 
 
 class MathRuleWorker:
@@ -90,7 +97,13 @@ def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> li
 
 
 # The data field each reward_type needs on a prompt's row to score it.
-NEEDED_FIELDS = {"math_rule": "ground_truth"}
+NEEDED_FIELDS = {"math_rule": "ground_truth", "math_verify": "ground_truth", "code_sandbox": "test_cases",
+                 "llm_judge": "ground_truth", "crossthinkqa": "ground_truth", "choice_boxed": "ground_truth",
+                 "choice_val": "ground_truth"}
+
+
+def _has(record, name: str) -> bool:
+    return getattr(record, name, None) is not None or (getattr(record, "extra", None) or {}).get(name) is not None
 
 
 def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[Issue]:
@@ -99,7 +112,7 @@ def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[
     issues = []
     for name, c in configs.items():
         needed = NEEDED_FIELDS.get(c.reward_type)
-        rows = [r for r in records if needed and getattr(r, needed) is None and name in routes(configs, r.tag)]
+        rows = [r for r in records if needed and not _has(r, needed) and name in routes(configs, r.tag)]
         if rows:
             first = ", ".join(r.source for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
             issues.append(Issue(f"{key}.file_name", f"{len(rows)} row(s) have no {needed!r}, which reward worker "
@@ -108,11 +121,15 @@ def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[
     return issues
 
 
+# each reward_type's worker, but `model` (its model started by the launcher)
+RULE_WORKERS = {"math_rule": MathRuleWorker, "math_verify": MathVerifyWorker, "code_sandbox": CodeSandboxWorker,
+                "crossthinkqa": ChoiceRuleWorker, "choice_boxed": ChoiceMeasureWorker,
+                "choice_val": ChoiceMeasureWorker, "llm_judge": LlmJudgeWorker, "format": FormatWorker}
+
+
 def build_worker(name: str, cfg: RewardConfig, models: dict):
-    if cfg.reward_type == "math_rule":
-        return MathRuleWorker(cfg)
-    if cfg.reward_type == "format":
-        return FormatWorker(cfg)
+    if cfg.reward_type in RULE_WORKERS:
+        return RULE_WORKERS[cfg.reward_type](cfg)
     if name not in models:
         raise ValueError(f"rewards.{name}: reward_type: model needs its model started (vroll.roles.launcher."
                          "launch_reward_models)")
@@ -129,7 +146,7 @@ class RewardRouter:
                                                             for n, c in configs.items()}
 
     def score(self, items: list[RewardItem]) -> tuple[list[float], list[float | None], dict[str, float]]:
-        """(combined reward per item, correctness per item (None without a math_rule worker),
+        """(combined reward per item, correctness per item (None without an answer-checking worker),
         metrics per worker)."""
         combined = [0.0] * len(items)
         correct: list[float | None] = [None] * len(items)
@@ -140,8 +157,9 @@ class RewardRouter:
                 continue
             scores, errors = self._score_safely(name, worker, [items[i] for i in idx])
             weight = self.configs[name].weight
+            adds = not getattr(worker, "reward_free", False)  # a measuring worker adds no reward
             for i, s in zip(idx, scores):
-                combined[i] += weight * s
+                combined[i] += weight * s if adds else 0.0
                 if worker.checks_answer:
                     correct[i] = max(correct[i] or 0.0, float(s > 0))
             metrics[f"reward/{name}/mean"] = sum(scores) / len(scores)

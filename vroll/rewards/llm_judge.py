@@ -1,0 +1,99 @@
+"""ROLL's LLM judge (`LLMJudgeRewardWorker`, vroll's `llm_judge`, `judge_model_type: api`): a judge
+model behind an OpenAI-compatible endpoint (`vllm serve`, ...) is asked whether the response's final
+answer matches the reference; 1 when its reply says yes, else 0 (ROLL's reading of the reply)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+from vroll.config.roll_compat import ROLL_JUDGE_PROMPTS
+
+# vroll's wording of ROLL's one named judge prompt (same placeholders, same YES / NO contract)
+YES_NO_PROMPT = """Given a problem, decide whether the final answer of the solution below matches the reference
+answer. The reference may be an option letter (A, B, C, D), a number, an expression, or a list of answers
+when there are several questions; it may be in any language, and your judgement does not depend on it.
+
+- If the solution's final answer matches the reference, answer YES.
+- If it does not match, or the solution is unclear, incomplete or ambiguous, answer NO.
+
+Reply with YES or NO only.
+
+Question:
+{question}
+
+Solution (its final step):
+{response}
+
+Reference answer:
+{reference}
+
+Answer:
+"""
+NAMED_PROMPTS = dict.fromkeys(ROLL_JUDGE_PROMPTS, YES_NO_PROMPT)
+
+
+def judge_template(judge_prompt: str | None) -> str:
+    """ROLL's prompt name, or a template of vroll's with {question}, {response} and {reference}."""
+    if judge_prompt is None:
+        return YES_NO_PROMPT
+    if judge_prompt in NAMED_PROMPTS:
+        return NAMED_PROMPTS[judge_prompt]
+    if "{response}" in judge_prompt:
+        return judge_prompt
+    raise ValueError(f"judge_prompt {judge_prompt!r} is neither one of ROLL's prompt names "
+                     f"({', '.join(NAMED_PROMPTS)}) nor a template with {{question}}, {{response}}, {{reference}}")
+
+
+def judge_messages(template: str, prompt: str, response: str, reference: str | None) -> list[dict]:
+    """The judge's one user message; the question is the prompt's last user turn, as ROLL takes it."""
+    values = {"question": prompt.split("user\n")[-1].strip() if "user\n" in prompt else prompt,
+              "response": response, "reference": str(reference)}
+    return [{"role": "user", "content": re.sub(r"\{(question|response|reference)\}", lambda m: values[m[1]], template)}]
+
+
+def yes_no_score(reply: str) -> float:
+    """ROLL's reading: 1 when the reply contains "yes" (any case), else 0."""
+    return 1.0 if "yes" in reply.lower() else 0.0
+
+
+class LlmJudgeWorker:
+    """Asks the judge endpoint about each sample (in parallel); a sample whose every try fails raises,
+    and the router scores it 0 and counts the error."""
+
+    checks_answer = True
+
+    def __init__(self, cfg, tries: int = 3, timeout_s: float = 60.0):
+        self.template = judge_template(cfg.judge_prompt)
+        self.url = cfg.judge_api_url.rstrip("/") + "/chat/completions"
+        self.model, self.tries, self.timeout_s = cfg.judge_model_name, tries, timeout_s
+        self.key = cfg.judge_api_key or os.environ.get("OPENAI_API_KEY")
+
+    def ask(self, messages: list[dict]) -> str:
+        body = json.dumps({"model": self.model, "messages": messages}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.key:
+            headers["Authorization"] = f"Bearer {self.key}"
+        error: Exception | None = None
+        for _ in range(self.tries):
+            try:
+                request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as reply:
+                    content = json.load(reply)["choices"][0]["message"]["content"]
+                if content:
+                    return content
+                error = ValueError("the judge's reply is empty")
+            except Exception as e:  # noqa: BLE001 - tried again, then reported with the sample
+                error = e
+        raise RuntimeError(f"judge endpoint {self.url}: {self.tries} tries failed, last: {error}")
+
+    def score(self, items) -> list[float]:
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(self.score_one, items))
+
+    def score_one(self, item) -> float:
+        return yes_no_score(self.ask(judge_messages(self.template, item.prompt_text, item.response_text,
+                                                    item.ground_truth)))
