@@ -140,6 +140,16 @@ def test_a_run_with_a_critic_needs_the_critics_checkpoint_and_checks_it(tmp_path
         find_checkpoint(str(path), tmp_path, ("critic",))
 
 
+def test_max_ckpt_to_keep_keeps_the_newest(tmp_path):
+    from vroll.pipeline.checkpoint import prune_checkpoints
+
+    for step in (1, 2, 10):
+        (tmp_path / "checkpoints" / f"step_{step}").mkdir(parents=True)
+    assert prune_checkpoints(tmp_path, 0) == []  # ROLL's default: keep all
+    assert [p.name for p in prune_checkpoints(tmp_path, 2)] == ["step_1"]  # by step number, not by name
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_10", "step_2"]
+
+
 class InterruptedTrainer:
     """Writes part of a checkpoint, then is interrupted (Ctrl-C) mid-save."""
 

@@ -38,7 +38,6 @@ TOP = {
                   "events in output_dir/tensorboard; wandb and swanlab are not used",
     "tracker_kwargs": "see track_with: vroll's tracking has no options",
     "checkpoint_config": "vroll saves Hugging Face folders to output_dir/checkpoints/step_N and uploads nothing",
-    "max_ckpt_to_keep": "vroll keeps every checkpoint",
     "local_rank": "set by ROLL's launcher; vroll places its ranks itself",
     "profiler_timeline": PROFILING,
     "profiler_memory": PROFILING,

@@ -209,6 +209,7 @@ class PipelineConfig(Section):
     # RL loop sizes (used by `vroll train`)
     max_steps: int = Field(100, ge=1)
     save_steps: int = Field(100, ge=1)
+    max_ckpt_to_keep: int = Field(0, ge=0)  # keep the newest N checkpoints (0: all), as ROLL
     logging_steps: int = Field(1, ge=1)
     eval_steps: int = Field(10, ge=1)
     resume_from_checkpoint: str | bool = False

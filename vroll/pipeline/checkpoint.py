@@ -67,6 +67,23 @@ def partial_saves_discarded(output_dir: str | Path):
         discard_partial_saves(output_dir)
 
 
+def newest_first(output_dir: str | Path) -> list[Path]:
+    """The checkpoint folders in output_dir, the highest step first."""
+    root = Path(output_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in root.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
+    """ROLL's `max_ckpt_to_keep`: remove all but the newest `keep` checkpoints (0 keeps all); the removed."""
+    if keep <= 0:
+        return []
+    old = newest_first(output_dir)[keep:]
+    for path in old:
+        shutil.rmtree(path, ignore_errors=True)
+    return old
+
+
 def find_checkpoint(resume: str | bool, output_dir: str | Path, inner: tuple[str, ...] = ()
                     ) -> tuple[Path | None, dict]:
     """`resume_from_checkpoint`: false (start fresh), true (the newest checkpoint in output_dir that
@@ -86,10 +103,9 @@ def find_checkpoint(resume: str | bool, output_dir: str | Path, inner: tuple[str
 def newest_loadable(output_dir: str | Path, inner: tuple[str, ...] = ()) -> tuple[Path | None, dict]:
     """The newest checkpoint that passes `check_checkpoint`; each newer one is skipped with a warning."""
     root = Path(output_dir) / "checkpoints"
-    found = sorted(((int(m.group(1)), p) for p in root.glob("step_*") if (m := re.fullmatch(r"step_(\d+)", p.name))),
-                   reverse=True)
+    found = newest_first(output_dir)
     reasons = []
-    for _, path in found:
+    for path in found:
         try:
             return path, check_checkpoint(path, inner)
         except CheckpointError as e:

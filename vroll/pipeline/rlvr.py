@@ -22,7 +22,8 @@ from vroll.config.sampling import rollout_args
 from vroll.config.schema import PipelineConfig
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
-from vroll.pipeline.checkpoint import CRITIC_DIR, find_checkpoint, partial_saves_discarded, save_checkpoint
+from vroll.pipeline.checkpoint import (CRITIC_DIR, find_checkpoint, partial_saves_discarded, prune_checkpoints,
+                                      save_checkpoint)
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
 from vroll.pipeline.evaluation import generate, score, validate
 from vroll.pipeline.health import skipped
@@ -421,6 +422,8 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
                                                                      "algorithm": algorithm.state_dict()},
                                        {CRITIC_DIR: roles.critic} if roles.critic is not None else {})
                 log.info("checkpoint saved: %s", path)
+                for old in prune_checkpoints(out_dir, cfg.max_ckpt_to_keep):
+                    log.info("checkpoint removed (max_ckpt_to_keep: %d): %s", cfg.max_ckpt_to_keep, old)
                 summary["checkpoint"] = str(path)
         metrics_log.close()
     records = metrics_log.read()
