@@ -109,6 +109,10 @@ def stop_reaper(timeout_s: float = 10.0) -> None:
     """End the session's watch: the reaper kills what is left of the session, then exits."""
     global _reaper, _reaper_pipe
     if _reaper_pipe is not None:
+        try:
+            os.write(_reaper_pipe, b"end")  # a child this process forked may hold the pipe open too
+        except OSError:
+            pass
         os.close(_reaper_pipe)
         _reaper_pipe = None
     if _reaper is not None:

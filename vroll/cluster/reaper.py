@@ -59,7 +59,9 @@ def reap(marker: bytes, within_s: float = 5.0) -> int:
 
 
 def wait_for_the_end(driver_pid: int) -> None:
-    """Return when stdin closes (the session ended, or the driver died) or the driver's pid ends."""
+    """Return when stdin has something to say (a byte: the session ended; end of file: the driver
+    ended it or died; a child the driver forked may still hold the pipe, hence the byte) or the
+    driver's pid ends."""
     watched = [sys.stdin.fileno()]
     try:
         watched.append(os.pidfd_open(driver_pid))  # readable when the driver exits (Linux >= 5.3)
@@ -67,9 +69,7 @@ def wait_for_the_end(driver_pid: int) -> None:
         pass
     while True:
         ready, _, _ = select.select(watched, [], [], 1.0)
-        if watched[0] in ready and not os.read(watched[0], 4096):
-            return
-        if len(watched) > 1 and watched[1] in ready:
+        if ready:
             return
         if len(watched) == 1 and not os.path.exists(f"/proc/{driver_pid}"):
             return
