@@ -53,3 +53,29 @@ def test_the_drivers_death_kills_the_session_even_if_the_pipe_stays_open():
         os.close(pipe)
         mine.kill()
         mine.wait()
+
+
+def test_a_descendant_that_lost_the_marker_and_its_parent_is_still_killed():
+    """Ray's agents rename themselves (their environment, as /proc shows it, is gone) and outlive
+    their parent, the raylet: a descendant seen while the session lasts is the session's."""
+    env = dict(os.environ, **{reaper.MARKER_VAR: "s4"})
+    parent = subprocess.Popen(["sh", "-c", "env -i sleep 60 & echo $!; wait"], env=env, stdout=subprocess.PIPE,
+                              text=True)
+    orphan = int(parent.stdout.readline())
+    proc, pipe = start_reaper("s4", os.getpid())
+    try:
+        time.sleep(1.5)  # the reaper has seen the family
+        parent.kill()
+        parent.wait()
+        os.write(pipe, b"end")
+        assert proc.wait(timeout=10) == 0
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{orphan}") and open(f"/proc/{orphan}/stat").read().split()[2] != "Z":
+            assert time.monotonic() < deadline, "the orphan still runs"
+            time.sleep(0.1)
+    finally:
+        os.close(pipe)
+        try:
+            os.kill(orphan, 9)
+        except OSError:
+            pass

@@ -79,7 +79,10 @@ def start_local() -> None:
     os.environ.update(LOCAL_RAY_ENV, **{reaper.MARKER_VAR: marker})
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        # address="local": a new Ray of its own. Without it `ray.init` joins whatever Ray another
+        # user or run last started on this machine (/tmp/ray/ray_current_cluster), or fails with
+        # "When connecting to an existing cluster, num_cpus and num_gpus must not be provided".
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     except BaseException:
         stop_reaper()
         raise
