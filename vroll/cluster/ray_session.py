@@ -58,9 +58,9 @@ def connect(address: str | None = None) -> bool:
 # constant (this process) and the variable (the processes Ray starts) are set, only while starting.
 #
 # Lifetime: Ray ties the GCS and the raylet to the driver, but after `kill -9` of the driver the
-# raylet's agents live 60 s more (see `reaper.py`). A small reaper process, started before Ray,
-# kills every process of the session (marked by `reaper.MARKER_VAR` in their environment) as soon as
-# the driver dies or ends the session.
+# raylet's agents live 60 s more (see `reaper.py`). A small reaper process, started before Ray (on
+# Linux: it reads /proc), kills every process of the session (started with `reaper.MARKER_VAR` in
+# their environment, and their descendants) as soon as the driver dies or ends the session.
 LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 _reaper: subprocess.Popen | None = None
@@ -99,6 +99,8 @@ def start_reaper(marker: str) -> None:
     """`reaper.py` (a file run by path: it imports nothing of vroll), reading a pipe only this process
     holds (its write end is close-on-exec: Ray's processes do not inherit it)."""
     global _reaper, _reaper_pipe
+    if not sys.platform.startswith("linux"):
+        return
     read_end, write_end = os.pipe()
     try:
         _reaper = subprocess.Popen([sys.executable, reaper.__file__, marker, str(os.getpid())], stdin=read_end,

@@ -57,7 +57,11 @@ def rendezvous_store(init_method: str, rank: int, world_size: int):
 
     where = urlsplit(init_method)
     host, port = where.hostname, where.port
-    if ipaddress.ip_address(host).is_loopback:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, not an address
+        loopback = host == "localhost"
+    if loopback:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
     timeout = timedelta(minutes=30)
