@@ -79,3 +79,24 @@ def interruptible() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def non_loopback_listeners(pids) -> list[str]:
+    """The TCP sockets these processes listen on at an address other than the loopback one
+    (IPv4-mapped IPv6 loopback counts as loopback; `::` and `0.0.0.0` do not)."""
+    import ipaddress
+
+    import psutil
+
+    pids, found = set(pids), []
+    for c in psutil.net_connections("tcp"):
+        if c.status != psutil.CONN_LISTEN or c.pid not in pids:
+            continue
+        ip = ipaddress.ip_address(c.laddr.ip.split("%")[0])
+        if not (ip.is_loopback or (ip.version == 6 and ip.ipv4_mapped and ip.ipv4_mapped.is_loopback)):
+            try:
+                name = psutil.Process(c.pid).name()
+            except psutil.Error:
+                name = "?"
+            found.append(f"{name} (pid {c.pid}) on {c.laddr.ip}:{c.laddr.port}")
+    return found

@@ -149,6 +149,47 @@ def test_generate_with_two_engines_on_a_local_ray(tmp_path, tiny_model):
     assert [row["index"] for row in rows] == list(range(len(rows))) and len(rows) == 8
 
 
+def test_nothing_of_a_local_ray_outlives_a_killed_driver(tmp_path, tiny_model):
+    """`kill -9` of `vroll generate` while two engines on a local Ray generate: within 10 s no process
+    of that Ray session is left (Ray's agents would otherwise wait 60 s for the dead GCS)."""
+    import signal
+    import time
+
+    import psutil
+
+    data = engine_config(tiny_model)
+    data["actor_infer"]["device_mapping"] = "list(range(0,2))"
+    data["actor_infer"]["generating_args"].update(max_new_tokens=200, ignore_eos=True, num_return_sequences=8,
+                                                  temperature=1.0)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"prompt": "What is 1+1?"}\n' * 64)
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    proc = subprocess.Popen(VROLL + ["generate", write_yaml(tmp_path / "c.yaml", data), "--input", str(prompts),
+                                     "--output", str(tmp_path / "o.jsonl")],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        for line in proc.stderr:
+            if "engine(s) ready" in line:
+                break
+        time.sleep(1.0)  # generating
+        session = psutil.Process(proc.pid).children(recursive=True)
+        names = {p.name() for p in session}
+        assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, names
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        killed = time.monotonic()
+
+        def alive():
+            return [f"{p.name()} (pid {p.pid})" for p in session if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+        while alive() and time.monotonic() - killed < 10:
+            time.sleep(0.2)
+        assert alive() == [], f"still running 10 s after the driver was killed: {alive()}"
+    finally:
+        proc.kill()
+        proc.stderr.close()
+
+
 def test_generate_joins_an_existing_ray_cluster(tmp_path, tiny_model):
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
     port = 6391

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from conftest import engine_config, hf_greedy_texts, write_yaml
+from conftest import engine_config, hf_greedy_texts, non_loopback_listeners, write_yaml
 from vroll.config import ConfigError, load_config
 from vroll.config.schema import GeneratingArgs
 from vroll.roles.launcher import launch_role
@@ -50,6 +50,18 @@ def test_two_engines_are_pinned_to_their_own_cores(cluster):
     infos = cluster.info()
     assert [i["cores"] for i in infos] == [[0], [1]]
     assert len({i["pid"] for i in infos}) == 2 and os.getpid() not in {i["pid"] for i in infos}
+
+
+def test_a_local_ray_listens_on_the_loopback_interface_only(cluster):
+    """Every process of the Ray vroll started (GCS, raylet, agents, engine actors), and this driver's
+    own Ray server, listen on 127.0.0.1 only: a local run exposes nothing to the network."""
+    import psutil
+
+    ray_processes = psutil.Process().children(recursive=True)
+    assert {p.name() for p in ray_processes} >= {"gcs_server", "raylet"}
+    assert len([p for p in ray_processes if "RoleHost" in p.name()]) == 2
+    assert non_loopback_listeners([p.pid for p in ray_processes]) == []
+    assert all(i["node"] == "127.0.0.1" for i in cluster.info())
 
 
 def test_results_equal_one_engine_in_input_order(cluster, single):

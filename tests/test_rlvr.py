@@ -193,6 +193,46 @@ def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, da
     assert not any(c.is_running() and c.status() != psutil.STATUS_ZOMBIE for c in children)
 
 
+def test_kill_9_of_train_leaves_no_process_of_its_ray(tmp_path, tiny_model, data):
+    """`kill -9` of `vroll train` with its engine on a local Ray: within 10 s no process of that Ray
+    session is left (Ray's agents rename themselves and would wait 60 s for the dead GCS)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    from conftest import REPO
+
+    cfg = rl_config(tmp_path, tiny_model, data, max_steps=100, validation=None)
+    cfg["actor_train"]["device_mapping"] = [1]  # the engine on its own slot: a Ray actor
+    cfg["reference"]["device_mapping"] = [1]
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    proc = subprocess.Popen([sys.executable, "-m", "vroll.cli.main", "train", write_yaml(tmp_path / "c.yaml", cfg)],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    try:
+        for line in proc.stderr:
+            if "engine(s) ready" in line:
+                break
+        time.sleep(2.0)
+        session = psutil.Process(proc.pid).children(recursive=True)
+        assert {"raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {p.name() for p in session}
+        proc.kill()
+        proc.wait(timeout=10)
+        killed = time.monotonic()
+
+        def alive():
+            return [f"{p.name()} (pid {p.pid})" for p in session if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+        while alive() and time.monotonic() - killed < 10:
+            time.sleep(0.2)
+        assert alive() == [], f"still running 10 s after the driver was killed: {alive()}"
+    finally:
+        proc.kill()
+        proc.stderr.close()
+
+
 def test_nan_stops_the_run_before_the_optimiser_or_is_skipped_and_counted(tmp_path, tiny_model, data, monkeypatch):
     from safetensors.torch import load_file
 

@@ -176,8 +176,32 @@ def test_two_ranks_train_like_one(tiny_model, tmp_path):
     assert abs(resumed["loss"] - after_save["loss"]) < 1e-6 and resumed["train/lr"] == after_save["train/lr"]
 
 
-def test_a_dead_rank_is_named_at_once(tiny_model):
-    """The surviving rank would wait for the dead one in a collective: the call must not."""
+def test_two_ranks_on_a_local_ray_listen_on_loopback_only(tiny_model):
+    """The ranks' rendezvous store (served by rank 0), their gloo connections and every process of the
+    local Ray listen on 127.0.0.1 only."""
+    import psutil
+
+    from conftest import non_loopback_listeners
+    from vroll.roles.launcher import launch_role
+
+    role = train_role(tiny_model)
+    role.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
+    ids, mask = padded(SEQS)
+    with launch_role(role) as ranks:
+        ranks.batch_logprobs(ids, mask)  # the ranks have met in collectives
+        processes = psutil.Process().children(recursive=True)
+        rank_pids = [m.pid for m in ranks.group.members]
+        listening = {c.pid for c in psutil.net_connections("tcp") if c.status == psutil.CONN_LISTEN}
+        assert rank_pids[0] in listening  # rank 0 serves the store
+        assert set(rank_pids) <= {p.pid for p in processes}
+        assert non_loopback_listeners([p.pid for p in processes]) == []
+
+
+@pytest.mark.parametrize("how", ["ray.kill", "kill -9"])
+def test_a_dead_rank_is_named_at_once(tiny_model, how):
+    """The surviving rank would wait for the dead one in a collective: the call must not, and names the
+    dead rank within 5 s whether Ray killed it or its process was killed."""
+    import os
     import time
 
     import ray
@@ -189,12 +213,16 @@ def test_a_dead_rank_is_named_at_once(tiny_model):
     role.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
     ids, mask = padded(SEQS)
     with launch_role(role) as cluster:
-        ray.kill(cluster.group.members[1].actor, no_restart=True)
+        victim = cluster.group.members[1]
+        if how == "ray.kill":
+            ray.kill(victim.actor, no_restart=True)
+        else:
+            os.kill(victim.pid, 9)
         start = time.monotonic()
         with pytest.raises(TrainerFailure, match=r"actor_train rank 1 \(node .*, devices \[1\]\) died while "
                                                  r"batch_logprobs"):
             cluster.batch_logprobs(ids, mask)
-        assert time.monotonic() - start < 30
+        assert time.monotonic() - start < 5
     assert not cluster.group.members
 
 

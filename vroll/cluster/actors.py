@@ -13,11 +13,21 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import psutil
+
 from vroll.cluster.host import RoleHost
 from vroll.cluster.placement import Placement, place
 from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, release
 
 log = logging.getLogger(__name__)
+
+# How often a call that waits checks its members' processes itself. Ray names a dead actor only once
+# its raylet sees the worker's connection close; a process the actor forked (a helper a library
+# starts without exec) keeps that connection open, and Ray then reports the death only when that
+# process ends too (a forked child that slept 120 s delayed it 119 s here). The group therefore
+# looks at the pids of its members on this node while it waits: a member whose process is gone is
+# named within this interval, whatever Ray knows.
+LIVENESS_POLL_S = 0.5
 
 
 class RoleFailure(RuntimeError):
@@ -31,6 +41,7 @@ class Member:
     node_ip: str = "?"
     pid: int = 0
     node_id: str = ""
+    started: float = 0.0  # the process's start time, when it runs on this node (pid reuse is not life)
 
 
 class ActorGroup:
@@ -78,8 +89,27 @@ class ActorGroup:
         ).remote(self.name, p.rank, list(p.local), self.platform, self.drop_env)
 
     def _learn_where(self, members: list[Member]) -> None:
+        here = self._ray.get_runtime_context().get_node_id()
         for m, info in zip(members, self.call(members, "start", lambda m: m.actor.info.remote())):
             m.node_ip, m.pid, m.node_id = info["node"], info["pid"], info["node_id"]
+            if m.node_id == here:
+                try:
+                    m.started = psutil.Process(m.pid).create_time()
+                except psutil.Error:
+                    pass
+
+    @staticmethod
+    def _gone(m: Member) -> bool:
+        """True when member `m` runs on this node and its process has ended (or is a zombie)."""
+        if not m.started:
+            return False  # on another node, or not started yet: Ray's word only
+        try:
+            p = psutil.Process(m.pid)
+            return p.create_time() != m.started or p.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+        except psutil.Error:
+            return False
 
     def build(self, target: str, args_of: Callable[[Member], tuple], kwargs: dict | None = None,
               members: list[Member] | None = None) -> None:
@@ -115,8 +145,16 @@ class ActorGroup:
         bar = self._progress(what, len(refs)) if progress else None
         pending, out = list(refs), {}
         while pending:
-            done, pending = self._ray.wait(pending, num_returns=1, timeout=max(deadline - time.monotonic(), 0.001))
+            left = deadline - time.monotonic()
+            done, pending = self._ray.wait(pending, num_returns=1, timeout=max(min(left, LIVENESS_POLL_S), 0.001))
             if not done:
+                gone = [member_of[ref] for ref in pending if self._gone(member_of[ref])]
+                if gone:
+                    self.broken = True
+                    raise self.failure(f"{self.where(gone[0])} died while {what}: its process {gone[0].pid} "
+                                       "has ended")
+                if left > LIVENESS_POLL_S:
+                    continue
                 self.broken = True
                 stuck = ", ".join(self.where(member_of[ref]) for ref in pending)
                 raise self.failure(f"{stuck} did not answer within {self.call_timeout_s:.0f} s while {what}")

@@ -32,15 +32,17 @@ class RoleHost:
                 "node_id": ray.get_runtime_context().get_node_id(), "cores": sorted(os.sched_getaffinity(0))}
 
     def rendezvous(self) -> str:
-        """A free address on this node, for a process group whose rank 0 this actor hosts."""
+        """A free address on this node, for a process group whose rank 0 this actor hosts: the node's
+        own address (127.0.0.1 in a local Ray, see `ray_session`), where rank 0's store will listen."""
         import socket
 
         import ray
 
-        with socket.socket() as s:
-            s.bind(("", 0))
+        host = ray.util.get_node_ip_address()
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+            s.bind((host, 0))
             port = s.getsockname()[1]
-        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+        return f"tcp://{host}:{port}" if ":" not in host else f"tcp://[{host}]:{port}"
 
     def call(self, method: str, *args, **kwargs):
         return getattr(self.target, method)(*args, **kwargs)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
+import uuid
+
+from vroll.cluster import reaper
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +41,91 @@ def connect(address: str | None = None) -> bool:
                                f"{str(e).splitlines()[0]}") from None
         log.info("joined the Ray cluster at %s (%d nodes)", address, len([n for n in ray.nodes() if n["Alive"]]))
         return False
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    log.info("started a local Ray (%d CPU slots)", os.cpu_count())
+    start_local()
+    log.info("started a local Ray (%d CPU slots, listening on 127.0.0.1 only)", os.cpu_count())
     return True
+
+
+# -- a local Ray: loopback only, and nothing of it outlives the driver ---------------------------------
+# Every Ray workaround and setting of a local session is here.
+#
+# Loopback: Ray 2.60's gRPC servers (GCS, raylet, object manager, and every worker's, this driver's
+# included) listen on every interface unless the node's address is 127.0.0.1, and `ray.init` turns
+# 127.0.0.1 into the machine's address (`services.resolve_ip_for_localhost`). Ray's own switch for
+# laptops, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, makes the node's address 127.0.0.1 instead; with it
+# every server, the RuntimeEnvAgent and the autoscaler's metrics server listen on 127.0.0.1 only (the
+# dashboard is off). Ray reads it when imported (`ray_constants.ENABLE_RAY_CLUSTER`), so both the
+# constant (this process) and the variable (the processes Ray starts) are set, only while starting.
+#
+# Lifetime: Ray ties the GCS and the raylet to the driver, but after `kill -9` of the driver the
+# raylet's agents live 60 s more (see `reaper.py`). A small reaper process, started before Ray (on
+# Linux: it reads /proc), kills every process of the session (started with `reaper.MARKER_VAR` in
+# their environment, and their descendants) as soon as the driver dies or ends the session.
+LOCAL_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+_reaper: subprocess.Popen | None = None
+_reaper_pipe: int | None = None
+
+
+def start_local() -> None:
+    """Start a local Ray (loopback only), watched by a reaper tied to this process's life."""
+    import ray
+    from ray._private import ray_constants
+
+    marker = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+    start_reaper(marker)
+    saved_env = {k: os.environ.get(k) for k in [*LOCAL_RAY_ENV, reaper.MARKER_VAR]}
+    saved_constant = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(LOCAL_RAY_ENV, **{reaper.MARKER_VAR: marker})
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        # address="local": a new Ray of its own. Without it `ray.init` joins whatever Ray another
+        # user or run last started on this machine (/tmp/ray/ray_current_cluster), or fails with
+        # "When connecting to an existing cluster, num_cpus and num_gpus must not be provided".
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    except BaseException:
+        stop_reaper()
+        raise
+    finally:  # what Ray started keeps them; this process's later children do not get them
+        ray_constants.ENABLE_RAY_CLUSTER = saved_constant
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def start_reaper(marker: str) -> None:
+    """`reaper.py` (a file run by path: it imports nothing of vroll), reading a pipe only this process
+    holds (its write end is close-on-exec: Ray's processes do not inherit it)."""
+    global _reaper, _reaper_pipe
+    if not sys.platform.startswith("linux"):
+        return
+    read_end, write_end = os.pipe()
+    try:
+        _reaper = subprocess.Popen([sys.executable, reaper.__file__, marker, str(os.getpid())], stdin=read_end,
+                                   stdout=subprocess.DEVNULL, close_fds=True, start_new_session=True)
+    finally:
+        os.close(read_end)
+    _reaper_pipe = write_end
+
+
+def stop_reaper(timeout_s: float = 10.0) -> None:
+    """End the session's watch: the reaper kills what is left of the session, then exits."""
+    global _reaper, _reaper_pipe
+    if _reaper_pipe is not None:
+        try:
+            os.write(_reaper_pipe, b"end")  # a child this process forked may hold the pipe open too
+        except OSError:
+            pass
+        os.close(_reaper_pipe)
+        _reaper_pipe = None
+    if _reaper is not None:
+        try:
+            _reaper.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _reaper.kill()
+        _reaper = None
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -96,3 +183,4 @@ def release(actors: list, owns_ray: bool, polite: bool = True) -> None:
     stop_actors(actors, polite=polite)
     if owns_ray:
         ray.shutdown()
+        stop_reaper()

@@ -37,8 +37,42 @@ def multi_rank_mesh(device_type: str, rank: int, world_size: int, init_method: s
     from torch.distributed.device_mesh import init_device_mesh
 
     backend = "cpu:gloo,cuda:nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size)
+    dist.init_process_group(backend, store=rendezvous_store(init_method, rank, world_size), rank=rank,
+                            world_size=world_size)
     return init_device_mesh(device_type, (world_size,))
+
+
+def rendezvous_store(init_method: str, rank: int, world_size: int):
+    """The ranks' TCPStore at `tcp://host:port`, rank 0 serving it on `host` only. (PyTorch's own
+    `init_method="tcp://..."` store listens on every interface whatever the host; a socket bound
+    here and handed over as `master_listen_fd` keeps it to that address.) When the host is the
+    loopback address (a local Ray), the collectives' own sockets stay on it too (gloo and NCCL
+    otherwise listen on the address of the machine's name), unless the user chose an interface."""
+    import ipaddress
+    import socket
+    from datetime import timedelta
+    from urllib.parse import urlsplit
+
+    import torch.distributed as dist
+
+    where = urlsplit(init_method)
+    host, port = where.hostname, where.port
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name, not an address
+        loopback = host == "localhost"
+    if loopback:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")
+    timeout = timedelta(minutes=30)
+    if rank != 0:
+        return dist.TCPStore(host, port, world_size, False, timeout=timeout)
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((host, port))
+    listener.listen(128)
+    store = dist.TCPStore(host, port, world_size, True, timeout=timeout, master_listen_fd=listener.detach())
+    return store
 
 
 def single_rank_mesh(device_type: str):
