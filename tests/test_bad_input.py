@@ -99,6 +99,16 @@ def test_a_broken_model_folder_is_named_by_validate(tmp_path, model_copy, damage
     assert "actor_infer.model_args.model_name_or_path: " in r.stderr and expected in r.stderr, r.stderr
 
 
+def test_a_context_longer_than_the_models_positions_is_named_by_validate(tmp_path, tiny_model):
+    # vLLM refuses it only when its engine starts (found training ROLL's example_ppo.yaml: max_model_len 8000)
+    data = engine_config(tiny_model)
+    data["actor_infer"]["strategy_args"]["strategy_config"]["max_model_len"] = 1024
+    r = validate(tmp_path, data)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "actor_infer.strategy_args.strategy_config.max_model_len: 1024 is more than the model's 512 positions" \
+        in r.stderr, r.stderr
+
+
 def test_a_whole_model_folder_passes_and_dummy_weights_need_none(tmp_path, model_copy):
     from vroll.models.folder import folder_problems
 

@@ -84,5 +84,23 @@ def model_folder_issues(cfg) -> list[Issue]:
         if not folder.is_dir() or (folder, dummy) in seen:
             continue
         seen.add((folder, dummy))
-        issues += [Issue(f"{path}.model_args.model_name_or_path", p) for p in folder_problems(folder, not dummy)]
+        problems = folder_problems(folder, not dummy)
+        issues += [Issue(f"{path}.model_args.model_name_or_path", p) for p in problems]
+        if not problems and role.strategy_args is not None and role.strategy_args.strategy_name == "vllm":
+            issues += context_issues(path, role, folder)
     return issues
+
+
+def context_issues(path: str, role, folder: Path) -> list[Issue]:
+    """vLLM refuses a `max_model_len` beyond the model's positions (`max_position_embeddings`) once its
+    engine starts; say so before, at the key."""
+    asked = role.strategy_args.strategy_config.get("max_model_len")
+    try:
+        positions = json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if isinstance(asked, int) and isinstance(positions, int) and asked > positions:
+        return [Issue(f"{path}.strategy_args.strategy_config.max_model_len",
+                      f"{asked} is more than the model's {positions} positions (max_position_embeddings in "
+                      f"{folder / 'config.json'}): use at most {positions}")]
+    return []
