@@ -100,3 +100,19 @@ def non_loopback_listeners(pids) -> list[str]:
                 name = "?"
             found.append(f"{name} (pid {c.pid}) on {c.laddr.ip}:{c.laddr.port}")
     return found
+
+
+def assert_gone_within(processes, seconds: float = 10.0) -> None:
+    """Every one of these psutil processes has exited (zombies count as gone) within `seconds`."""
+    import time
+
+    import psutil
+
+    def alive():
+        return [f"{p.name()} (pid {p.pid})" for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    start = time.monotonic()
+    while alive() and time.monotonic() - start < seconds:
+        time.sleep(0.2)
+    assert alive() == [], f"still running {seconds:g} s after the driver was killed: {alive()}"
+

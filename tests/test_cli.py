@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 
-from conftest import REPO, engine_config, interruptible, write_yaml
+from conftest import REPO, assert_gone_within, engine_config, interruptible, write_yaml
 
 VROLL = [sys.executable, "-m", "vroll.cli.main"]
 
@@ -177,14 +177,7 @@ def test_nothing_of_a_local_ray_outlives_a_killed_driver(tmp_path, tiny_model):
         assert {"gcs_server", "raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names, names
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        killed = time.monotonic()
-
-        def alive():
-            return [f"{p.name()} (pid {p.pid})" for p in session if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-        while alive() and time.monotonic() - killed < 10:
-            time.sleep(0.2)
-        assert alive() == [], f"still running 10 s after the driver was killed: {alive()}"
+        assert_gone_within(session, 10)
     finally:
         proc.kill()
         proc.stderr.close()

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from conftest import hf_greedy, interruptible, write_yaml
+from conftest import assert_gone_within, hf_greedy, interruptible, write_yaml
 from vroll.config import load_config
 from vroll.data.arithmetic import write_dataset
 
@@ -220,14 +220,7 @@ def test_kill_9_of_train_leaves_no_process_of_its_ray(tmp_path, tiny_model, data
         assert {"raylet", "ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {p.name() for p in session}
         proc.kill()
         proc.wait(timeout=10)
-        killed = time.monotonic()
-
-        def alive():
-            return [f"{p.name()} (pid {p.pid})" for p in session if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-
-        while alive() and time.monotonic() - killed < 10:
-            time.sleep(0.2)
-        assert alive() == [], f"still running 10 s after the driver was killed: {alive()}"
+        assert_gone_within(session, 10)
     finally:
         proc.kill()
         proc.stderr.close()

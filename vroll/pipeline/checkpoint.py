@@ -29,22 +29,30 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
     return Path(output_dir) / "checkpoints" / f"step_{step}"
 
 
-def save_checkpoint(output_dir: str | Path, step: int, trainer, state: dict, others: dict | None = None) -> Path:
-    """The trainer's folder, with `others` (subfolder name -> another training role) inside it."""
-    final = checkpoint_dir(output_dir, step)
+@contextmanager
+def written_aside(final: Path):
+    """A sibling folder to write `final` into: renamed into place when the block ends, removed when it
+    fails or is interrupted (Ctrl-C), so no half-written folder ever stands at `final`."""
     tmp = final.with_name(f".{final.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
+        yield tmp
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(output_dir: str | Path, step: int, trainer, state: dict, others: dict | None = None) -> Path:
+    """The trainer's folder, with `others` (subfolder name -> another training role) inside it."""
+    final = checkpoint_dir(output_dir, step)
+    with written_aside(final) as tmp:
         trainer.save(tmp)
         for name, role in (others or {}).items():
             role.save(tmp / name)
         (tmp / STATE_JSON).write_text(json.dumps({"step": step, **state}, indent=1))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:  # Ctrl-C or a failure mid-save: no partial folder stays
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

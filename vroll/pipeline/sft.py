@@ -4,8 +4,6 @@ tiny model reaches a non-trivial accuracy that RL can then improve. Writes `outp
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -14,7 +12,7 @@ import torch
 from vroll.config.schema import PipelineConfig
 from vroll.models.padding import left_pad
 from vroll.models.paths import resolve_model_path
-from vroll.pipeline.checkpoint import partial_saves_discarded
+from vroll.pipeline.checkpoint import partial_saves_discarded, written_aside
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
 from vroll.pipeline.evaluation import evaluate_model
 from vroll.pipeline.health import skipped
@@ -90,14 +88,6 @@ def _run_sft(cfg: PipelineConfig, out_dir: Path, progress: bool | None) -> dict:
 
 def save_model(trainer, folder: Path) -> Path:
     """The trained weights as a Hugging Face folder, written aside and renamed into place."""
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with written_aside(folder) as tmp:
         trainer.save(tmp, with_state=False)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    except BaseException:  # Ctrl-C or a failure mid-save: no partial folder stays
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
