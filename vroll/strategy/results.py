@@ -15,6 +15,7 @@ class Sample:
     text: str
     finish_reason: str  # "stop" (EOS or a stop string/id) or "length"
     logprobs: list[float] | None = None  # log-probability of each sampled token, when asked
+    token_versions: list[int] | None = None  # the weight version that produced each token (streamed generation)
 
 
 @dataclass

@@ -36,6 +36,18 @@ def sampling_params(g: GeneratingArgs, seed: int | None = None):
     )
 
 
+def stream_sampling_params(g: GeneratingArgs, seed: int, generated: int = 0):
+    """One sample of a streamed group (`strategy.streaming`), `generated` tokens into it: n=1, the
+    token budget it has left, and its new tokens delivered at every engine step (so a pause keeps them)."""
+    from vllm.sampling_params import RequestOutputKind
+
+    left = g.model_copy(update={"num_return_sequences": 1, "max_new_tokens": g.max_new_tokens - generated,
+                                "min_new_tokens": max(g.min_new_tokens - generated, 0)})
+    params = sampling_params(left, seed)
+    params.output_kind = RequestOutputKind.DELTA
+    return params
+
+
 def beam_search_params(g: GeneratingArgs):
     from vllm.sampling_params import BeamSearchParams
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
+from contextlib import contextmanager
 from typing import Any, Sequence
 
 from vroll.config.dtypes import DTYPES
@@ -17,7 +17,9 @@ from vroll.strategy import vllm_compat
 from vroll.strategy.engine_state import EngineState, EngineStateError
 from vroll.strategy.prompts import Prompt, encode_prompt, fit_prompts
 from vroll.strategy.results import PromptResult, Sample, to_padded_batch
-from vroll.strategy.sampling import beam_search_params, describe, request_seed, sampling_params
+from vroll.strategy.sampling import (beam_search_params, describe, request_seed, sampling_params,
+                                     stream_sampling_params)
+from vroll.strategy.streaming import EngineLock, RolloutStream
 from vroll.strategy.transport import unpack_bucket
 from vroll.strategy.weights import (
     UpdateSession, WeightUpdateError, buckets, expected_layout, tied_names, validate_all,
@@ -72,7 +74,8 @@ class VllmStrategy:
         if kwargs.get("load_format") == "dummy":
             self.state.invalidate("load_format: dummy started it with random weights; the first update_weights() "
                                   "brings the real ones")
-        self._lock = threading.RLock()  # one engine call at a time: vLLM's LLM is not thread-safe
+        self._lock = EngineLock()  # one engine call at a time: vLLM's LLM is not thread-safe
+        self._stream: RolloutStream | None = None  # generation running on in the background (async RL)
         self._layout = None
         self._update: UpdateSession | None = None
         self._calls = 0
@@ -98,7 +101,7 @@ class VllmStrategy:
         each prompt is sampled the same whichever engine gets it (with `call`, the caller's count of
         generate calls, which also enters the seed).
         """
-        with self._lock:
+        with self._foreground():
             self.state.require_serving("generate", self.name)
             return self._generate(prompts, generating_args, prompt_overflow, use_tqdm, seed_indices, call)
 
@@ -162,6 +165,52 @@ class VllmStrategy:
             self._described.add(text)
             log.info("%s: %s", self.name, text)
 
+    # -- generation in the background (the asynchronous pipeline) -----------------------------
+    def submit(self, keys: Sequence[int], prompts: Sequence[Sequence[int]], generating_args: GeneratingArgs,
+               call: int) -> None:
+        """Start generating a group of samples for each prompt (token ids) in the background; `keys`
+        name the groups for `collect`. A weight update pauses them and continues them on the new
+        weights from the tokens they have (partial rollout)."""
+        too_long = [k for k, p in zip(keys, prompts) if len(p) + generating_args.max_new_tokens > self.max_model_len]
+        if too_long:
+            raise ValueError(f"{self.name}: prompt of group {too_long[0]} plus max_new_tokens "
+                             f"{generating_args.max_new_tokens} exceeds max_model_len {self.max_model_len}")
+        with self._lock:
+            self.state.require_serving("generate", self.name)
+            self._log_once(generating_args)
+            if self._stream is None:
+                self._stream = RolloutStream(self.llm, self._lock, lambda: self.weight_version,
+                                             stream_sampling_params, self.tokenizer, self.name)
+            self._stream.submit(list(keys), [list(p) for p in prompts], generating_args,
+                                [request_seed(self.seed, call, k) for k in keys])
+
+    def collect(self, min_groups: int = 1, wait_s: float = 0.0) -> list[PromptResult]:
+        """Groups finished in the background since the last call (each returned once), waiting up to
+        `wait_s` for `min_groups`; a result's `index` is its key, each token carries its weight version."""
+        return self._stream.collect(min_groups, wait_s) if self._stream is not None else []
+
+    def drop(self, keys: Sequence[int]) -> int:
+        """Stop and forget submitted groups (too stale to use)."""
+        return self._stream.drop(list(keys)) if self._stream is not None else 0
+
+    def stream_report(self) -> dict:
+        """Seconds the background generation sat idle or paused, samples resumed, tokens, since the
+        last report."""
+        return self._stream.report() if self._stream is not None else {}
+
+    @contextmanager
+    def _foreground(self):
+        """An engine call of its own (generate, scoring): background samples pause and then go on."""
+        with self._lock:
+            stream = self._stream if self._stream is not None and self._stream.active else None
+            if stream is not None:
+                stream.pause()
+            try:
+                yield
+            finally:
+                if stream is not None and self.state.weights_valid:
+                    stream.resume()
+
     # -- forward-only work ------------------------------------------------------------------
     def sequence_logprobs(self, sequences: Sequence[Sequence[int]]) -> list[list[float]]:
         """Log-probability of every token after the first, for given token sequences; forward
@@ -169,7 +218,7 @@ class VllmStrategy:
         from vllm import SamplingParams
 
         params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        with self._lock:
+        with self._foreground():
             self.state.require_serving("compute log-probabilities", self.name)
             return self._sequence_logprobs(sequences, params)
 
@@ -223,6 +272,8 @@ class VllmStrategy:
                                          verify=self.options.verify_weights if verify is None else verify,
                                          deadline=time.monotonic() + timeout_s)
             self._update_started = time.perf_counter()
+            if self._stream is not None:  # samples in flight stop here and go on with the new weights
+                self._stream.pause()
 
     def load_bucket(self, bucket: list) -> None:
         session = self._require_update()
@@ -246,6 +297,8 @@ class VllmStrategy:
         if session.complete:
             self.state.weights_valid, self.state.invalid_reason = True, ""
         self._update = None
+        if self._stream is not None:
+            self._stream.resume()
         log.info("%s: weights updated to version %d (%.1f MiB in %.3f s%s)", self.name, self.weight_version,
                  session.nbytes / 2**20, time.perf_counter() - self._update_started,
                  ", checksum verified" if session.verify else "")
@@ -261,6 +314,8 @@ class VllmStrategy:
     def abort_update(self, error: BaseException) -> None:
         """End a failed update: weights that were partly written are marked invalid."""
         session, self._update = self._update, None
+        if self._stream is not None and self.state.weights_valid and not (session and session.written):
+            self._stream.resume()  # nothing was written: the samples go on with the weights they had
         if session is None or not session.written:
             if isinstance(error, WeightUpdateError) and "nothing was written" not in str(error):
                 error.args = (f"{self.name}: weight update refused, nothing was written:\n{error}",)
@@ -381,6 +436,8 @@ class VllmStrategy:
     # -- life cycle -------------------------------------------------------------------------
     def close(self) -> None:
         """Stop the engine and free its memory; safe to call twice."""
+        if self._stream is not None:
+            self._stream.close()
         llm, self._llm = self._llm, None
         if llm is not None:
             vllm_compat.shutdown_engine(llm)
