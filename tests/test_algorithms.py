@@ -173,7 +173,7 @@ def test_running_moments_merge_like_one_batch():
 
 
 def test_which_passes_run():
-    from vroll.config.passes import old_logprobs_recomputed, reference_enabled
+    from vroll.config.passes import old_logprobs_needed, old_logprobs_recomputed, reference_enabled
 
     def cfg(**over):
         base = dict(rollout_batch_size=4, num_return_sequences_in_group=4, init_kl_coef=0.0,
@@ -183,12 +183,19 @@ def test_which_passes_run():
     assert reference_enabled(options())  # ROLL's default init_kl_coef 0.2
     assert not reference_enabled(cfg()) and reference_enabled(cfg(init_kl_coef=0.1))
     assert reference_enabled(cfg(use_kl_loss=True, kl_loss_coef=0.1)) and reference_enabled(cfg(enable_reference=True))
-    assert not old_logprobs_recomputed(cfg(), ranks=1)  # 16 rows, 16 per optimiser step: one step
-    assert old_logprobs_recomputed(cfg(rollout_batch_size=8), ranks=1)  # two steps
-    assert not old_logprobs_recomputed(cfg(rollout_batch_size=8), ranks=2)  # one per rank
-    assert old_logprobs_recomputed(cfg(init_kl_coef=0.1), ranks=1)
-    assert old_logprobs_recomputed(cfg(enable_old_logprobs_recompute=True), ranks=1)
-    assert not old_logprobs_recomputed(cfg(rollout_batch_size=8, force_disable_old_logprobs_recompute=True), 1)
+    assert not old_logprobs_needed(cfg(), ranks=1)  # 16 rows, 16 per optimiser step: one step
+    assert old_logprobs_needed(cfg(rollout_batch_size=8), ranks=1)  # two steps
+    assert not old_logprobs_needed(cfg(rollout_batch_size=8), ranks=2)  # one per rank
+    assert old_logprobs_needed(cfg(init_kl_coef=0.1), ranks=1)
+    assert old_logprobs_needed(cfg(enable_old_logprobs_recompute=True), ranks=1)
+    assert not old_logprobs_needed(cfg(rollout_batch_size=8, force_disable_old_logprobs_recompute=True), 1)
+    assert old_logprobs_needed(cfg(async_generation_ratio=1), ranks=1)  # samples from older weights
+    # the engine's own log-probs serve; the trainer recomputes on steps 1, 4, 7, ... to measure the mismatch
+    engine = cfg(rollout_batch_size=8, old_logprobs_from_engine=True, mismatch_check_steps=3)
+    assert [old_logprobs_recomputed(engine, 1, step) for step in range(1, 8)] == [True, False, False, True,
+                                                                                 False, False, True]
+    assert all(old_logprobs_recomputed(cfg(rollout_batch_size=8), 1, step) for step in range(1, 5))
+    assert not any(old_logprobs_recomputed(cfg(), 1, step) for step in range(1, 5))
 
 
 def test_truncated_is_weights_and_mismatch():

@@ -76,8 +76,6 @@ def _falsy(v) -> bool:
 # section -> key -> (is the value fine, why it is refused otherwise and what to do)
 UNSUPPORTED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "": {
-        "async_generation_ratio": (_falsy, "asynchronous generation is not in vroll yet (issue 14); set 0 to train "
-                                           "on-policy"),
         "use_opd": (_falsy, "on-policy distillation is not in vroll"),
         "is_pure_opd": (_falsy, "on-policy distillation is not in vroll"),
         "rl_loss_coef": (lambda v: v == 1, "vroll's loss has no such factor (ROLL multiplies the policy and KL loss "

@@ -9,7 +9,7 @@ from pathlib import Path
 from vroll.config.errors import Issue
 from vroll.config.schema import GeneratingArgs, PipelineConfig, RoleConfig
 from vroll.config.engine_args import check_engine_args
-from vroll.config.layout import (devices_per_engine, local_slots, rollout_rows, rows_per_optimizer_step,
+from vroll.config.layout import (colocated, devices_per_engine, local_slots, rollout_rows, rows_per_optimizer_step,
                                  trainer_ranks)
 from vroll.config.numbers import nonfinite_issues
 from vroll.config.options import parse_options
@@ -240,6 +240,7 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
         issues.append(Issue(key, f"{value} needs a `reference` role to compute the KL against" +
                             (" (ROLL's default; set init_kl_coef: 0 to run without a reference)" if default else "")))
     issues += check_critic(cfg, platform)
+    issues += check_async(cfg)
     if cfg.tis_clip is not None and cfg.train_infer_correction.is_weight.enabled:
         issues.append(Issue("tis_clip", f"{cfg.tis_clip} is the short form of train_infer_correction.is_weight, "
                                         "which is set too; keep one"))
@@ -264,6 +265,34 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
             issues.append(Issue("response_length", f"prompt_length + response_length = "
                                                    f"{cfg.prompt_length + cfg.response_length} exceeds "
                                                    f"actor_infer.strategy_config.max_model_len={max_len}"))
+    return issues
+
+
+def check_async(cfg: PipelineConfig) -> list[Issue]:
+    """`async_generation_ratio` > 0 (ROLL's asynchronous pipeline): a whole number of steps ahead, on
+    an engine with devices of its own, sampling that can stream."""
+    ratio = cfg.async_generation_ratio
+    if not ratio:
+        return []
+    issues = []
+    if ratio != int(ratio):
+        issues.append(Issue("async_generation_ratio", f"{ratio}: must be a whole number of steps (0 for the "
+                                                      "synchronous loop, 1 to generate one step ahead, ...), as in "
+                                                      "ROLL"))
+    infer, train = cfg.actor_infer, cfg.actor_train
+    if colocated(infer, train):
+        both = sorted(set(infer.device_mapping) & set(train.device_mapping))
+        issues.append(Issue("async_generation_ratio", f"{ratio:g} needs actor_infer and actor_train on devices of "
+                            f"their own, but both use device(s) {both}: the engine generates the next steps while "
+                            "the trainer trains, so they cannot take turns on one device; give each its own, e.g. "
+                            "actor_infer.device_mapping=[0] actor_train.device_mapping=[1], or set 0"))
+    if any(w.query_filter_config.type != "no_filter" for w in cfg.rewards.values()):
+        issues.append(Issue("async_generation_ratio", f"{ratio:g} is not combined with dynamic sampling "
+                                                      "(query_filter_config) in vroll yet; set 0, or remove the filter"))
+    if infer is not None and infer.generating_args.num_beams > 1:
+        issues.append(Issue("async_generation_ratio", f"{ratio:g} streams sampled responses; beam search "
+                                                      "(actor_infer.generating_args.num_beams > 1) cannot be paused "
+                                                      "and resumed; set 0"))
     return issues
 
 

@@ -280,6 +280,12 @@ class PipelineConfig(Section):
     enable_reference: bool = False  # also on when a KL term needs the reference
     enable_old_logprobs_recompute: bool = False
     force_disable_old_logprobs_recompute: bool = False
+    # vroll's: the engine's sampled-token log-probs serve as the old ones where ROLL's rule recomputes
+    # them, the trainer's recompute still measuring the mismatch every mismatch_check_steps steps
+    old_logprobs_from_engine: bool = False
+    mismatch_check_steps: int = Field(10, ge=1)
+    # ROLL's: generation runs this many steps' rollouts ahead of training (0: synchronous)
+    async_generation_ratio: float = Field(0.0, ge=0.0)
     validation: ValidationConfig | None = None
 
     actor_infer: RoleConfig | None = None

@@ -17,11 +17,12 @@ from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import ConfigError, Issue
 from vroll.config.layout import optimizer_steps_per_rollout, rows_per_optimizer_step, trainer_ranks
 from vroll.config.no_effect import no_effect_line
-from vroll.config.passes import critic_enabled, old_logprobs_recomputed
+from vroll.config.passes import critic_enabled, old_logprobs_needed, old_logprobs_recomputed
 from vroll.config.sampling import rollout_args
 from vroll.config.schema import PipelineConfig
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
+from vroll.pipeline.async_rollout import RolloutsAhead
 from vroll.pipeline.checkpoint import (CRITIC_DIR, find_checkpoint, partial_saves_discarded, prune_checkpoints,
                                       save_checkpoint)
 from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
@@ -288,21 +289,36 @@ def rollout(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: l
     return Rollout.join(chosen), reward_metrics, metrics
 
 
-def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: list[PromptRecord],
-               step: int, state: alg.AlgorithmState, draw=None) -> dict:
-    """One RL step; `draw(k)` gives k more prompts (dynamic sampling)."""
+def rollout_ahead(rewards: RewardRouter, ahead: RolloutsAhead, step: int, version: int,
+                  timer: PhaseTimer) -> tuple[Rollout, dict, dict]:
+    """The step's rollout from the engine running ahead (async_generation_ratio), scored."""
+    with timer("wait_rollout"):  # the trainer waiting for the engine
+        records, results, ahead_metrics = ahead.take(step, version)
+    with timer("reward"):
+        scores, correct, reward_metrics = score(rewards, records, results)
+    return Rollout(records, results, scores, correct), reward_metrics, ahead_metrics
+
+
+def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: list[PromptRecord] | None,
+               step: int, state: alg.AlgorithmState, draw=None, ahead: RolloutsAhead | None = None) -> dict:
+    """One RL step; `draw(k)` gives k more prompts (dynamic sampling); with `ahead`, the rollout comes
+    from the engine generating ahead of training (`records` is then None)."""
     timer = PhaseTimer()
     g = rollout_args(cfg)
-    if roles.sleep_level:
-        with timer("wake"):
-            roles.infer.wake_up()
-    batch_rollout, reward_metrics, dynamic_metrics = rollout(cfg, roles, rewards, records, g, step, draw, timer)
+    if ahead is not None:
+        batch_rollout, reward_metrics, dynamic_metrics = rollout_ahead(rewards, ahead, step,
+                                                                       roles.infer.weight_version, timer)
+    else:
+        if roles.sleep_level:
+            with timer("wake"):
+                roles.infer.wake_up()
+        batch_rollout, reward_metrics, dynamic_metrics = rollout(cfg, roles, rewards, records, g, step, draw, timer)
+        if roles.sleep_level:
+            with timer("sleep"):
+                roles.infer.sleep()
     records, results, scores, correct = (batch_rollout.records, batch_rollout.results, batch_rollout.scores,
                                          batch_rollout.correct)
-    version = results[0].weight_version
-    if roles.sleep_level:
-        with timer("sleep"):
-            roles.infer.sleep()
+    version = min(r.weight_version for r in results)
     padded = to_padded_batch(results, roles.train.tokenizer.pad_token_id or 0)
     response_mask = padded["response_mask"][:, 1:].float()
     samples = [s for r in results for s in r.samples]
@@ -318,10 +334,12 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
     if roles.reference is not None:  # started only when a KL term or enable_reference asks for it
         with timer("reference"):
             batch["ref_logp"] = reference_logprobs(roles, padded)
-    if old_logprobs_recomputed(cfg, roles.train.world_size):
+    if old_logprobs_recomputed(cfg, roles.train.world_size, step):
         with timer("old_logprobs"):
             batch["old_logp"] = roles.train.batch_logprobs(batch["input_ids"], batch["attention_mask"], g.temperature)
         metrics.update(alg.mismatch(batch["old_logp"], batch["rollout_logp"], response_mask))
+    elif old_logprobs_needed(cfg, roles.train.world_size):  # old_logprobs_from_engine: the engine's serve
+        batch["old_logp"] = batch["rollout_logp"]
     kl = None
     if "ref_logp" in batch:  # the rollout policy (recomputed, else the engine's own log-probs) against the reference
         kl = alg.kl_estimate(batch.get("old_logp", batch["rollout_logp"]), batch["ref_logp"], cfg.kl_penalty)
@@ -405,9 +423,16 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
             log.info("validation before training: %s", _brief(record))
         bar = tqdm(range(step + 1, cfg.max_steps + 1), desc="vroll train", unit="step", initial=step,
                    total=cfg.max_steps, disable=(not sys.stderr.isatty()) if progress is None else not progress)
+        ahead = rollouts_ahead(cfg, roles, sampler)
+        if ahead is not None:
+            stack.callback(ahead.close)
         for step in bar:
-            record = train_step(cfg, roles, rewards, sampler.next_batch(cfg.rollout_batch_size), step, algorithm,
-                                draw=sampler.next_batch)
+            if ahead is not None:
+                ahead.fill(step)
+                record = train_step(cfg, roles, rewards, None, step, algorithm, ahead=ahead)
+            else:
+                record = train_step(cfg, roles, rewards, sampler.next_batch(cfg.rollout_batch_size), step, algorithm,
+                                    draw=sampler.next_batch)
             record["data/epoch"] = sampler.epoch
             if val_records and (step % cfg.eval_steps == 0 or step == cfg.max_steps):
                 record.update(validate(cfg, roles.infer, rewards, val_records, step, out_dir))
@@ -417,7 +442,8 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
             if step % cfg.logging_steps == 0:
                 log.info("step %d: %s", step, _brief(record))
             if step % cfg.save_steps == 0 or step == cfg.max_steps:
-                path = save_checkpoint(out_dir, step, roles.train, {"data": sampler.state_dict(),
+                data = sampler.state_dict() if ahead is None else ahead.sampler_state_before(step + 1)
+                path = save_checkpoint(out_dir, step, roles.train, {"data": data,
                                                                      "weight_version": roles.infer.weight_version,
                                                                      "algorithm": algorithm.state_dict()},
                                        {CRITIC_DIR: roles.critic} if roles.critic is not None else {})
@@ -432,6 +458,14 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
     if vals:
         summary["val_accuracy_first"], summary["val_accuracy_last"] = vals[0]["val/accuracy"], vals[-1]["val/accuracy"]
     return summary
+
+
+def rollouts_ahead(cfg: PipelineConfig, roles: Roles, sampler: PromptSampler) -> RolloutsAhead | None:
+    """The engine generating `async_generation_ratio` steps ahead of training (None: synchronous)."""
+    if not cfg.async_generation_ratio:
+        return None
+    return RolloutsAhead(roles.infer, sampler, int(cfg.async_generation_ratio), cfg.rollout_batch_size,
+                         rollout_args(cfg), cfg.max_steps, cfg.actor_infer.strategy_args.options.engine_call_timeout_s)
 
 
 def critic_plan(cfg: PipelineConfig, ckpt: Path | None) -> tuple[int, str | None]:

@@ -61,6 +61,26 @@ class GenerationEngine(ForwardModel, Protocol):
 
 
 @runtime_checkable
+class StreamingEngine(GenerationEngine, Protocol):
+    """An engine that generates in the background while the trainer works (the asynchronous
+    pipeline): weight updates pause its samples and continue them on the new weights."""
+
+    def submit(self, keys: Sequence[int], prompts: Sequence[Sequence[int]], generating_args: GeneratingArgs,
+               call: int, seed_indices: Sequence[int] | None = None) -> None:
+        """Start a group of samples per prompt (token ids), named by `keys`, seeded as `generate`
+        seeds prompt `seed_indices[i]` of call `call`."""
+
+    def collect(self, min_groups: int = 1, wait_s: float = 0.0) -> list[PromptResult]:
+        """Finished groups, each once (`index` is its key; tokens carry their weight versions)."""
+
+    def drop(self, keys: Sequence[int]) -> int:
+        """Stop and forget submitted groups; returns how many were still there."""
+
+    def stream_report(self) -> dict:
+        """Seconds idle and paused, samples resumed, tokens generated, since the last report."""
+
+
+@runtime_checkable
 class Trainer(Protocol):
     """The training role (actor_train): owns the weights, the optimiser and their checkpoints."""
 

@@ -37,6 +37,7 @@ class RayEngines(RayRole):
         self.weight_version = 0
         self._calls = 0
         self._replay: list[tuple[Any, Any]] = []  # (bucket ref, specs) since the last full update
+        self._holder: dict[int, int] = {}  # a submitted group's key -> the engine rank generating it
         self.group = ActorGroup(self.name, role.device_mapping, devices_per_engine(role.strategy_args.backend_args),
                                 platform, label="engine rank", failure=EngineFailure,
                                 call_timeout_s=role.strategy_args.options.engine_call_timeout_s,
@@ -84,6 +85,58 @@ class RayEngines(RayRole):
         outs = self.group.on_each("sequence_logprobs", lambda m: ([sequences[i] for i in share[id(m)]],),
                                   what="computing log-probabilities", members=[m for m, _ in busy])
         return _in_input_order(len(sequences), [idx for _, idx in busy], outs)
+
+    # -- generation in the background (the asynchronous pipeline) -----------------------------
+    def submit(self, keys: Sequence[int], prompts: Sequence[Sequence[int]], generating_args: GeneratingArgs,
+               call: int, seed_indices: Sequence[int] | None = None) -> None:
+        """Start the groups on the engines, each engine taking a share balanced by groups pending."""
+        pending = {m.placement.rank: 0 for m in self.engines}
+        for rank in self._holder.values():
+            pending[rank] = pending.get(rank, 0) + 1
+        share: dict[int, list[int]] = {m.placement.rank: [] for m in self.engines}
+        for i in range(len(keys)):
+            rank = min(pending, key=pending.get)
+            share[rank].append(i)
+            pending[rank] += 1
+        busy = [m for m in self.engines if share[m.placement.rank]]
+        seeds = list(seed_indices or keys)
+        self.group.on_each("submit", lambda m: ([keys[i] for i in share[m.placement.rank]],
+                                                [prompts[i] for i in share[m.placement.rank]], generating_args, call,
+                                                [seeds[i] for i in share[m.placement.rank]]),
+                           what="submitting prompts", members=busy)
+        for m in busy:
+            self._holder.update({keys[i]: m.placement.rank for i in share[m.placement.rank]})
+
+    def collect(self, min_groups: int = 1, wait_s: float = 0.0) -> list[PromptResult]:
+        """Finished groups from every engine holding some; each engine waits up to `wait_s` for one."""
+        busy = [m for m in self.engines if m.placement.rank in set(self._holder.values())]
+        if not busy:
+            return []
+        outs = self.group.on_each("collect", lambda m: (1 if min_groups else 0, wait_s), what="collecting rollouts",
+                                  members=busy)
+        got = [r for out in outs for r in out]
+        for r in got:
+            self._holder.pop(r.index, None)
+        return got
+
+    def drop(self, keys: Sequence[int]) -> int:
+        by_rank: dict[int, list[int]] = {}
+        for k in keys:
+            if k in self._holder:
+                by_rank.setdefault(self._holder.pop(k), []).append(k)
+        members = [m for m in self.engines if m.placement.rank in by_rank]
+        if not members:
+            return 0
+        return sum(self.group.on_each("drop", lambda m: (by_rank[m.placement.rank],), what="dropping stale groups",
+                                      members=members))
+
+    def stream_report(self) -> dict:
+        """The engines' reports, summed."""
+        total: dict = {}
+        for rep in self.group.on_all("stream_report", what="reporting"):
+            for k, v in rep.items():
+                total[k] = total.get(k, 0) + v
+        return total
 
     # -- weights, sleep ------------------------------------------------------------------------
     def update_weights(self, named_tensors, partial: bool = False, verify: bool | None = None,

@@ -11,6 +11,7 @@ version that produced it.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -56,6 +57,7 @@ class StreamSample:
     prompt_ids: list[int]
     seed: int
     tokens: list[int] = field(default_factory=list)
+    text: str = ""  # vLLM's detokenized text, delta by delta (a resumed leg continues from its prompt's tokens)
     logprobs: list[float] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
     finish_reason: str | None = None
@@ -83,9 +85,8 @@ class RolloutStream:
     current weight version; `params(g, seed, generated)` builds vLLM's sampling parameters for a
     sample `generated` tokens in."""
 
-    def __init__(self, llm, lock: EngineLock, version, params, tokenizer, name: str):
-        self.llm, self.lock, self.version, self.params = llm, lock, version, params
-        self.tokenizer, self.name = tokenizer, name
+    def __init__(self, llm, lock: EngineLock, version, params, name: str):
+        self.llm, self.lock, self.version, self.params, self.name = llm, lock, version, params, name
         self._groups: dict[int, StreamGroup] = {}
         self._live: dict[str, StreamSample] = {}  # request id -> sample generating now
         self._paused: list[StreamSample] = []
@@ -93,6 +94,7 @@ class RolloutStream:
         self._done_count = 0  # groups finished so far; `_progress` is notified when it grows
         self._progress = threading.Condition()
         self._closed = False
+        self._error: BaseException | None = None  # why the loop stopped, if it failed
         self._thread: threading.Thread | None = None
         self.stats = {"idle_s": 0.0, "paused_s": 0.0, "resumed_samples": 0, "tokens": 0}
         self._paused_at: float | None = None
@@ -122,6 +124,8 @@ class RolloutStream:
         deadline = time.monotonic() + wait_s
         while True:
             with self.lock:  # a counted caller: the loop yields to it between steps
+                if self._error is not None:
+                    raise RuntimeError(f"{self.name}: background generation failed: {self._error}") from self._error
                 seen = self._done_count
                 if len(self._finished) >= min_groups or self._closed or time.monotonic() >= deadline:
                     keys, self._finished = self._finished, []
@@ -220,7 +224,7 @@ class RolloutStream:
                     self._absorb(self.llm.llm_engine.step())
                 except Exception:  # the engine failed: callers see it as a closed stream
                     log.exception("%s: generation loop failed", self.name)
-                    self._closed = True
+                    self._closed, self._error = True, sys.exc_info()[1]
                     self._tell_progress()
                     raise
                 self.lock.cond.notify_all()
@@ -244,6 +248,7 @@ class RolloutStream:
             c = out.outputs[0]
             new = list(c.token_ids)
             s.tokens += new
+            s.text += c.text
             s.versions += [version] * len(new)
             if c.logprobs is not None:
                 s.logprobs += [d[t].logprob for d, t in zip(c.logprobs, new)]
@@ -256,8 +261,8 @@ class RolloutStream:
                     self._tell_progress()
 
     def _result(self, gr: StreamGroup) -> PromptResult:
-        samples = [Sample(s.tokens, self.tokenizer.decode(s.tokens, skip_special_tokens=True), s.finish_reason,
-                          s.logprobs if len(s.logprobs) == len(s.tokens) else None, s.versions)
+        samples = [Sample(s.tokens, s.text, s.finish_reason, s.logprobs if len(s.logprobs) == len(s.tokens) else None,
+                          s.versions)
                    for s in gr.samples]
         return PromptResult(index=gr.key, prompt_token_ids=gr.prompt_ids, samples=samples,
                             weight_version=gr.version)

@@ -167,10 +167,11 @@ class VllmStrategy:
 
     # -- generation in the background (the asynchronous pipeline) -----------------------------
     def submit(self, keys: Sequence[int], prompts: Sequence[Sequence[int]], generating_args: GeneratingArgs,
-               call: int) -> None:
+               call: int, seed_indices: Sequence[int] | None = None) -> None:
         """Start generating a group of samples for each prompt (token ids) in the background; `keys`
         name the groups for `collect`. A weight update pauses them and continues them on the new
-        weights from the tokens they have (partial rollout)."""
+        weights from the tokens they have (partial rollout). Seeds as `generate`'s: from `call` and
+        each prompt's `seed_indices` entry (default its key), so the same call and index sample alike."""
         too_long = [k for k, p in zip(keys, prompts) if len(p) + generating_args.max_new_tokens > self.max_model_len]
         if too_long:
             raise ValueError(f"{self.name}: prompt of group {too_long[0]} plus max_new_tokens "
@@ -180,9 +181,9 @@ class VllmStrategy:
             self._log_once(generating_args)
             if self._stream is None:
                 self._stream = RolloutStream(self.llm, self._lock, lambda: self.weight_version,
-                                             stream_sampling_params, self.tokenizer, self.name)
+                                             stream_sampling_params, self.name)
             self._stream.submit(list(keys), [list(p) for p in prompts], generating_args,
-                                [request_seed(self.seed, call, k) for k in keys])
+                                [request_seed(self.seed, call, i) for i in (seed_indices or keys)])
 
     def collect(self, min_groups: int = 1, wait_s: float = 0.0) -> list[PromptResult]:
         """Groups finished in the background since the last call (each returned once), waiting up to
@@ -276,17 +277,22 @@ class VllmStrategy:
                 self._stream.pause()
 
     def load_bucket(self, bucket: list) -> None:
-        session = self._require_update()
-        session.check_bucket(bucket)
-        bucket = [(n, t.detach()) for n, t in bucket]
-        got = self.llm.collective_rpc(vllm_compat.worker_reload_weights, args=(bucket, session.verify))[0]
-        session.record(bucket, got)
+        with self._lock:
+            session = self._require_update()
+            session.check_bucket(bucket)
+            bucket = [(n, t.detach()) for n, t in bucket]
+            got = self.llm.collective_rpc(vllm_compat.worker_reload_weights, args=(bucket, session.verify))[0]
+            session.record(bucket, got)
 
     def load_packed_bucket(self, arrays, specs) -> None:
         """`load_bucket` for a bucket packed by `transport.pack_bucket` in another process."""
         self.load_bucket(unpack_bucket(arrays, specs))
 
     def finish_update(self) -> int:
+        with self._lock:
+            return self._finish_update()
+
+    def _finish_update(self) -> int:
         session = self._require_update()
         session.check_end()
         self.llm.collective_rpc(vllm_compat.worker_refresh_tied_lm_head)
@@ -313,6 +319,10 @@ class VllmStrategy:
 
     def abort_update(self, error: BaseException) -> None:
         """End a failed update: weights that were partly written are marked invalid."""
+        with self._lock:
+            self._abort_update(error)
+
+    def _abort_update(self, error: BaseException) -> None:
         session, self._update = self._update, None
         if self._stream is not None and self.state.weights_valid and not (session and session.written):
             self._stream.resume()  # nothing was written: the samples go on with the weights they had
