@@ -46,13 +46,21 @@ def make_checkpoint(root, step, model):
 
 def test_trainer_state_is_safetensors_and_json_and_round_trips(tmp_path):
     save_train_state(tmp_path, fake_state())
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["trainer_state.json", "trainer_state.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trainer_state.json", "trainer_state.tensors"]
     got = load_train_state(tmp_path)
     want = fake_state()
     assert got["optimizer"]["param_groups"] == want["optimizer"]["param_groups"]  # the tuple stays a tuple
     assert torch.equal(got["optimizer"]["state"]["w"]["exp_avg"], want["optimizer"]["state"]["w"]["exp_avg"])
     assert got["optimizer"]["state"]["w"]["step"].shape == () and torch.equal(got["torch_rng"], want["torch_rng"])
     assert got["scheduler"] == want["scheduler"]
+
+
+def test_an_earlier_vrolls_trainer_state_safetensors_still_loads(tmp_path):
+    """Before the rename (vLLM took `trainer_state.safetensors` for weights) the tensors had that name."""
+    save_train_state(tmp_path, fake_state())
+    (tmp_path / "trainer_state.tensors").rename(tmp_path / "trainer_state.safetensors")
+    check_train_state(tmp_path)
+    assert torch.equal(load_train_state(tmp_path)["torch_rng"], fake_state()["torch_rng"])
 
 
 def test_an_earlier_vrolls_trainer_state_pt_still_loads(tmp_path):
@@ -74,7 +82,7 @@ def test_a_hostile_trainer_state_runs_nothing_and_names_its_file(tmp_path, tiny_
     from vroll.data.arithmetic import write_dataset
 
     ckpt = make_checkpoint(tmp_path / "downloaded", 3, tiny_model)
-    for name in ("trainer_state.json", "trainer_state.safetensors"):
+    for name in ("trainer_state.json", "trainer_state.tensors"):
         (ckpt / name).unlink()
     shutil.copy(tmp_path / "trainer_state.pt", ckpt)
     data = write_dataset(tmp_path / "data", n_train=8, n_eval=4, seed=1, max_operand=9)
@@ -88,9 +96,9 @@ def test_a_hostile_trainer_state_runs_nothing_and_names_its_file(tmp_path, tiny_
 
 def test_malformed_state_files_are_named(tmp_path):
     save_train_state(tmp_path, fake_state())
-    data = (tmp_path / "trainer_state.safetensors").read_bytes()
-    (tmp_path / "trainer_state.safetensors").write_bytes(data[:len(data) // 2])
-    with pytest.raises(CheckpointError, match="trainer_state.safetensors: cannot be read"):
+    data = (tmp_path / "trainer_state.tensors").read_bytes()
+    (tmp_path / "trainer_state.tensors").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match="trainer_state.tensors: cannot be read"):
         check_train_state(tmp_path)
     (tmp_path / "trainer_state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="trainer_state.json: not readable JSON"):
@@ -99,8 +107,8 @@ def test_malformed_state_files_are_named(tmp_path):
         "optimizer": {"__tensor__": "/nowhere"}, "scheduler": {}, "torch_rng": None}}))
     (tmp_path / "other").mkdir()
     save_train_state(tmp_path / "other", {"x": torch.ones(1)})  # a valid tensors file of another state
-    shutil.copy(tmp_path / "other" / "trainer_state.safetensors", tmp_path)
-    with pytest.raises(CheckpointError, match="trainer_state.safetensors: has no tensor '/nowhere'"):
+    shutil.copy(tmp_path / "other" / "trainer_state.tensors", tmp_path)
+    with pytest.raises(CheckpointError, match="trainer_state.tensors: has no tensor '/nowhere'"):
         load_train_state(tmp_path)
 
 

@@ -186,7 +186,7 @@ def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, da
     root = tmp_path / "run" / "checkpoints"
     assert not list(root.glob(".*.tmp"))
     for ckpt in root.glob("step_*"):
-        assert {"model.safetensors", "config.json", "trainer_state.safetensors", "trainer_state.json",
+        assert {"model.safetensors", "config.json", "trainer_state.tensors", "trainer_state.json",
                 "vroll_state.json"} <= {p.name for p in ckpt.iterdir()}
     assert not (tmp_path / "run" / ".vroll.lock").exists()  # the run no longer owns output_dir
     psutil.wait_procs(children, timeout=30)
@@ -287,8 +287,11 @@ def test_evaluate_scores_a_model_on_the_held_out_prompts(tmp_path, tiny_model, d
 
     from conftest import REPO
 
+    from test_checkpoints import make_checkpoint
+
     cfg = write_yaml(tmp_path / "c.yaml", rl_config(tmp_path, tiny_model, data))
-    r = subprocess.run([sys.executable, "-m", "vroll.cli.main", "evaluate", cfg, "--model", tiny_model,
+    ckpt = make_checkpoint(tmp_path / "run", 1, tiny_model)  # a checkpoint is a model folder too
+    r = subprocess.run([sys.executable, "-m", "vroll.cli.main", "evaluate", cfg, "--model", str(ckpt),
                         "--output", str(tmp_path / "ev")], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "val/accuracy: " in r.stdout

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vroll.config.errors import CheckpointError, ConfigError, Issue
-from vroll.strategy.train_state import LEGACY, TENSORS, check_train_state
+from vroll.strategy.train_state import EARLIER_TENSORS, LEGACY, TENSORS, check_train_state
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def check_trainer_folder(path: Path) -> None:
         raise CheckpointError(f"{pickled[0]}: refused: a vroll checkpoint holds no pickled files (loading one could "
                               "run code); delete it if you trust the rest of the folder")
     read_json(path / "config.json")
-    weights = [w for w in sorted(path.glob("*.safetensors")) if w.name != TENSORS]
+    weights = [w for w in sorted(path.glob("*.safetensors")) if w.name != EARLIER_TENSORS]
     if not weights:
         raise CheckpointError(f"{path}: no model weights (*.safetensors)")
     for w in weights:

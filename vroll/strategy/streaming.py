@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from vroll.strategy.results import PromptResult, Sample
+from vroll.strategy.vllm_compat import set_thread_count
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,9 @@ class RolloutStream:
     current weight version; `params(g, seed, generated)` builds vLLM's sampling parameters for a
     sample `generated` tokens in."""
 
-    def __init__(self, llm, lock: EngineLock, version, params, name: str):
+    def __init__(self, llm, lock: EngineLock, version, params, name: str, threads: int):
         self.llm, self.lock, self.version, self.params, self.name = llm, lock, version, params, name
+        self.threads = threads  # torch's thread count where the engine was built (CPU kernels check it)
         self._groups: dict[int, StreamGroup] = {}
         self._live: dict[str, StreamSample] = {}  # request id -> sample generating now
         self._paused: list[StreamSample] = []
@@ -212,6 +214,7 @@ class RolloutStream:
             self._thread.start()
 
     def _run(self) -> None:
+        set_thread_count(self.threads)  # a new thread has OpenMP's default, not the engine's count
         with self.lock:
             while not self._closed:
                 if not self._live:  # nothing in flight (or paused): wait for work

@@ -1,6 +1,8 @@
-"""The trainer's state on disk in formats that cannot run code: every tensor in
-`trainer_state.safetensors`, everything else (nesting, numbers, strings) in `trainer_state.json`, which
-names each tensor by its key. Checkpoints of earlier vroll versions (`trainer_state.pt`) are read with
+"""The trainer's state on disk in formats that cannot run code: every tensor in `trainer_state.tensors`
+(safetensors' format, under a name that model loaders taking every `*.safetensors` of a folder, such
+as vLLM's, do not mistake for weights), everything else (nesting, numbers, strings) in
+`trainer_state.json`, which names each tensor by its key. Earlier vroll checkpoints keep loading:
+`trainer_state.safetensors` (the same format), and `trainer_state.pt` read with
 `torch.load(weights_only=True)`, which refuses anything but tensors and plain data."""
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import torch
 
 from vroll.config.errors import CheckpointError
 
-TENSORS, SKELETON, LEGACY = "trainer_state.safetensors", "trainer_state.json", "trainer_state.pt"
+TENSORS, SKELETON, LEGACY = "trainer_state.tensors", "trainer_state.json", "trainer_state.pt"
+EARLIER_TENSORS = "trainer_state.safetensors"  # vroll before the rename: vLLM loaded it as weights
 FORMAT = "vroll-trainer-state/1"
 REQUIRED = ("optimizer", "scheduler", "torch_rng")
 
@@ -37,10 +40,16 @@ def load_train_state(folder: str | Path) -> dict:
         return _checked(_load_legacy(folder / LEGACY), folder / LEGACY)
     skeleton = _read_skeleton(folder)
     try:
-        tensors = load_file(folder / TENSORS)
+        tensors = load_file(tensors_file(folder))
     except Exception as e:  # safetensors' own errors name no file
-        raise CheckpointError(f"{folder / TENSORS}: cannot be read ({e})") from None
-    return _checked(_decode(skeleton["state"], tensors, folder / TENSORS), folder / SKELETON)
+        raise CheckpointError(f"{tensors_file(folder)}: cannot be read ({e})") from None
+    return _checked(_decode(skeleton["state"], tensors, tensors_file(folder)), folder / SKELETON)
+
+
+def tensors_file(folder: Path) -> Path:
+    """The state's tensors: `trainer_state.tensors`, or an earlier vroll's `trainer_state.safetensors`."""
+    earlier = folder / EARLIER_TENSORS
+    return earlier if not (folder / TENSORS).exists() and earlier.exists() else folder / TENSORS
 
 
 def check_train_state(folder: str | Path) -> None:
@@ -54,11 +63,11 @@ def check_train_state(folder: str | Path) -> None:
         return
     skeleton = _read_skeleton(folder)
     try:
-        with safe_open(folder / TENSORS, "pt") as f:
+        with safe_open(tensors_file(folder), "pt") as f:
             keys = set(f.keys())
     except Exception as e:
-        raise CheckpointError(f"{folder / TENSORS}: cannot be read ({e})") from None
-    _checked(_decode(skeleton["state"], {k: k for k in keys}, folder / TENSORS), folder / SKELETON)
+        raise CheckpointError(f"{tensors_file(folder)}: cannot be read ({e})") from None
+    _checked(_decode(skeleton["state"], {k: k for k in keys}, tensors_file(folder)), folder / SKELETON)
 
 
 def _read_skeleton(folder: Path) -> dict:

