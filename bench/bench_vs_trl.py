@@ -280,18 +280,20 @@ def order_matches(calls: list[dict], rollout_batch_size: int, group: int) -> boo
 
 # -- running TRL ---------------------------------------------------------------------------------
 def rollout_clock():
-    """A TrainerCallback that timestamps the start of training and the end of every optimiser step."""
+    """A TrainerCallback that timestamps (wall clock and this process's CPU time) the start of training
+    and the end of every optimiser step."""
     from transformers import TrainerCallback
 
     class RolloutClock(TrainerCallback):
         def __init__(self):
-            self.start, self.stamps = None, []
+            self.start, self.stamps, self.cpu_start, self.cpu_stamps = None, [], None, []
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.start = time.perf_counter()
+            self.start, self.cpu_start = time.perf_counter(), time.process_time()
 
         def on_step_end(self, args, state, control, **kwargs):
             self.stamps.append(time.perf_counter())
+            self.cpu_stamps.append(time.process_time())
 
     return RolloutClock()
 
@@ -327,7 +329,8 @@ def run_trl(cfg, rows: list[Mapped], steps: int, out_dir: Path) -> dict:
     model_dir = out_dir / "model"
     trainer.save_model(str(model_dir))
     per_rollout = args.steps_per_generation // args.gradient_accumulation_steps * args.num_iterations
-    return {"seconds": seconds_per_rollout(clock.start, clock.stamps, per_rollout), "model": str(model_dir),
+    return {"seconds": seconds_per_rollout(clock.start, clock.stamps, per_rollout),
+            "cpu_seconds": seconds_per_rollout(clock.cpu_start, clock.cpu_stamps, per_rollout), "model": str(model_dir),
             "optimizer_steps": len(clock.stamps), "reward_mean": [c["reward_mean"] for c in rewards.calls],
             "train_accuracy": [c["accuracy"] for c in rewards.calls],
             "prompt_order_matches_vroll": order_matches(rewards.calls, cfg.rollout_batch_size,
@@ -342,9 +345,18 @@ def vroll_command(*args: str) -> list[str]:
     return [str(exe) if exe.exists() else (shutil.which("vroll") or "vroll"), *args]
 
 
+def cpu_seconds_of(pid: int) -> float:
+    """CPU time (user + system, all threads) a running process has used so far, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def watch_lines(path: Path, proc: subprocess.Popen, arrivals: list, poll_s: float = 0.02) -> None:
-    """Until `proc` ends: each new line of `path` as (the time it appeared, its JSON). Reads only the
-    bytes added since the last look, so watching costs next to nothing."""
+    """Until `proc` ends: each new line of `path` as (the time it appeared, the process's CPU seconds
+    then, its JSON). Reads only the bytes added since the last look, so watching costs next to nothing."""
     offset, partial = 0, ""
     while True:
         done = proc.poll() is not None
@@ -353,9 +365,9 @@ def watch_lines(path: Path, proc: subprocess.Popen, arrivals: list, poll_s: floa
                 f.seek(offset)
                 chunk = f.read()
                 offset = f.tell()
-            now = time.perf_counter()
+            now, cpu = time.perf_counter(), cpu_seconds_of(proc.pid)
             *lines, partial = (partial + chunk).split("\n")
-            arrivals.extend((now, json.loads(line)) for line in lines if line.strip())
+            arrivals.extend((now, cpu, json.loads(line)) for line in lines if line.strip())
         if done:
             return
         time.sleep(poll_s)
@@ -375,9 +387,13 @@ def run_vroll(config: str, overrides: list[str], seed: int, steps: int, out_dir:
         watch_lines(out_dir / "metrics.jsonl", proc, arrivals)
     if proc.returncode != 0:
         raise RuntimeError(f"vroll train failed ({proc.returncode}); see {log_path}")
-    ends = [start] + [t for t, rec in arrivals if "time/step" in rec]
-    recs = [rec for _, rec in arrivals if "time/step" in rec]
-    return {"seconds": [b - a for a, b in zip(ends, ends[1:])], "phase_seconds": [r["time/step"] for r in recs],
+    steps_seen = [(t, cpu, rec) for t, cpu, rec in arrivals if "time/step" in rec]
+    ends = [start] + [t for t, _, _ in steps_seen]
+    cpu_ends = [0.0] + [cpu for _, cpu, _ in steps_seen]
+    recs = [rec for _, _, rec in steps_seen]
+    return {"seconds": [b - a for a, b in zip(ends, ends[1:])],
+            "cpu_seconds": [b - a for a, b in zip(cpu_ends, cpu_ends[1:])],
+            "phase_seconds": [r["time/step"] for r in recs],
             "reward_mean": [r["reward/mean"] for r in recs], "train_accuracy": [r.get("reward/accuracy") for r in recs],
             "model": str(weights_folder(out_dir / "checkpoints" / f"step_{steps}", out_dir / "model"))}
 
@@ -417,12 +433,13 @@ def hold_to_cores(threads: int) -> list[int]:
     return cores
 
 
-def after_first(seconds: list[float]) -> dict:
-    """Median and mean seconds per step, the first step left out."""
-    rest = seconds[1:]
+def after_first(seconds: list[float], cpu_seconds: list[float] | None = None) -> dict:
+    """Median and mean seconds per step, and the median CPU seconds, the first step left out."""
+    rest, cpu = seconds[1:], (cpu_seconds or [])[1:]
     if not rest:
-        return {"median": None, "mean": None, "steps": 0}
-    return {"median": statistics.median(rest), "mean": statistics.mean(rest), "steps": len(rest)}
+        return {"median": None, "mean": None, "cpu_median": None, "steps": 0}
+    return {"median": statistics.median(rest), "mean": statistics.mean(rest),
+            "cpu_median": statistics.median(cpu) if cpu else None, "steps": len(rest)}
 
 
 def fmt(x, digits: int = 3) -> str:
@@ -436,12 +453,13 @@ def markdown(report: dict) -> str:
              f"both processes held to cores {report['cores']} ({len(report['cores'])} threads); "
              f"accuracy: `vroll evaluate` of each final model (greedy, {report['eval_file']}).", "",
              f"Starting model held-out accuracy: {fmt(report['start_accuracy'])}", "",
-             "| framework | seed | s/step median | s/step mean | held-out accuracy (last step) "
-             "| train reward first / last step |", "|---|---|---|---|---|---|"]
+             "| framework | seed | s/step median | s/step mean | CPU s/step median | held-out accuracy (last step) "
+             "| train reward first / last step |", "|---|---|---|---|---|---|---|"]
     for run in report["runs"]:
         t = run["time"]
         r = run["reward_mean"]
         lines.append(f"| {run['framework']} | {run['seed']} | {fmt(t['median'])} | {fmt(t['mean'])} "
+                     f"| {fmt(t.get('cpu_median'))} "
                      f"| {fmt(run['accuracy'])} | {fmt(r[0] if r else None)} / {fmt(r[-1] if r else None)} |")
     for name, ratio in report["ratios"].items():
         lines.append(f"\n{name}: {ratio}")
@@ -501,7 +519,7 @@ def main() -> None:
                      **run_vroll(args.config, args.overrides, seed, args.steps, out / f"vroll-seed{seed}",
                                  out / f"vroll-seed{seed}.log")})
         for run in runs[-2:]:
-            run["time"] = after_first(run["seconds"])
+            run["time"] = after_first(run["seconds"], run.get("cpu_seconds"))
             run["accuracy"] = evaluate(args.config, args.overrides, run["model"],
                                        out / "eval" / f"{run['framework']}-seed{seed}").get("val/accuracy")
     report = {"config": args.config, "overrides": args.overrides, "steps": args.steps, "seeds": args.seeds,

@@ -39,7 +39,17 @@ def test_optimiser_step_times_group_into_rollouts():
     b = bench_module()
     stamps = [1.0, 2.0, 3.0, 4.0, 10.0, 11.0, 12.0, 13.0]
     assert b.seconds_per_rollout(0.5, stamps, 4) == [3.5, 9.0]
-    assert b.after_first([3.5, 9.0, 7.0]) == {"median": 8.0, "mean": 8.0, "steps": 2}
+    assert b.after_first([3.5, 9.0, 7.0], [7.0, 18.0, 14.0]) == {"median": 8.0, "mean": 8.0, "cpu_median": 16.0,
+                                                                 "steps": 2}
+
+
+def test_cpu_seconds_of_this_process_grow():
+    b = bench_module()
+    import os
+
+    before = b.cpu_seconds_of(os.getpid())
+    sum(i * i for i in range(3_000_000))
+    assert b.cpu_seconds_of(os.getpid()) > before
 
 
 def test_prompt_order_check():
