@@ -192,9 +192,12 @@ def trl_arguments(rows: list[Mapped], out_dir: Path) -> dict:
     return kwargs
 
 
-def differences(cfg) -> list[str]:
+def differences(cfg, trl_flush_denormal: bool = False) -> list[str]:
     """What stays different between the two runs after the mapping."""
     out = [
+        "Denormal floats: vroll's trainer flushes them to zero (torch.set_flush_denormal(True), for CPU speed); "
+        + ("the benchmark set the same for TRL (--trl-flush-denormal)." if trl_flush_denormal else
+           "TRL runs with torch's default (--trl-flush-denormal gives it the same)."),
         "Generation: vroll samples with vLLM (CPU backend), TRL with transformers `generate` on the training "
         "model (`use_vllm=False`); vroll also sleeps/wakes the engine and pushes weights into it each step.",
         "Random streams: vroll seeds each prompt's sampling from (seed, step, prompt); TRL seeds torch once. The "
@@ -489,6 +492,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--out", default="outputs/bench_vs_trl")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--trl-flush-denormal", action="store_true",
+                    help="flush denormal floats to zero in TRL's process too, as vroll's trainer does")
     args = ap.parse_args()
 
     import warnings
@@ -499,6 +504,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     cores = hold_to_cores(args.threads)
+    if args.trl_flush_denormal:
+        import torch
+
+        torch.set_flush_denormal(True)
     cfg0 = load_job(args.config, args.overrides)
     if problems := refusals(cfg0):
         sys.exit("not comparable with TRL's GRPOTrainer:\n  " + "\n  ".join(problems))
@@ -529,7 +538,7 @@ def main() -> None:
               "eval_file": cfg0.validation.data_args.file_name if cfg0.validation else None,
               "start_accuracy": start_acc, "runs": runs, "ratios": ratio_line(runs),
               "settings": [asdict(m) for m in map_settings(cfg0, args.steps, cfg0.seed)],
-              "differences": differences(cfg0), "checks": checks}
+              "differences": differences(cfg0, args.trl_flush_denormal), "checks": checks}
     (out / "bench_vs_trl.json").write_text(json.dumps(report, indent=1, default=str))
     text = markdown(report)
     (out / "bench_vs_trl.md").write_text(text)
