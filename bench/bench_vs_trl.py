@@ -398,20 +398,7 @@ def run_vroll(config: str, overrides: list[str], seed: int, steps: int, out_dir:
             "cpu_seconds": [b - a for a, b in zip(cpu_ends, cpu_ends[1:])],
             "phase_seconds": [r["time/step"] for r in recs],
             "reward_mean": [r["reward/mean"] for r in recs], "train_accuracy": [r.get("reward/accuracy") for r in recs],
-            "model": str(weights_folder(out_dir / "checkpoints" / f"step_{steps}", out_dir / "model"))}
-
-
-def weights_folder(checkpoint: Path, dest: Path) -> Path:
-    """A copy of a vroll checkpoint without its trainer state: vLLM loads every *.safetensors of a folder,
-    and `trainer_state.safetensors` (the optimiser) is not the model's (vroll evaluate refuses the
-    checkpoint itself)."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    for f in checkpoint.iterdir():
-        if f.is_file() and not f.name.startswith(("trainer_state", "vroll_state")):
-            shutil.copy2(f, dest / f.name)
-    return dest
+            "model": str(out_dir / "checkpoints" / f"step_{steps}")}  # a checkpoint is a model folder
 
 
 def evaluate(config: str, overrides: list[str], model_dir: str, out_dir: Path) -> dict:

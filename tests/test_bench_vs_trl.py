@@ -57,14 +57,3 @@ def test_prompt_order_check():
     calls = [{"rows": [1, 0, 1, 0]}, {"rows": [2, 3, 3, 2]}]
     assert b.order_matches(calls, rollout_batch_size=2, group=2)
     assert not b.order_matches(calls[::-1], rollout_batch_size=2, group=2)
-
-
-def test_checkpoint_copy_leaves_the_trainer_state_out(tmp_path):
-    b = bench_module()
-    ckpt = tmp_path / "step_3"
-    ckpt.mkdir()
-    for name in ("config.json", "model.safetensors", "trainer_state.safetensors", "trainer_state.json",
-                 "vroll_state.json", "tokenizer.json"):
-        (ckpt / name).write_text("x")
-    out = b.weights_folder(ckpt, tmp_path / "model")
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
