@@ -136,3 +136,23 @@ def test_dropped_groups_never_come_back(engine, hf):
     got = collect_all(engine, 1)
     assert [r.index for r in got] == [41]
     assert engine.collect(wait_s=0.3) == []
+
+
+def test_a_failing_engine_step_reaches_the_collector_not_a_hang():
+    """The loop's failure (here a stand-in engine whose step raises: the path under test is vroll's)
+    is raised by `collect` at once, naming the engine."""
+    from types import SimpleNamespace
+
+    from vroll.strategy.streaming import EngineLock, RolloutStream
+
+    def step():
+        raise RuntimeError("engine core died")
+
+    llm = SimpleNamespace(llm_engine=SimpleNamespace(add_request=lambda *a: None, step=step,
+                                                     abort_request=lambda ids: None))
+    stream = RolloutStream(llm, EngineLock(), lambda: 0, lambda g, seed, done: None, "actor_infer", 1)
+    stream.submit([1], [[5, 6]], GeneratingArgs(max_new_tokens=4), [0])
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="actor_infer: background generation failed: engine core died"):
+        stream.collect(min_groups=1, wait_s=30)
+    assert time.monotonic() - started < 5

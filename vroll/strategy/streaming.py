@@ -11,7 +11,6 @@ version that produced it.
 from __future__ import annotations
 
 import logging
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -214,24 +213,23 @@ class RolloutStream:
             self._thread.start()
 
     def _run(self) -> None:
-        set_thread_count(self.threads)  # a new thread has OpenMP's default, not the engine's count
-        with self.lock:
-            while not self._closed:
-                if not self._live:  # nothing in flight (or paused): wait for work
-                    started = time.perf_counter()
-                    self.lock.cond.wait(0.5)
-                    if self._paused_at is None:
-                        self.stats["idle_s"] += time.perf_counter() - started
-                    continue
-                try:
+        try:
+            set_thread_count(self.threads)  # a new thread has OpenMP's default, not the engine's count
+            with self.lock:
+                while not self._closed:
+                    if not self._live:  # nothing in flight (or paused): wait for work
+                        started = time.perf_counter()
+                        self.lock.cond.wait(0.5)
+                        if self._paused_at is None:
+                            self.stats["idle_s"] += time.perf_counter() - started
+                        continue
                     self._absorb(self.llm.llm_engine.step())
-                except Exception:  # the engine failed: callers see it as a closed stream
-                    log.exception("%s: generation loop failed", self.name)
-                    self._closed, self._error = True, sys.exc_info()[1]
-                    self._tell_progress()
-                    raise
-                self.lock.cond.notify_all()
-                self.lock.yield_to_callers()
+                    self.lock.cond.notify_all()
+                    self.lock.yield_to_callers()
+        except BaseException as e:  # the engine failed: callers of collect get the error, not a wait
+            log.exception("%s: generation loop failed", self.name)
+            self._closed, self._error = True, e
+            self._tell_progress()
 
     def _start(self, s: StreamSample) -> None:
         """Add the sample's next leg to vLLM: prompt + tokens so far, the budget that is left."""

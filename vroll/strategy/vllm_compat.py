@@ -251,10 +251,10 @@ def set_thread_count(n: int) -> None:
     replaces `torch.set_num_threads` with a no-op (it binds threads itself), but a new thread starts
     with OpenMP's default count, and the CPU attention kernel then refuses metadata built for the
     engine's count (`Check failed: input->metadata->thread_num == thread_num`): call torch's own
-    setter underneath."""
+    setter, which `torch._C` still holds."""
     import torch
 
-    torch._C._set_num_threads(n)
+    torch._C.set_num_threads(n)
 
 
 def abort_unfinished(llm) -> int:
