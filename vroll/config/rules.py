@@ -289,6 +289,11 @@ def check_async(cfg: PipelineConfig) -> list[Issue]:
     if any(w.query_filter_config.type != "no_filter" for w in cfg.rewards.values()):
         issues.append(Issue("async_generation_ratio", f"{ratio:g} is not combined with dynamic sampling "
                                                       "(query_filter_config) in vroll yet; set 0, or remove the filter"))
+    if cfg.old_logprobs_from_engine and infer is not None and infer.generating_args.temperature != 1.0:
+        issues.append(Issue("old_logprobs_from_engine", f"true with async_generation_ratio {ratio:g} scores the "
+                            "lagging samples on the engine, whose forward log-probs are untempered; that needs "
+                            f"actor_infer.generating_args.temperature 1.0 (it is {infer.generating_args.temperature}"
+                            "); set false to recompute them on the trainer"))
     if infer is not None and infer.generating_args.num_beams > 1:
         issues.append(Issue("async_generation_ratio", f"{ratio:g} streams sampled responses; beam search "
                                                       "(actor_infer.generating_args.num_beams > 1) cannot be paused "

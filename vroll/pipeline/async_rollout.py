@@ -37,8 +37,8 @@ def staleness(results: list[PromptResult], version: int) -> torch.Tensor:
 
 
 class RolloutsAhead:
-    """The engine side of the asynchronous loop, as the loop sees it: `fill(step)` keeps the engine
-    `ratio` steps ahead, `take(step)` waits for a step's groups and scores them."""
+    """The engine side of the asynchronous loop, as the loop sees it: `take(step)` waits for a step's
+    groups and keeps the engine `ratio` steps ahead (`fill`)."""
 
     def __init__(self, engine, sampler: PromptSampler, ratio: int, batch_size: int, generating_args, max_steps: int,
                  timeout_s: float):
@@ -66,7 +66,11 @@ class RolloutsAhead:
 
     def take(self, step: int, version: int) -> tuple[list[PromptRecord], list[PromptResult], dict]:
         """The step's prompts and their groups, once all have finished; groups started more than
-        `ratio` versions before `version` (the trainer's) are dropped and replaced by fresh prompts."""
+        `ratio` versions before `version` (the trainer's) are dropped and replaced by fresh prompts.
+        Then the engine gets the prompts of step + ratio: it generates them while the trainer trains
+        (handed over after collecting, so that their first engine step does not delay the collection)."""
+        if step not in self.submitted:  # the first step of a run (or of a resumed one)
+            self.fill(step)
         sub = self.submitted.pop(step)
         records, keys = list(sub.records), list(sub.keys)
         dropped = 0
@@ -86,6 +90,7 @@ class RolloutsAhead:
         results = [self.ready.pop(k) for k in keys]
         for i, r in enumerate(results):
             r.index = i
+        self.fill(step)
         lag = staleness(results, version)
         metrics = {"async/dropped_groups": float(dropped), "async/staleness_mean": float(lag.mean()),
                    "async/staleness_max": float(lag.max()),

@@ -93,11 +93,12 @@ def sequences_of(batch: dict) -> tuple[list[list[int]], list[int]]:
     return seqs, starts
 
 
-def reference_logprobs(roles: Roles, batch: dict) -> torch.Tensor:
-    """The reference model's per-token log-probs, laid out like the trainer's [B, L-1]."""
+def forward_logprobs(model, batch: dict) -> torch.Tensor:
+    """A forward-only model's per-token log-probs (the reference; the engine), laid out like the
+    trainer's [B, L-1]."""
     seqs, starts = sequences_of(batch)
     out = torch.zeros(batch["input_ids"].shape[0], batch["input_ids"].shape[1] - 1)
-    for i, (lp, start) in enumerate(zip(roles.reference.sequence_logprobs(seqs), starts)):
+    for i, (lp, start) in enumerate(zip(model.sequence_logprobs(seqs), starts)):
         out[i, start:start + len(lp)] = torch.tensor(lp)
     return out
 
@@ -289,6 +290,32 @@ def rollout(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: l
     return Rollout.join(chosen), reward_metrics, metrics
 
 
+def old_logprobs(cfg: PipelineConfig, roles: Roles, batch: dict, padded: dict, step: int, lagging: bool,
+                 timer: PhaseTimer) -> dict:
+    """Set the batch's old log-probs where the loss needs them (ROLL's rule, `config.passes`): the
+    trainer's recompute, or with `old_logprobs_from_engine` the engine's: the sampled tokens' own
+    when they come from the trainer's weights, else a scoring pass of the engine, which holds the
+    trainer's weights since the last push. Returns the mismatch metrics of a recompute."""
+    engine_serves = not old_logprobs_recomputed(cfg, roles.train.world_size, step)
+    if engine_serves and not old_logprobs_needed(cfg, roles.train.world_size):
+        return {}
+    if engine_serves and not lagging:
+        batch["old_logp"] = batch["rollout_logp"]
+        return {}
+    with timer("old_logprobs"):
+        if engine_serves:
+            batch["old_logp"] = forward_logprobs(roles.infer, padded) * batch["response_mask"]
+            return {}
+        batch["old_logp"] = roles.train.batch_logprobs(batch["input_ids"], batch["attention_mask"],
+                                                       rollout_args(cfg).temperature)
+    metrics = alg.mismatch(batch["old_logp"], batch["rollout_logp"], batch["response_mask"])
+    if cfg.old_logprobs_from_engine and lagging:  # the engine's scoring against the trainer's, same weights
+        engine = forward_logprobs(roles.infer, padded)
+        metrics.update({f"mismatch/engine_scoring_{k.split('/')[-1]}": v for k, v in
+                        alg.mismatch(batch["old_logp"], engine, batch["response_mask"]).items()})
+    return metrics
+
+
 def rollout_ahead(rewards: RewardRouter, ahead: RolloutsAhead, step: int, version: int,
                   timer: PhaseTimer) -> tuple[Rollout, dict, dict]:
     """The step's rollout from the engine running ahead (async_generation_ratio), scored."""
@@ -333,13 +360,8 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
     metrics = {"train/kept_frac": float(keep.mean()), **dynamic_metrics}
     if roles.reference is not None:  # started only when a KL term or enable_reference asks for it
         with timer("reference"):
-            batch["ref_logp"] = reference_logprobs(roles, padded)
-    if old_logprobs_recomputed(cfg, roles.train.world_size, step):
-        with timer("old_logprobs"):
-            batch["old_logp"] = roles.train.batch_logprobs(batch["input_ids"], batch["attention_mask"], g.temperature)
-        metrics.update(alg.mismatch(batch["old_logp"], batch["rollout_logp"], response_mask))
-    elif old_logprobs_needed(cfg, roles.train.world_size):  # old_logprobs_from_engine: the engine's serve
-        batch["old_logp"] = batch["rollout_logp"]
+            batch["ref_logp"] = forward_logprobs(roles.reference, padded)
+    metrics.update(old_logprobs(cfg, roles, batch, padded, step, lagging=ahead is not None, timer=timer))
     kl = None
     if "ref_logp" in batch:  # the rollout policy (recomputed, else the engine's own log-probs) against the reference
         kl = alg.kl_estimate(batch.get("old_logp", batch["rollout_logp"]), batch["ref_logp"], cfg.kl_penalty)
@@ -428,7 +450,6 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
             stack.callback(ahead.close)
         for step in bar:
             if ahead is not None:
-                ahead.fill(step)
                 record = train_step(cfg, roles, rewards, None, step, algorithm, ahead=ahead)
             else:
                 record = train_step(cfg, roles, rewards, sampler.next_batch(cfg.rollout_batch_size), step, algorithm,
