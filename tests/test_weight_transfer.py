@@ -33,8 +33,11 @@ def tokens(results):
     return [r.samples[0].token_ids for r in results]
 
 
-def my_segments():
-    return shm_transfer.leftover_segments(os.getpid())
+def no_stray_segments(engines=None):
+    """No vroll name in /dev/shm, and every segment this process holds is one of the pool's."""
+    assert shm_transfer.named_leftovers() == []
+    held = sorted(engines._segments.live()) if engines is not None else []
+    assert shm_transfer.open_segments() == held
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,7 @@ def test_an_engine_on_ray_on_this_node_gets_weights_through_shared_memory(on_ray
     assert on_ray.transport() == "vroll_shm"
     perturb(model, 11)
     version = on_ray.update_weights(model.state_dict(), verify=True)
-    assert my_segments() == []  # every segment unlinked once the engine read it
+    no_stray_segments(on_ray)
     assert [i["weight_version"] for i in on_ray.info()] == [version]
     results = on_ray.generate(PROMPTS, GREEDY)
     assert tokens(results) == hf_greedy_texts(hf, PROMPTS, 12)
@@ -78,19 +81,22 @@ def test_a_failed_update_leaves_no_segment_and_the_next_one_works(on_ray, hf):
     model, tok = hf
     state = dict(model.state_dict())
     state["model.layers.0.mlp.not_a_weight"] = state.pop("model.layers.0.mlp.up_proj.weight")
-    with pytest.raises((WeightUpdateError, EngineFailure), match="not_a_weight"):
-        on_ray.update_weights(state)
-    assert my_segments() == []
+    held = len(on_ray._segments.live())
+    for _ in range(2):
+        with pytest.raises((WeightUpdateError, EngineFailure), match="not_a_weight"):
+            on_ray.update_weights(state)
+        no_stray_segments(on_ray)
+        assert len(on_ray._segments.live()) <= held + 1  # the failed update's segment went back to the pool
     perturb(model, 12)
     on_ray.update_weights(model.state_dict())
-    assert my_segments() == []
+    no_stray_segments(on_ray)
     assert tokens(on_ray.generate(PROMPTS, GREEDY)) == hf_greedy_texts(hf, PROMPTS, 12)
 
 
 def test_small_buckets_each_travel_in_their_own_segment(on_ray, hf, monkeypatch):
     written = []
-    write = shm_transfer.write_segment
-    monkeypatch.setattr(shm_transfer, "write_segment", lambda *a, **k: written.append(write(*a, **k)) or written[-1])
+    write = on_ray._segments.write
+    monkeypatch.setattr(on_ray._segments, "write", lambda *a, **k: written.append(write(*a, **k)) or written[-1])
     model, tok = hf
     perturb(model, 13)
     sc = on_ray.role.strategy_args.strategy_config  # the driver cuts the buckets
@@ -99,9 +105,17 @@ def test_small_buckets_each_travel_in_their_own_segment(on_ray, hf, monkeypatch)
         on_ray.update_weights((k, v) for k, v in model.state_dict().items())  # streamed, many buckets
     finally:
         del sc["weight_update_bucket_bytes"]
-    assert len(written) >= 3  # one segment per bucket (embeddings, each layer, ...)
-    assert my_segments() == []
+    assert len({w.segment.name for w in written}) == len(written) >= 3  # one segment per bucket
+    no_stray_segments(on_ray)
     assert tokens(on_ray.generate(PROMPTS, GREEDY)) == hf_greedy_texts(hf, PROMPTS, 12)
+
+
+def test_a_restarted_engine_catches_up_from_the_held_segments(on_ray, hf):
+    model, tok = hf
+    on_ray.restart(0)
+    assert [i["weight_version"] for i in on_ray.info()] == [on_ray.weight_version]
+    assert tokens(on_ray.generate(PROMPTS, GREEDY)) == hf_greedy_texts(hf, PROMPTS, 12)
+    no_stray_segments(on_ray)
 
 
 def test_the_in_process_engine_uses_the_same_protocol_and_tells_vllm_the_version(here, hf):
@@ -127,53 +141,54 @@ def test_transport_choice_names_vllms_transports_on_gpus():
 def test_a_segment_round_trips_every_dtype_and_its_checksum():
     bucket = [("a", torch.randn(3, 5)), ("b", torch.randn(7).to(torch.bfloat16)), ("c", torch.randn(2, 2).half()),
               ("empty", torch.empty(0, 4))]
-    seg = shm_transfer.write_segment(bucket, checksum=True)
+    before, pool = set(shm_transfer.open_segments()), shm_transfer.SegmentPool()
     try:
-        info = shm_transfer.ShmUpdateInfo(**seg.update_info)
-        assert os.path.exists(os.path.join(shm_transfer.SHM_DIR, seg.name))
-        assert all(o % shm_transfer.ALIGN == 0 for o in info.offsets)
-        got = shm_transfer.received_tensors(info)
+        written = pool.write(bucket, checksum=True)
+        info = written.update_info(pool.live())
+        assert all(o % shm_transfer.ALIGN == 0 for o in info["offsets"])
+        got = shm_transfer.received_tensors(shm_transfer.ShmUpdateInfo(**info), {})
         assert [n for n, _ in got] == [n for n, _ in bucket]
         assert all(torch.equal(t, u) and t.dtype == u.dtype for (_, t), (_, u) in zip(got, bucket))
-        assert shm_transfer.sent_checksum(seg.update_info).matches(shm_transfer.checksum_of(got))
-        described = shm_transfer.described_bucket(seg.update_info)
+        assert shm_transfer.sent_checksum(info).matches(shm_transfer.checksum_of(got))
+        described = shm_transfer.described_bucket(info)
         assert [(n, tuple(t.shape), t.dtype, t.is_meta) for n, t in described] == \
             [(n, tuple(t.shape), t.dtype, True) for n, t in bucket]
+        assert shm_transfer.named_leftovers() == []  # anonymous: never in /dev/shm
+        del got, info  # the receiver's mapping (here, this process) goes with its views
     finally:
-        seg.close()
-    assert my_segments() == []
+        pool.close()
+    assert set(shm_transfer.open_segments()) == before
 
 
-def test_a_copy_for_a_restarted_engine_holds_the_same_bytes_after_the_name_is_gone():
-    seg = shm_transfer.write_segment([("w", torch.arange(10.0))], checksum=False)
-    seg.unlink()
-    assert my_segments() == []
-    again = seg.copy()
+def test_segments_are_reused_and_an_engine_keeps_its_mapping():
+    before, pool, mapped = set(shm_transfer.open_segments()), shm_transfer.SegmentPool(), {}
     try:
-        (_, t), = shm_transfer.received_tensors(shm_transfer.ShmUpdateInfo(**again.update_info))
-        assert torch.equal(t, torch.arange(10.0))
+        first = pool.write([("w", torch.arange(10.0))], checksum=False)
+        (_, t), = shm_transfer.received_tensors(shm_transfer.ShmUpdateInfo(**first.update_info(pool.live())), mapped)
+        pool.recycle([])  # a complete update: `first` is what a restarted engine would need
+        pool.recycle([first])  # the next complete update replaced it
+        second = pool.write([("w", torch.arange(10.0) * 2)], checksum=False)
+        assert second.segment is first.segment and list(mapped) == [first.segment.name]
+        (_, u), = shm_transfer.received_tensors(shm_transfer.ShmUpdateInfo(**second.update_info(pool.live())), mapped)
+        assert torch.equal(u, torch.arange(10.0) * 2) and len(mapped) == 1
+        bigger = pool.write([("w", torch.zeros(1000))], checksum=False)  # does not fit: a new segment
+        assert bigger.segment is not first.segment and len(pool.live()) == 2
+        pool.release([bigger])
+        pool.recycle([second])  # frees `second`, closes `bigger`'s unneeded segment
+        del t, u
+        shm_transfer.received_tensors(shm_transfer.ShmUpdateInfo(**second.update_info(pool.live())), mapped)
+        assert pool.live() == [first.segment.name] and set(shm_transfer.open_segments()) - before == {first.segment.name}
+        mapped.clear()
     finally:
-        again.close()
-        seg.close()
-    assert my_segments() == []
+        pool.close()
+    assert set(shm_transfer.open_segments()) == before
 
 
-def test_segments_of_a_dead_sender_are_swept_and_others_kept():
-    import subprocess
-
-    proc = subprocess.Popen(["true"])  # a pid that has just exited
-    proc.wait()
-    stale = os.path.join(shm_transfer.SHM_DIR, f"{shm_transfer.SEGMENT_PREFIX}{proc.pid}-test")
-    mine = shm_transfer.write_segment([("w", torch.ones(2))], checksum=False)
-    open(stale, "wb").close()
-    try:
-        assert f"{shm_transfer.SEGMENT_PREFIX}{proc.pid}-test" in shm_transfer.sweep_stale_segments()
-        assert not os.path.exists(stale)
-        assert my_segments() == [mine.name]
-    finally:
-        mine.close()
-        if os.path.exists(stale):
-            os.unlink(stale)
+def test_a_segment_of_a_process_that_is_gone_is_named_in_the_error(tmp_path):
+    info = {"names": ["w"], "dtype_names": ["float32"], "shapes": [[1]], "offsets": [0], "segment": "vroll-wt-1-x",
+            "pid": 2**22 + 1, "fd": 3, "nbytes": 64, "live": ["vroll-wt-1-x"]}
+    with pytest.raises(RuntimeError, match="cannot open segment vroll-wt-1-x of process"):
+        shm_transfer.received_tensors(shm_transfer.ShmUpdateInfo(**info), {})
 
 
 def test_update_info_is_checked_before_anything_is_mapped():
@@ -181,5 +196,12 @@ def test_update_info_is_checked_before_anything_is_mapped():
         shm_transfer.ShmUpdateInfo(names=["a"], dtype_names=["float32"], shapes=[[1]])
     with pytest.raises(ValueError, match="1 names but 2 dtypes"):
         shm_transfer.ShmUpdateInfo(names=["a"], dtype_names=["float32", "float32"], shapes=[[1]], tensors=[])
-    with pytest.raises(ValueError, match="not a vroll segment name"):
-        shm_transfer.segment_path("../etc/passwd")
+    with pytest.raises(ValueError, match="the sender's descriptor"):
+        shm_transfer.ShmUpdateInfo(names=["a"], dtype_names=["float32"], shapes=[[1]], offsets=[0], segment="s")
+
+
+def test_closing_the_role_frees_every_segment(on_ray, hf):
+    """Last in this module: it closes the engines."""
+    assert shm_transfer.open_segments() != []  # the pool kept the last update's segments
+    on_ray.close()
+    assert shm_transfer.open_segments() == [] and shm_transfer.named_leftovers() == []

@@ -39,7 +39,7 @@ class RayEngines(RayRole):
         self._calls = 0
         self._replay: list[tuple[str, Any]] = []  # (transport, what it sent) since the last full update
         self.platform = platform
-        shm_transfer.sweep_stale_segments()  # left by a driver killed mid-update
+        self._segments = shm_transfer.SegmentPool()  # vroll_shm's shared memory, reused between updates
         self.group = ActorGroup(self.name, role.device_mapping, devices_per_engine(role.strategy_args.backend_args),
                                 platform, label="engine rank", failure=EngineFailure,
                                 call_timeout_s=role.strategy_args.options.engine_call_timeout_s,
@@ -109,11 +109,11 @@ class RayEngines(RayRole):
             reason = RuntimeError(str(err).splitlines()[0] if str(err) else type(err).__name__)
             for m in self.engines:  # end the update everywhere; engines that wrote weights mark them invalid
                 m.actor.call.remote("abort_update", reason)
-            _release(sent)
+            self._segments.release(_written(sent))
             raise
         self.weight_version += 1
         if not partial:
-            _release(self._replay)
+            self._segments.recycle(_written(self._replay))
         self._replay = sent if not partial else self._replay + sent
         if len(set(versions)) != 1 or versions[0] != self.weight_version:
             self.group.on_all("adopt_weight_version", self.weight_version, what="aligning weight versions")
@@ -134,15 +134,14 @@ class RayEngines(RayRole):
     def _send_bucket(self, transport: str, bucket: list, checksum: bool, members: list[Member] | None = None):
         """Load one bucket on the engines; returns what a restarted engine needs to catch up on it."""
         if transport == shm_transfer.BACKEND:
-            segment = shm_transfer.write_segment(bucket, checksum)
+            written = self._segments.write(bucket, checksum)
             try:
-                self.group.on_all("load_shm_bucket", segment.update_info, what="loading weights", members=members)
+                self.group.on_all("load_shm_bucket", written.update_info(self._segments.live()),
+                                  what="loading weights", members=members)
             except BaseException:
-                segment.close()
+                self._segments.release([written])
                 raise
-            finally:
-                segment.unlink()  # read by every engine (or failed): the name goes, the sender's mapping stays
-            return transport, segment
+            return transport, written
         arrays, specs = pack_bucket(bucket)
         ref = self.group._ray.put(arrays)
         self.group.on_all("load_packed_bucket", ref, specs, what="loading weights", members=members)
@@ -171,13 +170,9 @@ class RayEngines(RayRole):
         if self._replay:
             self.group.on_all("begin_update", False, None, None, what="starting the catch-up update", members=[new])
             for transport, held in self._replay:
-                if transport == shm_transfer.BACKEND:
-                    segment = held.copy()
-                    try:
-                        self.group.on_all("load_shm_bucket", segment.update_info, what="catching up on weights",
-                                          members=[new])
-                    finally:
-                        segment.close()
+                if transport == shm_transfer.BACKEND:  # the segments still hold these buckets
+                    self.group.on_all("load_shm_bucket", held.update_info(self._segments.live()),
+                                      what="catching up on weights", members=[new])
                 else:
                     self.group.on_all("load_packed_bucket", *held, what="catching up on weights", members=[new])
             self.group.on_all("finish_update", what="finishing the catch-up update", members=[new])
@@ -187,16 +182,14 @@ class RayEngines(RayRole):
 
 
     def close(self) -> None:
-        _release(self._replay)
         self._replay = []
+        self._segments.close()
         super().close()
 
 
-def _release(sent: list[tuple[str, Any]]) -> None:
-    """Drop the sender's copies of buckets that no engine needs any more."""
-    for transport, held in sent:
-        if transport == shm_transfer.BACKEND:
-            held.close()
+def _written(sent: list[tuple[str, Any]]) -> list:
+    """The buckets of `sent` that travelled in shared memory."""
+    return [held for transport, held in sent if transport == shm_transfer.BACKEND]
 
 
 def prompt_size(p) -> int:

@@ -3,10 +3,15 @@
 by POSIX shared memory on one node.
 
 vLLM's transports (`nccl`, `ipc`) need an accelerator; on CPU none runs (docs/engine-notes.md), so
-vroll registers this one under the same protocol. The sender (the driver) writes a bucket into one
-segment in /dev/shm and sends only its name and each tensor's name, dtype, shape and offset as the
-update info; the engine's worker maps the segment and loads through vroll's reload helper. The
-sender unlinks every segment once the engines have read it, also when the update fails.
+vroll registers this one under the same protocol. The sender (the driver) writes a bucket into a
+shared-memory segment and sends only the segment's name (with the sender's pid and descriptor) and
+each tensor's name, dtype, shape and offset as the update info; the engine's worker maps the segment
+and loads through vroll's reload helper.
+
+Segments are anonymous files (memfd): they never appear in /dev/shm, so no update, failed or not,
+and no killed process leaves one behind; their memory goes when the last process holding them does.
+The sender reuses them from one update to the next (`SegmentPool`), which is what makes the path
+fast: fresh shared memory costs page allocation and faults on both sides at every update.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import torch
 from vroll.strategy.weights import Checksum
 
 BACKEND = "vroll_shm"
-SHM_DIR = "/dev/shm"
 SEGMENT_PREFIX = "vroll-wt-"
 ALIGN = 64  # bytes; every tensor starts on a cache line (and on its dtype's size)
 
@@ -60,7 +64,10 @@ class ShmUpdateInfo:
     shapes: list[list[int]]
     offsets: list[int] | None = None
     segment: str | None = None
+    pid: int = 0
+    fd: int = -1
     nbytes: int = 0
+    live: list[str] | None = None
     tensors: list[torch.Tensor] | None = None
     checksum: list[float] | None = None
     want_checksum: bool = False
@@ -71,8 +78,8 @@ class ShmUpdateInfo:
             raise ValueError(f"vroll_shm: {n} names but {len(self.dtype_names)} dtypes and {len(self.shapes)} shapes")
         if (self.segment is None) == (self.tensors is None):
             raise ValueError("vroll_shm: an update carries either a segment or the tensors, not both or neither")
-        if self.segment is not None and (self.offsets is None or len(self.offsets) != n):
-            raise ValueError("vroll_shm: a segment update needs one offset per tensor")
+        if self.segment is not None and (self.offsets is None or len(self.offsets) != n or self.fd < 0):
+            raise ValueError("vroll_shm: a segment update needs one offset per tensor and the sender's descriptor")
 
 
 # -- the worker side ------------------------------------------------------------------------
@@ -95,6 +102,7 @@ def engine_class() -> type:
         def __init__(self, config, vllm_config, device, model) -> None:
             super().__init__(config, vllm_config, device, model)
             self.receipt = Checksum()
+            self.mapped: dict[str, mmap.mmap] = {}  # the sender's segments, by name
 
         def init_transfer_engine(self, init_info: ShmInitInfo) -> None:
             """Nothing to open: segments are named per update."""
@@ -104,7 +112,7 @@ def engine_class() -> type:
             self.receipt = Checksum()
 
         def receive_weights(self, update_info: ShmUpdateInfo) -> None:
-            named = received_tensors(update_info)
+            named = received_tensors(update_info, self.mapped)
             self.receipt = checksum_of(named) if update_info.want_checksum else Checksum()
             vllm_compat.reload_weights_into(self.vllm_config, self.model, named)
 
@@ -112,7 +120,7 @@ def engine_class() -> type:
             vllm_compat.refresh_tied_lm_head(self.model)
 
         def shutdown(self) -> None:
-            """Nothing held between updates."""
+            self.mapped.clear()
 
     return ShmWeightTransferEngine
 
@@ -128,18 +136,37 @@ def register_engine() -> None:
         pass
 
 
-def received_tensors(info: ShmUpdateInfo) -> list[tuple[str, torch.Tensor]]:
-    """The bucket as (name, tensor) pairs: the given tensors, or views of the mapped segment
-    (private copy-on-write mapping: reads share the sender's pages, nothing is copied)."""
+def received_tensors(info: ShmUpdateInfo, mapped: dict | None = None) -> list[tuple[str, torch.Tensor]]:
+    """The bucket as (name, tensor) pairs: the given tensors, or views of the sender's segment (no
+    copy). `mapped`: the worker's segment mappings by name, kept between updates so that the pages of
+    a reused segment stay mapped; pruned to the segments the sender still holds (`info.live`)."""
     if info.tensors is not None:
         return list(zip(info.names, info.tensors))
-    fd = os.open(segment_path(info.segment), os.O_RDONLY)
-    try:
-        buf = mmap.mmap(fd, info.nbytes, access=mmap.ACCESS_COPY)
-    finally:
-        os.close(fd)
+    mapped = {} if mapped is None else mapped
+    for name in [n for n in mapped if n not in set(info.live or ())]:
+        del mapped[name]
+    if info.segment not in mapped:
+        mapped[info.segment] = map_segment(info.segment, info.pid, info.fd, info.nbytes)
+    buf = mapped[info.segment]
     return [(name, _view(buf, offset, dtype, shape))
             for name, dtype, shape, offset in zip(info.names, info.dtype_names, info.shapes, info.offsets)]
+
+
+def map_segment(name: str, pid: int, fd: int, nbytes: int) -> mmap.mmap:
+    """Map another process's segment read-only through /proc/<pid>/fd/<fd> (same user, same node);
+    the link's target is checked, so a reused descriptor number is never taken for the segment."""
+    path = f"/proc/{pid}/fd/{fd}"
+    try:
+        if not os.readlink(path).startswith(f"/memfd:{name} "):
+            raise FileNotFoundError(f"{path} is no longer segment {name}")
+        handle = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise RuntimeError(f"vroll_shm: cannot open segment {name} of process {pid} ({e}); the sender must run "
+                           "on this node as the same user") from e
+    try:
+        return mmap.mmap(handle, nbytes, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    finally:
+        os.close(handle)
 
 
 def checksum_of(named: list[tuple[str, torch.Tensor]]) -> Checksum:
@@ -173,106 +200,122 @@ def sent_checksum(info: dict) -> Checksum | None:
 
 
 class Segment:
-    """One bucket written into a fresh /dev/shm segment by the sender. `update_info` is what goes
-    through the protocol; `unlink()` removes the name (the engines have read it); the sender's own
-    mapping stays valid until `close()`, so the same bytes can be sent again (`copy()`)."""
+    """Shared memory of the sender: an anonymous file (memfd), never named in /dev/shm, so nothing
+    outlives the processes that hold it, even a killed driver. Pages are allocated at creation."""
 
-    def __init__(self, layout: dict[str, Any], nbytes: int, checksum: Checksum | None):
+    def __init__(self, nbytes: int):
         self.name = f"{SEGMENT_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.nbytes = max(nbytes, 1)
-        self.layout = layout
-        self.checksum = checksum
-        fd = os.open(segment_path(self.name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-        self.linked = True
+        self.fd = os.memfd_create(self.name, os.MFD_CLOEXEC)
         try:
-            os.ftruncate(fd, self.nbytes)
-            self.buf = mmap.mmap(fd, self.nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+            os.ftruncate(self.fd, self.nbytes)
+            self.buf = mmap.mmap(self.fd, self.nbytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
         except BaseException:
-            self.unlink()
+            os.close(self.fd)
             raise
-        finally:
-            os.close(fd)
-
-    @property
-    def update_info(self) -> dict[str, Any]:
-        c = self.checksum
-        return {**self.layout, "segment": self.name, "nbytes": self.nbytes,
-                "checksum": [c.count, c.total, c.squares] if c is not None else None,
-                "want_checksum": c is not None}
-
-    def unlink(self) -> None:
-        if self.linked:
-            self.linked = False
-            try:
-                os.unlink(segment_path(self.name))
-            except FileNotFoundError:
-                pass
 
     def close(self) -> None:
-        """Drop the sender's mapping (its memory goes once no engine maps it either)."""
-        self.unlink()
-        buf, self.buf = getattr(self, "buf", None), None
-        if buf is not None:
+        """Drop the sender's descriptor and mapping (the memory goes once no engine maps it)."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
             try:
-                buf.close()
+                self.buf.close()
             except BufferError:  # a view is still alive somewhere; the GC frees it with the view
                 pass
 
-    def copy(self) -> "Segment":
-        """A new named segment with the same bytes (to catch up an engine that was restarted)."""
-        other = Segment(self.layout, self.nbytes, self.checksum)
-        other.buf[:] = self.buf
-        return other
+
+@dataclass
+class Written:
+    """A bucket written into a segment: what the protocol's update info announces about it."""
+
+    segment: Segment
+    layout: dict[str, Any]
+    checksum: Checksum | None
+
+    def update_info(self, live: list[str]) -> dict[str, Any]:
+        c = self.checksum
+        return {**self.layout, "segment": self.segment.name, "pid": os.getpid(), "fd": self.segment.fd,
+                "nbytes": self.segment.nbytes, "live": live,
+                "checksum": [c.count, c.total, c.squares] if c is not None else None, "want_checksum": c is not None}
 
 
-def write_segment(bucket: list[tuple[str, torch.Tensor]], checksum: bool) -> Segment:
-    """Copy a bucket into a fresh segment (one copy, the only one on the way to the engines)."""
-    offsets, end = [], 0
-    tensors = [t.detach() for _, t in bucket]
-    for t in tensors:
-        offsets.append(end)
-        end += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
-    layout = {"names": [n for n, _ in bucket], "dtype_names": [_dtype_name(t) for t in tensors],
-              "shapes": [list(t.shape) for t in tensors], "offsets": offsets}
-    seg = Segment(layout, end, checksum_of(bucket) if checksum else None)
-    try:
+class SegmentPool:
+    """The sender's segments, reused from one update to the next: writing into pages that are
+    already allocated, and that the engines already map, costs about a plain copy; fresh shared
+    memory costs several times that (page allocation and faults on both sides, docs/benchmarks.md).
+
+    A segment is either free or held by a bucket the caller keeps (to catch up a restarted engine).
+    `recycle(old)` after a complete update frees the buckets it replaced and closes free segments
+    that update did not need, so at most two copies of the weights are held."""
+
+    def __init__(self):
+        self.free: list[Segment] = []
+        self.held: dict[str, Segment] = {}
+
+    def write(self, bucket: list[tuple[str, torch.Tensor]], checksum: bool) -> Written:
+        """Copy a bucket into a free segment large enough (or a new one): the one copy on the way."""
+        tensors = [t.detach() for _, t in bucket]
+        offsets, end = [], 0
+        for t in tensors:
+            offsets.append(end)
+            end += -(-t.numel() * t.element_size() // ALIGN) * ALIGN
+        layout = {"names": [n for n, _ in bucket], "dtype_names": [_dtype_name(t) for t in tensors],
+                  "shapes": [list(t.shape) for t in tensors], "offsets": offsets}
+        seg = self._take(end)
         for t, offset, dtype in zip(tensors, offsets, layout["dtype_names"]):
             _view(seg.buf, offset, dtype, list(t.shape)).copy_(t)
-    except BaseException:
-        seg.close()
-        raise
-    return seg
+        return Written(seg, layout, checksum_of(bucket) if checksum else None)
+
+    def _take(self, nbytes: int) -> Segment:
+        fits = [s for s in self.free if s.nbytes >= nbytes]
+        seg = min(fits, key=lambda s: s.nbytes) if fits else Segment(nbytes)
+        if fits:
+            self.free.remove(seg)
+        self.held[seg.name] = seg
+        return seg
+
+    def live(self) -> list[str]:
+        """Names of every segment the pool holds (an engine may drop its mappings of the others)."""
+        return list(self.held) + [s.name for s in self.free]
+
+    def release(self, written: list[Written]) -> None:
+        """The buckets are no longer needed (a failed update's, or replaced ones): free their segments."""
+        for w in written:
+            if self.held.pop(w.segment.name, None) is not None:
+                self.free.append(w.segment)
+
+    def recycle(self, replaced: list[Written]) -> None:
+        """After a complete update: close the free segments it did not need, free the replaced ones."""
+        for seg in self.free:
+            seg.close()
+        self.free = []
+        self.release(replaced)
+
+    def close(self) -> None:
+        for seg in list(self.held.values()) + self.free:
+            seg.close()
+        self.held, self.free = {}, []
 
 
-def segment_path(name: str) -> str:
-    if "/" in name or not name.startswith(SEGMENT_PREFIX):
-        raise ValueError(f"vroll_shm: {name!r} is not a vroll segment name")
-    return os.path.join(SHM_DIR, name)
+def open_segments(pid: int | None = None) -> list[str]:
+    """Names of the vroll segments process `pid` (default: this one) holds open (Python's mmap holds a
+    descriptor of its own too, so one name may show twice in /proc; it is listed once)."""
+    fd_dir = f"/proc/{pid or os.getpid()}/fd"
+    names = set()
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if target.startswith(f"/memfd:{SEGMENT_PREFIX}"):
+            names.add(target.removeprefix("/memfd:").split(" ")[0])
+    return sorted(names)
 
 
-def leftover_segments(pid: int | None = None) -> list[str]:
-    """Names of vroll segments in /dev/shm (of process `pid`, or of any process)."""
-    prefix = SEGMENT_PREFIX + (f"{pid}-" if pid is not None else "")
-    try:
-        return sorted(n for n in os.listdir(SHM_DIR) if n.startswith(prefix))
-    except FileNotFoundError:
-        return []
-
-
-def sweep_stale_segments() -> list[str]:
-    """Remove segments whose sender process has died (killed mid-update); returns their names."""
-    import psutil
-
-    removed = []
-    for name in leftover_segments():
-        pid = name[len(SEGMENT_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            try:
-                os.unlink(segment_path(name))
-                removed.append(name)
-            except OSError:
-                pass
-    return removed
+def named_leftovers() -> list[str]:
+    """vroll names in /dev/shm (there should never be any: segments are anonymous)."""
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(SEGMENT_PREFIX))
 
 
 def _dtype_name(t: torch.Tensor) -> str:
