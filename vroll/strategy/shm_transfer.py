@@ -1,6 +1,6 @@
 """`vroll_shm`: weights into a running vLLM engine through vLLM's own weight-transfer protocol
 (vllm/distributed/weight_transfer: init, start, update, finish with the weight version), carried
-by POSIX shared memory on one node.
+by shared memory on one node (Linux memfd segments).
 
 vLLM's transports (`nccl`, `ipc`) need an accelerator; on CPU none runs (docs/engine-notes.md), so
 vroll registers this one under the same protocol. The sender (the driver) writes a bucket into a
@@ -105,7 +105,7 @@ def engine_class() -> type:
             self.mapped: dict[str, mmap.mmap] = {}  # the sender's segments, by name
 
         def init_transfer_engine(self, init_info: ShmInitInfo) -> None:
-            """Nothing to open: segments are named per update."""
+            """Nothing to open: each update names its segments."""
 
         def start_weight_update(self) -> None:
             """Each bucket is reloaded whole (its layers complete), so nothing is staged here."""
