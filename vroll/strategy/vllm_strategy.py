@@ -228,6 +228,7 @@ class VllmStrategy:
                                          verify=self.options.verify_weights if verify is None else verify,
                                          deadline=time.monotonic() + timeout_s)
             self._update_started = time.perf_counter()
+            self._end_transfer()  # a session left open by an update that was never finished
             self._sync.start_weight_update()
             self._transfer_open = True
 
@@ -240,8 +241,8 @@ class VllmStrategy:
         self._send_bucket(shm_transfer.local_update_info(bucket, session.verify), bucket)
 
     def load_shm_bucket(self, update_info: dict) -> None:
-        """One bucket a sender wrote into shared memory (`shm_transfer.write_segment`): checked from
-        its description, then the worker maps the segment."""
+        """One bucket a sender wrote into shared memory (`shm_transfer.SegmentPool.write`): checked
+        from its description, then the worker maps the segment."""
         session = self._require_update()
         described = shm_transfer.described_bucket(update_info)
         session.check_bucket(described, sent=shm_transfer.sent_checksum(update_info))
