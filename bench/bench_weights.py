@@ -109,19 +109,20 @@ def main() -> None:
 
 
 def bench_other_process(role, state: dict, nbytes: int, rounds: int) -> None:
-    """One engine actor pinned to core 1, this process (sender, and the in-process engine for
-    reference) to core 0; the paths alternate within one run, so the ratios compare."""
+    """One engine actor pinned to core 1, this process (the sender) to core 0; the paths alternate
+    within one run, so the ratios compare. The in-process engine for reference starts afterwards:
+    while it exists, its OpenMP threads (bound by vLLM to every core) slow the actor's core down."""
     import torch
 
     from vroll.roles.ray_engines import RayEngines
     from vroll.strategy import shm_transfer
+    from vroll.strategy.transport import pack_bucket
     from vroll.strategy.vllm_strategy import VllmStrategy
     from vroll.strategy.weights import buckets
 
     os.sched_setaffinity(0, {0})
     torch.set_num_threads(1)  # one OpenMP thread per core: more would spin against each other
     targets = {k: torch.empty_like(v) for k, v in state.items()}
-    local = VllmStrategy(role, seed=0)
     remote = RayEngines(role.model_copy(update={"device_mapping": [1]}), seed=0)
     bucket_bytes = role.strategy_args.options.weight_update_bucket_bytes
     assert remote.transport() == "vroll_shm", remote.transport()
@@ -136,7 +137,7 @@ def bench_other_process(role, state: dict, nbytes: int, rounds: int) -> None:
         remote._segments.close()  # what every update would cost without the pool
         through(shm_transfer.BACKEND)()
 
-    pool, previous = shm_transfer.SegmentPool(), []
+    pool, previous, refs = shm_transfer.SegmentPool(), [], []
 
     def write_segments():  # the sender's share, in the pool's steady state (two sets, alternating)
         nonlocal previous
@@ -144,12 +145,18 @@ def bench_other_process(role, state: dict, nbytes: int, rounds: int) -> None:
         pool.recycle(previous)
         previous = now
 
+    def put_buckets():  # the object store's sender share: pack (no copy) and `ray.put` (one copy)
+        import ray
+
+        nonlocal refs
+        refs = [ray.put(pack_bucket(bucket)[0]) for bucket in buckets(state.items(), bucket_bytes)]
+
     runs = {
         "plain tensor copy of the same bytes": lambda: [targets[k].copy_(v) for k, v in state.items()],
-        "in-process `update_weights` (for reference)": lambda: local.update_weights(state),
         "into an engine actor: vLLM protocol, `vroll_shm` (shared memory)": through(shm_transfer.BACKEND),
         "into an engine actor: Ray object store (before)": through("object_store"),
         "`vroll_shm` sender alone: buckets copied into the pool's segments": write_segments,
+        "object store sender alone: buckets packed and `ray.put`": put_buckets,
     }
     times = alternate(runs, rounds)
     # not alternated: it empties the pool, so the `vroll_shm` run after it would start cold too
@@ -158,6 +165,9 @@ def bench_other_process(role, state: dict, nbytes: int, rounds: int) -> None:
     assert shm_transfer.named_leftovers() == []
     pool.close()
     remote.close()
+    local = VllmStrategy(role, seed=0)
+    times["in-process `update_weights`, same core 0 (for reference; run last)"] = \
+        alternate({"local": lambda: local.update_weights(state)}, rounds)["local"]
     local.close()
     base = statistics.median(times["plain tensor copy of the same bytes"])
     shm = statistics.median(times["into an engine actor: vLLM protocol, `vroll_shm` (shared memory)"])
