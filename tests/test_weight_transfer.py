@@ -2,8 +2,6 @@
 with the weight version): vroll's `vroll_shm` transport on CPU, for an engine on Ray and in this
 process, checked against transformers on the same new weights."""
 
-import os
-
 import pytest
 import torch
 
@@ -177,7 +175,8 @@ def test_segments_are_reused_and_an_engine_keeps_its_mapping():
         pool.recycle([second])  # frees `second`, closes `bigger`'s unneeded segment
         del t, u
         shm_transfer.received_tensors(shm_transfer.ShmUpdateInfo(**second.update_info(pool.live())), mapped)
-        assert pool.live() == [first.segment.name] and set(shm_transfer.open_segments()) - before == {first.segment.name}
+        assert pool.live() == [first.segment.name]
+        assert set(shm_transfer.open_segments()) - before == {first.segment.name}
         mapped.clear()
     finally:
         pool.close()
