@@ -1,7 +1,9 @@
 """Weight-update throughput against a plain in-process copy of the same bytes, and sleep/wake
-times and resident memory, on a model large enough for the bytes to matter.
+times and resident memory, on a model large enough for the bytes to matter; then updates into an
+engine in another process (a Ray actor on core 1, this process on core 0) through vLLM's weight-
+transfer protocol with vroll's shared-memory transport (`vroll_shm`) and through Ray's object store.
 
-    .venv/bin/python bench/bench_weights.py [--layers 8 --hidden 1024]
+    .venv/bin/python bench/bench_weights.py [--layers 8 --hidden 1024] [--no-ray]
 
 Prints Markdown tables (ratios are what to compare; absolute times vary between machines).
 """
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--kv-mib", type=int, default=512)
+    ap.add_argument("--no-ray", action="store_true", help="skip the engine-in-another-process table")
     args = ap.parse_args()
 
     import torch
@@ -101,6 +104,80 @@ def main() -> None:
         print(f"| {label} | {(time.perf_counter() - t) * 1e3:.0f} ms | {rss_mib():.0f} MiB | |")
         engine.generate(["What is 1+2?"])
     engine.close()
+    if not args.no_ray:
+        bench_other_process(role, state, nbytes, args.rounds)
+
+
+def bench_other_process(role, state: dict, nbytes: int, rounds: int) -> None:
+    """One engine actor pinned to core 1, this process (the sender) to core 0; the paths alternate
+    within one run, so the ratios compare. The in-process engine for reference starts afterwards:
+    while it exists, its OpenMP threads (bound by vLLM to every core) slow the actor's core down."""
+    import torch
+
+    from vroll.roles.ray_engines import RayEngines
+    from vroll.strategy import shm_transfer
+    from vroll.strategy.transport import pack_bucket
+    from vroll.strategy.vllm_strategy import VllmStrategy
+    from vroll.strategy.weights import buckets
+
+    os.sched_setaffinity(0, {0})
+    torch.set_num_threads(1)  # one OpenMP thread per core: more would spin against each other
+    targets = {k: torch.empty_like(v) for k, v in state.items()}
+    remote = RayEngines(role.model_copy(update={"device_mapping": [1]}), seed=0)
+    bucket_bytes = role.strategy_args.options.weight_update_bucket_bytes
+    assert remote.transport() == "vroll_shm", remote.transport()
+
+    def through(transport):
+        def go():
+            remote.transport = lambda: transport  # this instance only: the path under test
+            remote.update_weights(state)
+        return go
+
+    def fresh_segments():
+        remote._segments.close()  # what every update would cost without the pool
+        through(shm_transfer.BACKEND)()
+
+    pool, previous, refs = shm_transfer.SegmentPool(), [], []
+
+    def write_segments():  # the sender's share, in the pool's steady state (two sets, alternating)
+        nonlocal previous
+        now = [pool.write(bucket, checksum=False) for bucket in buckets(state.items(), bucket_bytes)]
+        pool.recycle(previous)
+        previous = now
+
+    def put_buckets():  # the object store's sender share: pack (no copy) and `ray.put` (one copy)
+        import ray
+
+        nonlocal refs
+        refs = [ray.put(pack_bucket(bucket)[0]) for bucket in buckets(state.items(), bucket_bytes)]
+
+    runs = {
+        "plain tensor copy of the same bytes": lambda: [targets[k].copy_(v) for k, v in state.items()],
+        "into an engine actor: vLLM protocol, `vroll_shm` (shared memory)": through(shm_transfer.BACKEND),
+        "into an engine actor: Ray object store (before)": through("object_store"),
+        "`vroll_shm` sender alone: buckets copied into the pool's segments": write_segments,
+        "object store sender alone: buckets packed and `ray.put`": put_buckets,
+    }
+    times = alternate(runs, rounds)
+    # not alternated: it empties the pool, so the `vroll_shm` run after it would start cold too
+    times["into an engine actor: `vroll_shm`, fresh segments every update (no pool; run after the others)"] = \
+        alternate({"fresh": fresh_segments}, rounds)["fresh"]
+    assert shm_transfer.named_leftovers() == []
+    pool.close()
+    remote.close()
+    local = VllmStrategy(role, seed=0)
+    times["in-process `update_weights`, same core 0 (for reference; run last)"] = \
+        alternate({"local": lambda: local.update_weights(state)}, rounds)["local"]
+    local.close()
+    base = statistics.median(times["plain tensor copy of the same bytes"])
+    shm = statistics.median(times["into an engine actor: vLLM protocol, `vroll_shm` (shared memory)"])
+    print(f"\nengine in another process, {nbytes / 2**20:.0f} MiB fp32, buckets of {bucket_bytes >> 20} MiB, "
+          f"sender on core 0, engine actor on core 1; {rounds} alternating rounds\n")
+    print("| path | median time | GiB/s | time / plain copy | time / `vroll_shm` |")
+    print("|---|---|---|---|---|")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {name} | {med * 1e3:.0f} ms | {nbytes / med / 2**30:.2f} | {med / base:.1f}x | {med / shm:.2f} |")
 
 
 if __name__ == "__main__":

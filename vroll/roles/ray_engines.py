@@ -12,6 +12,7 @@ from vroll.config.layout import devices_per_engine
 from vroll.config.schema import GeneratingArgs, RoleConfig
 from vroll.roles.ray_role import RayRole
 from vroll.strategy.results import PromptResult
+from vroll.strategy import shm_transfer
 from vroll.strategy.transport import pack_bucket
 from vroll.strategy.vllm_compat import INHERITED_ENGINE_VARS, current_platform_name
 from vroll.strategy.weights import buckets
@@ -36,7 +37,9 @@ class RayEngines(RayRole):
         self.role, self.seed, self.name, self.backend = role, seed, role.name or "actor_infer", backend
         self.weight_version = 0
         self._calls = 0
-        self._replay: list[tuple[Any, Any]] = []  # (bucket ref, specs) since the last full update
+        self._replay: list[tuple[str, Any]] = []  # (transport, what it sent) since the last full update
+        self.platform = platform
+        self._segments = shm_transfer.SegmentPool()  # vroll_shm's shared memory, reused between updates
         self._holder: dict[int, int] = {}  # a submitted group's key -> the engine rank generating it
         self.group = ActorGroup(self.name, role.device_mapping, devices_per_engine(role.strategy_args.backend_args),
                                 platform, label="engine rank", failure=EngineFailure,
@@ -141,29 +144,61 @@ class RayEngines(RayRole):
     # -- weights, sleep ------------------------------------------------------------------------
     def update_weights(self, named_tensors, partial: bool = False, verify: bool | None = None,
                        timeout_s: float | None = None) -> int:
-        """Stream the weights to every engine: each bucket is put in Ray's object store once and read
-        by the engines without a copy per engine."""
+        """Stream the weights to every engine through vLLM's weight-transfer protocol (start, one
+        update per bucket, finish with the version): on this node each bucket is written once into
+        shared memory (`vroll_shm`); across nodes it is put in Ray's object store once. Either way
+        the engines read it without a copy per engine."""
         if isinstance(named_tensors, dict):
             named_tensors = list(named_tensors.items())
+        transport = self.transport()
+        checksum = verify if verify is not None else self.role.strategy_args.options.verify_weights
         self.group.on_all("begin_update", partial, verify, timeout_s, what="starting a weight update")
         sent = []
         try:
             for bucket in buckets(named_tensors, self.role.strategy_args.options.weight_update_bucket_bytes):
-                arrays, specs = pack_bucket(bucket)
-                ref = self.group._ray.put(arrays)
-                self.group.on_all("load_packed_bucket", ref, specs, what="loading weights")
-                sent.append((ref, specs))
+                sent.append(self._send_bucket(transport, bucket, checksum))
             versions = self.group.on_all("finish_update", what="finishing a weight update")
         except BaseException as err:
             reason = RuntimeError(str(err).splitlines()[0] if str(err) else type(err).__name__)
             for m in self.engines:  # end the update everywhere; engines that wrote weights mark them invalid
                 m.actor.call.remote("abort_update", reason)
+            self._segments.release(_written(sent))
             raise
         self.weight_version += 1
+        if not partial:
+            self._segments.recycle(_written(self._replay))
         self._replay = sent if not partial else self._replay + sent
         if len(set(versions)) != 1 or versions[0] != self.weight_version:
             self.group.on_all("adopt_weight_version", self.weight_version, what="aligning weight versions")
         return self.weight_version
+
+    def transport(self) -> str:
+        """`vroll_shm` when every engine runs on this (the driver's) node, else `object_store`; on
+        GPUs vLLM's `nccl`/`ipc` are named (shm_transfer.choose_transport) but not built yet, and the
+        object store carries the weights there."""
+        here = self.group._ray.get_runtime_context().get_node_id()
+        chosen = shm_transfer.choose_transport(self.platform, all(m.node_id == here for m in self.engines))
+        if chosen not in (shm_transfer.BACKEND, "object_store"):
+            log.warning("%s: weight transport %r is not built in vroll yet; using Ray's object store",
+                        self.name, chosen)
+            return "object_store"
+        return chosen
+
+    def _send_bucket(self, transport: str, bucket: list, checksum: bool, members: list[Member] | None = None):
+        """Load one bucket on the engines; returns what a restarted engine needs to catch up on it."""
+        if transport == shm_transfer.BACKEND:
+            written = self._segments.write(bucket, checksum)
+            try:
+                self.group.on_all("load_shm_bucket", written.update_info(self._segments.live()),
+                                  what="loading weights", members=members)
+            except BaseException:
+                self._segments.release([written])
+                raise
+            return transport, written
+        arrays, specs = pack_bucket(bucket)
+        ref = self.group._ray.put(arrays)
+        self.group.on_all("load_packed_bucket", ref, specs, what="loading weights", members=members)
+        return transport, (ref, specs)
 
     def adopt_weight_version(self, version: int) -> None:
         """Number the current weights `version` (a resumed run continues its count)."""
@@ -187,13 +222,27 @@ class RayEngines(RayRole):
         self.group.build(self.backend, self._engine_args, members=[new])
         if self._replay:
             self.group.on_all("begin_update", False, None, None, what="starting the catch-up update", members=[new])
-            for ref, specs in self._replay:
-                self.group.on_all("load_packed_bucket", ref, specs, what="catching up on weights", members=[new])
+            for transport, held in self._replay:
+                if transport == shm_transfer.BACKEND:  # the segments still hold these buckets
+                    self.group.on_all("load_shm_bucket", held.update_info(self._segments.live()),
+                                      what="catching up on weights", members=[new])
+                else:
+                    self.group.on_all("load_packed_bucket", *held, what="catching up on weights", members=[new])
             self.group.on_all("finish_update", what="finishing the catch-up update", members=[new])
         self.group.on_all("adopt_weight_version", self.weight_version, what="aligning weight versions", members=[new])
         log.info("%s: engine rank %d restarted on %s at weight version %d", self.name, rank, new.node_ip,
                  self.weight_version)
 
+
+    def close(self) -> None:
+        self._replay = []
+        self._segments.close()
+        super().close()
+
+
+def _written(sent: list[tuple[str, Any]]) -> list:
+    """The buckets of `sent` that travelled in shared memory."""
+    return [held for transport, held in sent if transport == shm_transfer.BACKEND]
 
 
 def prompt_size(p) -> int:

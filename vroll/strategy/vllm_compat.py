@@ -9,7 +9,6 @@ import os
 
 from vroll.config.engine_args import installed_vllm_version
 from vroll.config.errors import UserError
-from vroll.strategy.weights import Checksum
 
 SUPPORTED = (">=0.32.0", "<0.33.0")
 
@@ -113,30 +112,30 @@ def shutdown_engine(llm) -> None:
 
 
 # -- Inside the engine: weight reloading and CPU memory release ------------------------------
-# These functions run on the engine's worker through `LLM.collective_rpc(fn, args=...)`: `fn`
-# receives the worker. In-process engines receive tensors as they are (no serialization).
+# These run on the engine's worker: through `LLM.collective_rpc(fn, args=...)` (`fn` receives the
+# worker), or from the `vroll_shm` weight-transfer engine (shm_transfer.py), which holds the model.
+# In-process engines receive tensors as they are (no serialization).
 
 
-def worker_reload_weights(worker, named_tensors: list, checksum: bool):
-    """Load HF-named tensors with vLLM's in-place reload (vLLM 0.32: `Worker.reload_weights`).
+def reload_weights_into(vllm_config, model, named_tensors: list) -> None:
+    """Load HF-named tensors with vLLM's in-place reload (vLLM 0.32:
+    `model_loader.reload.inplace.reload_weights`, what `Worker.reload_weights` runs).
 
     The reload rebuilds each layer it receives weights for and re-runs its post-load processing,
     which on the CPU backend re-packs the oneDNN weight handles (`layer.cpu_linear`): writing into
-    the parameters alone is not seen by the kernels there.
+    the parameters alone is not seen by the kernels there. A weight-transfer engine holds the model
+    and the config, not the worker, so the helper takes those.
     """
-    received = Checksum()
-    if checksum:
-        for _, t in named_tensors:
-            received.add(t)
-    worker.reload_weights(weights_iterator=iter(named_tensors), is_checkpoint_format=True)
-    return received
+    from vllm.model_executor.model_loader.reload.inplace import reload_weights
+
+    reload_weights(vllm_config, model, weights_iterator=iter(named_tensors), weights_path=None,
+                   is_checkpoint_format=True)
 
 
-def worker_refresh_tied_lm_head(worker) -> bool:
+def refresh_tied_lm_head(model) -> bool:
     """vLLM 0.32 CPU: a tied lm_head shares its Parameter with the embedding but keeps its own packed
     copy for the matmul; when the update holds no `lm_head.weight` (a trainer's named_parameters()
     leaves tied ones out) that copy stays stale and logits come from the old weights. Re-pack it."""
-    model = worker.model_runner.model
     head = getattr(model, "lm_head", None)
     weight = getattr(head, "weight", None)
     tied = weight is not None and any(p is weight for n, p in model.named_parameters(remove_duplicate=False)
@@ -144,6 +143,47 @@ def worker_refresh_tied_lm_head(worker) -> bool:
     if tied and hasattr(head, "quant_method"):
         head.quant_method.process_weights_after_loading(head)
     return tied
+
+
+class LLMWeightSync:
+    """vLLM's weight-sync protocol (`VLLMWeightSyncClient`: init, start, update, finish with the
+    weight version) over an in-process `LLM`.
+
+    vLLM 0.32: the offline `LLM` class does not expose these methods (`AsyncLLM` does); they are the
+    worker's (`Worker.init_weight_transfer_engine` ... `finish_weight_update`, reached with
+    `collective_rpc`), and the version is the engine core's (`LLMEngine.set_weight_version`).
+    """
+
+    def __init__(self, llm):
+        self.llm = llm
+
+    def init_weight_transfer_engine(self, init_info: dict) -> None:
+        self.llm.collective_rpc("init_weight_transfer_engine", kwargs={"init_info": init_info})
+
+    def start_weight_update(self) -> None:
+        self.llm.collective_rpc("start_weight_update")
+
+    def update_weights(self, update_info: dict) -> None:
+        """One bucket. vLLM 0.32: when it raises, the worker has already ended the update session
+        (`Worker.update_weights` clears `_weight_update_active`)."""
+        self.llm.collective_rpc("update_weights", kwargs={"update_info": update_info})
+
+    def finish_weight_update(self, weight_version: str | None = None) -> None:
+        self.llm.collective_rpc("finish_weight_update")
+        if weight_version is not None:
+            self.set_weight_version(weight_version)
+
+    def set_weight_version(self, weight_version: str) -> None:
+        self.llm.llm_engine.set_weight_version(weight_version)
+
+    def receipt(self):
+        """The checksum of what the worker received in the last bucket (vLLM 0.32: the protocol's
+        `update_weights` returns nothing, so it is read from the worker's transfer engine)."""
+        return self.llm.collective_rpc(_worker_transfer_receipt)[0]
+
+
+def _worker_transfer_receipt(worker):
+    return worker.weight_transfer_engine.receipt
 
 
 def worker_kv_cache_bytes(worker) -> int:

@@ -13,7 +13,7 @@ from vroll.config.engine_args import engine_defaults
 from vroll.config.layout import devices_per_engine
 from vroll.config.schema import GeneratingArgs, RoleConfig
 from vroll.models.paths import resolve_model_path
-from vroll.strategy import vllm_compat
+from vroll.strategy import shm_transfer, vllm_compat
 from vroll.strategy.engine_state import EngineState, EngineStateError
 from vroll.strategy.prompts import Prompt, encode_prompt, fit_prompts
 from vroll.strategy.results import PromptResult, Sample, to_padded_batch
@@ -36,6 +36,7 @@ def engine_kwargs(role: RoleConfig, seed: int | None, platform: str) -> dict[str
     kwargs["trust_remote_code"] = role.model_args.trust_remote_code
     if seed is not None:
         kwargs["seed"] = seed
+    kwargs["weight_transfer_config"] = {"backend": shm_transfer.BACKEND}  # every update goes through it
     return kwargs
 
 
@@ -65,11 +66,15 @@ class VllmStrategy:
         from vllm import LLM
 
         started = time.perf_counter()
+        shm_transfer.register_engine()
         self._llm = LLM(**kwargs)
         import torch
 
         self._threads = torch.get_num_threads()  # what the engine's CPU kernels were set up with
         vllm_compat.hold_process_group()
+        self._sync = vllm_compat.LLMWeightSync(self._llm)  # vLLM's protocol: init, start, update, finish
+        self._sync.init_weight_transfer_engine({})
+        self._transfer_open = False
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = self.llm.llm_engine.model_config.max_model_len
         self.weight_version = 0
@@ -278,18 +283,40 @@ class VllmStrategy:
             self._update_started = time.perf_counter()
             if self._stream is not None:  # samples in flight stop here and go on with the new weights
                 self._stream.pause()
+            self._end_transfer()  # a session left open by an update that was never finished
+            self._sync.start_weight_update()
+            self._transfer_open = True
 
     def load_bucket(self, bucket: list) -> None:
+        """One bucket of tensors in this process: checked, then handed to the worker through the
+        protocol's `update_weights` (the tensors travel as they are)."""
         with self._lock:
             session = self._require_update()
             session.check_bucket(bucket)
             bucket = [(n, t.detach()) for n, t in bucket]
-            got = self.llm.collective_rpc(vllm_compat.worker_reload_weights, args=(bucket, session.verify))[0]
-            session.record(bucket, got)
+            self._send_bucket(shm_transfer.local_update_info(bucket, session.verify), bucket)
+
+    def load_shm_bucket(self, update_info: dict) -> None:
+        """One bucket a sender wrote into shared memory (`shm_transfer.SegmentPool.write`): checked
+        from its description, then the worker maps the segment."""
+        with self._lock:
+            session = self._require_update()
+            described = shm_transfer.described_bucket(update_info)
+            session.check_bucket(described, sent=shm_transfer.sent_checksum(update_info))
+            self._send_bucket(update_info, described)
 
     def load_packed_bucket(self, arrays, specs) -> None:
         """`load_bucket` for a bucket packed by `transport.pack_bucket` in another process."""
         self.load_bucket(unpack_bucket(arrays, specs))
+
+    def _send_bucket(self, update_info: dict, bucket: list) -> None:
+        session = self._require_update()
+        try:
+            self._sync.update_weights(update_info)
+        except BaseException:
+            self._transfer_open = False  # vLLM's worker ends its session when a bucket fails
+            raise
+        session.record(bucket, self._sync.receipt())
 
     def finish_update(self) -> int:
         with self._lock:
@@ -298,7 +325,8 @@ class VllmStrategy:
     def _finish_update(self) -> int:
         session = self._require_update()
         session.check_end()
-        self.llm.collective_rpc(vllm_compat.worker_refresh_tied_lm_head)
+        self._sync.finish_weight_update(str(self.weight_version + 1))  # also re-packs a tied lm_head
+        self._transfer_open = False
         self.llm.reset_prefix_cache()  # no KV computed with the old weights may be reused
         if self.platform == "cpu":
             vllm_compat.trim_host_memory()  # the replaced packed weights are many small blocks
@@ -316,6 +344,7 @@ class VllmStrategy:
     def adopt_weight_version(self, version: int) -> None:
         """Number the current weights `version` (a resumed run continues its count)."""
         self.weight_version = version
+        self._sync.set_weight_version(str(version))
 
     def status(self) -> dict:
         return {"weight_version": self.weight_version, "state": self.state.name}
@@ -327,6 +356,7 @@ class VllmStrategy:
 
     def _abort_update(self, error: BaseException) -> None:
         session, self._update = self._update, None
+        self._end_transfer()
         if self._stream is not None and self.state.weights_valid and not (session and session.written):
             self._stream.resume()  # nothing was written: the samples go on with the weights they had
         if session is None or not session.written:
@@ -339,6 +369,16 @@ class VllmStrategy:
                   "complete update: %s", self.name, error)
         if isinstance(error, WeightUpdateError):
             error.args = (f"{self.name}: weight update failed, weights now invalid:\n{error}",)
+
+    def _end_transfer(self) -> None:
+        """Close the worker's update session after a failure (the protocol's only way is `finish`;
+        the weights it leaves are marked invalid by the caller when some were written)."""
+        if self._transfer_open:
+            self._transfer_open = False
+            try:
+                self._sync.finish_weight_update()
+            except Exception as e:  # the engine may be what failed; the original error is what matters
+                log.warning("%s: could not close the worker's weight-update session: %s", self.name, e)
 
     def _require_update(self):
         if self._update is None:

@@ -141,7 +141,8 @@ class UpdateSession:
         self.seen: set[str] = set()
         self.done_layers: set[str] = set()
 
-    def check_bucket(self, bucket: list[tuple[str, torch.Tensor]]) -> None:
+    def check_bucket(self, bucket: list[tuple[str, torch.Tensor]], sent: Checksum | None = None) -> None:
+        """`sent`: the sender's checksum of the bucket, when the tensors here carry no data (meta)."""
         import time
 
         problems = [p for n, t in bucket if (p := check_tensor(n, t, self.layout))]
@@ -152,7 +153,12 @@ class UpdateSession:
             raise WeightUpdateError("\n".join(problems))
         if time.monotonic() > self.deadline:
             raise TimeoutError("the update passed its deadline (weight_update_timeout_s)")
-        if self.verify:
+        if self.verify and sent is not None:
+            self.sent.count, self.sent.total, self.sent.squares = (
+                self.sent.count + sent.count, self.sent.total + sent.total, self.sent.squares + sent.squares)
+        elif self.verify:
+            if any(t.is_meta for _, t in bucket):
+                raise WeightUpdateError("verification asked for, but the sender sent no checksum of the bucket")
             for _, t in bucket:
                 self.sent.add(t)
 
