@@ -75,6 +75,16 @@ def records(n):
             for i in range(n)]
 
 
+def test_without_lag_each_step_is_handed_over_once():
+    engine = ListEngine()
+    ahead = RolloutsAhead(engine, PromptSampler(records(10), 0), ratio=0, batch_size=2, generating_args=None,
+                          max_steps=3, timeout_s=5)
+    got = [ahead.take(step, version=0)[0] for step in (1, 2, 3)]
+    assert [call for _, call, _ in engine.submitted] == [1, 2, 3]
+    sampler = PromptSampler(records(10), 0)
+    assert [[r.index for r in recs] for recs in got] == [[r.index for r in sampler.next_batch(2)] for _ in range(3)]
+
+
 def test_rollouts_ahead_keeps_the_engine_ratio_steps_ahead_and_drops_stale_groups():
     engine = ListEngine()
     ahead = RolloutsAhead(engine, PromptSampler(records(10), 0), ratio=1, batch_size=2, generating_args=None,
@@ -93,7 +103,7 @@ def test_rollouts_ahead_keeps_the_engine_ratio_steps_ahead_and_drops_stale_group
     assert metrics["async/dropped_groups"] == 2  # dropped and replaced by fresh prompts from version 3
     assert all(s.token_versions == [3, 3] for r in results3 for s in r.samples)
     ahead.fill(4)
-    assert 5 not in ahead.submitted  # never beyond max_steps
+    assert 5 not in ahead.submitted and len(engine.submitted) == 5  # never beyond max_steps (+1 replacement)
     ahead.close()
     assert len(engine.dropped) == 2  # step 4's groups, handed over and never taken
 

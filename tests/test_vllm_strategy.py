@@ -198,6 +198,7 @@ def test_padded_batch_for_a_trainer(strategy):
 def test_results_carry_the_weight_version(strategy):
     (r,) = strategy.generate(["hi"], GeneratingArgs(max_new_tokens=2))
     assert r.weight_version == strategy.weight_version == 0
+    assert r.samples[0].token_versions == [0] * len(r.samples[0].token_ids)  # per token, as streamed ones
 
 
 def test_closed_strategy_refuses_work(tiny_model, tmp_path):

@@ -45,13 +45,14 @@ class RolloutsAhead:
         self.engine, self.sampler, self.ratio = engine, sampler, ratio
         self.batch_size, self.g, self.max_steps, self.timeout_s = batch_size, generating_args, max_steps, timeout_s
         self.submitted: dict[int, Submitted] = {}
+        self.last_submitted: int | None = None
         self.ready: dict[int, PromptResult] = {}  # collected, not yet taken, by key
         self.extra = 0  # replacement prompts drawn so far (their keys follow the step's)
 
     def fill(self, step: int) -> None:
         """Hand the engine the prompts of every step up to `step + ratio` not handed over yet."""
-        last = max(self.submitted, default=step - 1)
-        for s in range(last + 1, min(step + self.ratio, self.max_steps) + 1):
+        first = step if self.last_submitted is None else self.last_submitted + 1
+        for s in range(first, min(step + self.ratio, self.max_steps) + 1):
             state = self.sampler.state_dict()
             records = self.sampler.next_batch(self.batch_size)
             keys = [s * KEYS_PER_STEP + i for i in range(len(records))]
@@ -59,6 +60,7 @@ class RolloutsAhead:
             self.engine.submit(keys, [r.prompt_ids for r in records], self.g, call=s,
                                seed_indices=list(range(len(records))))
             self.submitted[s] = Submitted(records, keys, state)
+            self.last_submitted = s
 
     def sampler_state_before(self, step: int) -> dict:
         """The sampler's state before the prompts of `step` were drawn (now, if they were not yet)."""

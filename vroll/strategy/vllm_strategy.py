@@ -139,6 +139,8 @@ class VllmStrategy:
         if any(counts.values()):
             log.warning("%s: %d prompt(s) truncated and %d skipped to fit max_model_len %d",
                         self.name, counts["truncated"], counts["skipped"], self.max_model_len)
+        for s in (s for group in samples for s in group):  # every token from the weights of the moment
+            s.token_versions = [self.weight_version] * len(s.token_ids)
         return [
             PromptResult(index=p.index, prompt_token_ids=p.token_ids, prompt=p.text,
                          samples=by_index.get(p.index, []), status=p.status, weight_version=self.weight_version)
