@@ -231,11 +231,11 @@ def test_reward_workers_by_rolls_class(tmp_path):
 
 def test_rolls_features_vroll_lacks_are_refused_at_their_enabling_value(tmp_path):
     data = copy.deepcopy(ROLL_FILE)
-    data.update(async_generation_ratio=1, rl_loss_coef=1.0)
+    data.update(use_opd=True, rl_loss_coef=1.0)
     data["actor_train"]["model_args"].update(lora_target="o_proj,q_proj", lora_rank=32)
     found = issues_of(write_yaml(tmp_path / "c.yaml", data), vroll_strategies=True)
-    assert sorted(p.split(":")[0] for p in found) == ["actor_train.model_args.lora_target", "async_generation_ratio"]
-    data.update(async_generation_ratio=0)
+    assert sorted(p.split(":")[0] for p in found) == ["actor_train.model_args.lora_target", "use_opd"]
+    data.update(use_opd=False)
     data["actor_train"]["model_args"]["lora_target"] = None
     path = write_yaml(tmp_path / "c.yaml", data)
     assert issues_of(path, vroll_strategies=True) == []
