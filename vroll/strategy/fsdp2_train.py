@@ -100,13 +100,6 @@ def shards(world_size: int, compute: torch.dtype, reduce: torch.dtype) -> bool:
     return world_size > 1 or compute != torch.float32 or reduce != torch.float32
 
 
-def adamw_kernel(device: torch.device) -> dict:
-    """AdamW's implementation: on CPU the fused kernel, one pass over each tensor (torch's default
-    there is a loop of about a dozen ops per tensor, 2.6x the time); elsewhere torch's default. The
-    machine's choice, not a checkpoint's: `load_state` applies it again."""
-    return {"fused": True if device.type == "cpu" else None}
-
-
 def decoder_layers(model) -> list[torch.nn.Module]:
     """The repeated blocks transformers marks as not to be split (`_no_split_modules`): FSDP2 shards
     each separately so that only one block's full weights exist at a time."""
@@ -166,8 +159,7 @@ class Fsdp2TrainStrategy:
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=role.model_args.trust_remote_code)
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.args.learning_rate,
                                            weight_decay=self.args.weight_decay,
-                                           betas=(self.args.adam_beta1, self.args.adam_beta2),
-                                           **adamw_kernel(self.device))
+                                           betas=(self.args.adam_beta1, self.args.adam_beta2))
         # transformers' "constant" ignores warmup_steps; the file's warmup_steps must still apply.
         schedule = self.args.lr_scheduler_type
         if schedule == "constant" and self.args.warmup_steps > 0:
@@ -319,8 +311,6 @@ class Fsdp2TrainStrategy:
         try:
             set_optimizer_state_dict(self.model, self.optimizer, state["optimizer"],
                                      options=StateDictOptions(full_state_dict=True))
-            for group in self.optimizer.param_groups:
-                group.update(adamw_kernel(self.device))
             self.scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:
