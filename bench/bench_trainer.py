@@ -1,14 +1,20 @@
 """fsdp2_train against a plain PyTorch loop doing the same work in the same run: a transformers model,
-torch's AdamW, the same padded batch and token-mean loss. The ratio is what FSDP2 and the strategy's
-bookkeeping cost on one rank.
+torch's AdamW (its defaults), the same padded batch and token-mean loss. fsdp2_train runs twice: as
+one rank runs it (the plain module, `fsdp2_train.shards`), and wrapped by FSDP2 as several ranks or a
+mixed-precision policy run it, so the ratios show what the strategy and FSDP2 each cost on one rank.
 
     .venv/bin/python bench/bench_trainer.py [--model models/tiny-std] [--rows 32] [--length 36] [--rounds 20]
+                                            [--cpu-time]
+
+`--cpu-time` measures the process's CPU time on one thread instead of wall time on two: the work
+done, which stays comparable on a machine shared with other jobs.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import common  # noqa: F401 - shared benchmark environment
 
@@ -25,13 +31,27 @@ def batch(rows: int, length: int, vocab: int, seed: int = 0):
     return ids, mask
 
 
+def fsdp2_wrapped(role, total_steps: int):
+    """fsdp2_train wrapped by FSDP2 on one rank, as several ranks run it (`shards` answers yes)."""
+    from vroll.strategy import fsdp2_train
+
+    decide = fsdp2_train.shards
+    fsdp2_train.shards = lambda *_: True
+    try:
+        return fsdp2_train.Fsdp2TrainStrategy(role, total_steps=total_steps)
+    finally:
+        fsdp2_train.shards = decide
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="models/tiny-std")
     ap.add_argument("--rows", type=int, default=32)
     ap.add_argument("--length", type=int, default=36)
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--cpu-time", action="store_true", help="CPU time on one thread instead of wall time on two")
     args = ap.parse_args()
+    threads = 1 if args.cpu_time else 2
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -40,7 +60,7 @@ def main() -> None:
     from vroll.models.logprobs import token_logprobs
     from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     plain = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     plain.config.use_cache = False
     ids, mask = batch(args.rows, args.length, plain.config.vocab_size)
@@ -69,21 +89,28 @@ def main() -> None:
                                   "disable_gradient_checkpointing": True},
                       strategy_args={"strategy_name": "fsdp2_train"},
                       training_args={"learning_rate": 1e-5, "per_device_train_batch_size": args.rows},
-                      device_mapping=[0, 1], name="actor_train", seed=0)
-    with Fsdp2TrainStrategy(role, total_steps=10 * args.rounds) as trainer:
-        micro = [{"input_ids": ids, "attention_mask": mask}]
+                      device_mapping=list(range(threads)), name="actor_train", seed=0)
+    micro = [{"input_ids": ids, "attention_mask": mask}]
+    with Fsdp2TrainStrategy(role, total_steps=10 * args.rounds) as trainer, \
+            fsdp2_wrapped(role, 10 * args.rounds) as wrapped:
+        assert not trainer.sharded and wrapped.sharded
         times = common.alternate({
-            "plain train step": plain_step,
-            "fsdp2_train train_step": lambda: trainer.train_step(micro, loss_fn),
-            "plain forward (log-probs)": plain_forward,
-            "fsdp2_train batch_logprobs": lambda: trainer.batch_logprobs(ids, mask, batch_size=args.rows),
-        }, args.rounds)
+            "plain train": plain_step,
+            "one rank train": lambda: trainer.train_step(micro, loss_fn),
+            "FSDP2 train": lambda: wrapped.train_step(micro, loss_fn),
+            "plain forward": plain_forward,
+            "one rank forward": lambda: trainer.batch_logprobs(ids, mask, batch_size=args.rows),
+            "FSDP2 forward": lambda: wrapped.batch_logprobs(ids, mask, batch_size=args.rows),
+        }, args.rounds, time.process_time if args.cpu_time else None)
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"\n{args.rows} rows x {args.length} tokens, {args.model}, {args.rounds} rounds, 2 threads\n")
-    print("| work | plain torch (s) | fsdp2_train (s) | fsdp2_train / plain |\n|---|---|---|---|")
-    for what, a, b in (("train step", "plain train step", "fsdp2_train train_step"),
-                       ("log-prob forward", "plain forward (log-probs)", "fsdp2_train batch_logprobs")):
-        print(f"| {what} | {med[a]:.4f} | {med[b]:.4f} | {med[b] / med[a]:.2f}x |")
+    print(f"\n{args.rows} rows x {args.length} tokens, {args.model}, {args.rounds} rounds, {threads} thread(s), "
+          f"{'CPU' if args.cpu_time else 'wall'} time\n")
+    print("| work | plain torch (s) | fsdp2_train, one rank (s) | fsdp2_train, FSDP2-wrapped (s) "
+          "| one rank / plain | FSDP2-wrapped / plain |\n|---|---|---|---|---|---|")
+    for what in ("train", "forward"):
+        a, b, c = med[f"plain {what}"], med[f"one rank {what}"], med[f"FSDP2 {what}"]
+        print(f"| {'train step' if what == 'train' else 'log-prob forward'} | {a:.4f} | {b:.4f} | {c:.4f} "
+              f"| {b / a:.2f}x | {c / a:.2f}x |")
 
 
 if __name__ == "__main__":

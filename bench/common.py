@@ -18,19 +18,20 @@ def vllm_role(model: str, generating_args, device_mapping=(0,), kv_mib: int = 25
                       strategy_args=StrategyArgs(strategy_name="vllm", strategy_config=sc), name="actor_infer")
 
 
-def alternate(runs: dict, rounds: int) -> dict[str, list[float]]:
+def alternate(runs: dict, rounds: int, clock=None) -> dict[str, list[float]]:
     """Seconds of each run per round, after one warm-up; runs alternate so that machine noise hits
-    them all alike."""
+    them all alike. `clock`: wall time (default), or e.g. `time.process_time` for the CPU time."""
     import time
 
+    clock = clock or time.perf_counter
     for fn in runs.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(rounds):
         for name, fn in runs.items():
-            t = time.perf_counter()
+            t = clock()
             fn()
-            times[name].append(time.perf_counter() - t)
+            times[name].append(clock() - t)
     return times
 
 

@@ -33,3 +33,29 @@ def test_temperature_divides_the_logits(hf):
         got = token_logprobs(model, ids, mask, temperature=0.7)
         ref = torch.log_softmax(model(ids).logits[0, :-1].float() / 0.7, -1).gather(-1, ids[0, 1:, None])[:, 0]
     assert torch.allclose(got[0], ref, atol=1e-5)
+
+
+def test_columns_of_padding_alone_change_nothing(hf):
+    """The model runs on the columns that hold real tokens only: columns of padding on both sides
+    leave the log-probs, the entropy and the gradients as they were (to float rounding), and are 0."""
+    model, tok = hf
+    seqs = [tok(t)["input_ids"] for t in ("What is 1+2?", "What is 45-18? The answer is 27.")]
+    width = max(map(len, seqs)) + 5  # 3 columns of padding on the left, 2 on the right
+    ids = torch.full((len(seqs), width), tok.pad_token_id)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - 2 - len(s):width - 2] = torch.tensor(s)
+        mask[i, width - 2 - len(s):width - 2] = 1
+
+    def run(cols: slice):
+        model.zero_grad()
+        logp, entropy = token_logprobs(model, ids[:, cols], mask[:, cols], 0.9, with_entropy=True)
+        logp.sum().backward()
+        return logp, entropy, [p.grad.clone() for p in model.parameters()]
+
+    wide, narrow = run(slice(None)), run(slice(3, width - 2))
+    assert wide[0].shape == (len(seqs), width - 1)
+    for w, n in zip(wide[:2], narrow[:2]):
+        assert torch.all(w[:, :3] == 0) and torch.all(w[:, -2:] == 0)
+        assert torch.allclose(w[:, 3:-2], n, atol=1e-5)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(wide[2], narrow[2]))

@@ -280,3 +280,47 @@ def test_a_critic_on_two_ranks_matches_one(tiny_model):
         double = b.train_step(micros, loss_fn)
     assert abs(single["loss"] - double["loss"]) < 1e-5
     assert abs(single["critic/grad_norm"] - double["critic/grad_norm"]) < 1e-4
+
+
+def test_one_rank_trains_the_plain_module_like_fsdp2(tiny_model, tmp_path, monkeypatch):
+    """One rank trains the plain module (FSDP2 would shard over nobody): the same losses, gradient
+    norms, learning rates, weights and log-probs as FSDP2 on one rank, checkpoints of the same
+    format, and each one's checkpoint resumes the other."""
+    from safetensors import safe_open
+
+    from vroll.strategy import fsdp2_train
+    from vroll.strategy.train_state import load_train_state
+
+    ids, mask = padded(SEQS)
+    micros = [{"input_ids": ids[:2], "attention_mask": mask[:2]}, {"input_ids": ids[2:], "attention_mask": mask[2:]}]
+    role = train_role(tiny_model, lr_scheduler_type="linear", warmup_steps=1)
+
+    def train(sharded: bool, start: str | None = None):
+        monkeypatch.setattr(fsdp2_train, "shards", lambda *_: sharded)
+        with fsdp2_train.Fsdp2TrainStrategy(role, total_steps=6, model_path=start and str(tmp_path / start)) as t:
+            assert t.sharded == sharded
+            if start:
+                t.load_state(tmp_path / start)
+                return [t.train_step(micros, nll)]
+            steps = [t.train_step(micros, nll) for _ in range(2)]
+            t.save(tmp_path / f"sharded={sharded}")
+            steps.append(t.train_step(micros, nll))
+            return steps, dict(t.named_weights()), t.batch_logprobs(ids, mask)
+
+    (plain, plain_w, plain_lp), (fsdp, fsdp_w, fsdp_lp) = train(False), train(True)
+    for p, f in zip(plain, fsdp):
+        assert p.keys() == f.keys() and p["train/lr"] == f["train/lr"]
+        assert abs(p["loss"] - f["loss"]) < 1e-6 and abs(p["train/grad_norm"] - f["train/grad_norm"]) < 1e-6
+    assert plain_w.keys() == fsdp_w.keys() and all(torch.allclose(plain_w[k], fsdp_w[k], atol=1e-6) for k in plain_w)
+    assert torch.allclose(plain_lp, fsdp_lp, atol=1e-6)
+    files = {}
+    for sharded in (False, True):
+        with safe_open(tmp_path / f"sharded={sharded}" / "model.safetensors", "pt") as f:
+            files[sharded] = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in f.keys()}
+    assert files[False] == files[True]
+    plain_state, fsdp_state = (load_train_state(tmp_path / f"sharded={s}") for s in (False, True))
+    assert plain_state["optimizer"]["state"].keys() == fsdp_state["optimizer"]["state"].keys()
+    assert plain_state["scheduler"] == fsdp_state["scheduler"]
+    for sharded, other in ((True, plain), (False, fsdp)):  # each resumes the other's checkpoint
+        resumed = train(sharded, start=f"sharded={not sharded}")[0]
+        assert abs(resumed["loss"] - other[2]["loss"]) < 1e-6 and resumed["train/lr"] == other[2]["train/lr"]

@@ -5,7 +5,8 @@ module owns the model, the optimiser step and the weights it hands to the infere
 One rank trains in the calling process (on CPU the role's slots become torch's thread count); several
 ranks are Ray actors, one process each, driven by `vroll.roles.ray_trainer.RayTrainer` (the launcher
 decides which, from `config.layout.trainer_ranks`). Every rank runs this same class on its share of
-each batch.
+each batch. One rank with nothing for FSDP2 to do (`shards`) trains the plain module: the same
+arithmetic, names and files, without the per-layer hooks.
 """
 
 from __future__ import annotations
@@ -92,6 +93,13 @@ def single_rank_mesh(device_type: str):
     return init_device_mesh(device_type, (1,))
 
 
+def shards(world_size: int, compute: torch.dtype, reduce: torch.dtype) -> bool:
+    """Whether FSDP2 wraps the model. One rank computing and reducing in the fp32 of its master weights
+    trains the plain module: FSDP2 would shard over nobody and cast nothing, yet its per-layer
+    unshard/reshard hooks and DTensor parameters cost 5-15 % of a small model's step."""
+    return world_size > 1 or compute != torch.float32 or reduce != torch.float32
+
+
 def decoder_layers(model) -> list[torch.nn.Module]:
     """The repeated blocks transformers marks as not to be split (`_no_split_modules`): FSDP2 shards
     each separately so that only one block's full weights exist at a time."""
@@ -139,10 +147,13 @@ class Fsdp2TrainStrategy:
         # ROLL's param_dtype / reduce_dtype (default: the model's dtype, fp32)
         options = role.strategy_args.options if role.strategy_args else Fsdp2Options()
         compute = torch_dtype(options.param_dtype or role.model_args.dtype)
-        mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=torch_dtype(options.reduce_dtype))
-        for layer in decoder_layers(model):
-            fully_shard(layer, mesh=mesh, mp_policy=mp)
-        fully_shard(model, mesh=mesh, mp_policy=mp)
+        reduce = torch_dtype(options.reduce_dtype)
+        self.sharded = shards(world_size, compute, reduce)
+        if self.sharded:
+            mp = MixedPrecisionPolicy(param_dtype=compute, reduce_dtype=reduce)
+            for layer in decoder_layers(model):
+                fully_shard(layer, mesh=mesh, mp_policy=mp)
+            fully_shard(model, mesh=mesh, mp_policy=mp)
         self.model = model
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=role.model_args.trust_remote_code)
@@ -155,8 +166,9 @@ class Fsdp2TrainStrategy:
             schedule = "constant_with_warmup"
         self.scheduler = get_scheduler(schedule, self.optimizer,
                                        num_warmup_steps=self.args.warmup_steps, num_training_steps=max(total_steps, 1))
-        log.info("%s: fsdp2_train ready (%s, %.2fM parameters, compute %s, %s)", self.name, path,
-                 sum(p.numel() for p in model.parameters()) / 1e6, role.model_args.dtype, self.device)
+        log.info("%s: fsdp2_train ready (%s, %.2fM parameters, compute %s, %s, %s)", self.name, path,
+                 sum(p.numel() for p in model.parameters()) / 1e6, role.model_args.dtype, self.device,
+                 f"FSDP2 over {world_size} rank(s)" if self.sharded else "one rank, plain module")
 
     # -- forward ----------------------------------------------------------------------------
     @torch.no_grad()
@@ -168,7 +180,7 @@ class Fsdp2TrainStrategy:
         parts = [token_logprobs(self.model, input_ids[i:i + bs].to(self.device),
                                 attention_mask[i:i + bs].to(self.device), temperature).cpu()
                  for i in range(0, input_ids.shape[0], bs)]
-        self.model.reshard()  # FSDP2 keeps the root unsharded after a forward without backward
+        self._reshard()
         return torch.cat(parts)
 
     @torch.no_grad()
@@ -180,8 +192,13 @@ class Fsdp2TrainStrategy:
         parts = [token_values(self.model, input_ids[i:i + bs].to(self.device),
                               attention_mask[i:i + bs].to(self.device)).cpu()
                  for i in range(0, input_ids.shape[0], bs)]
-        self.model.reshard()
+        self._reshard()
         return torch.cat(parts)
+
+    def _reshard(self) -> None:
+        """FSDP2 keeps the root unsharded after a forward without backward: free its full weights."""
+        if self.sharded:
+            self.model.reshard()
 
     def _outputs(self, micro: dict, temperature: float) -> tuple[torch.Tensor, ...]:
         """What the loss function receives after `micro`: (log-probs, entropy) of a policy, (values,)
