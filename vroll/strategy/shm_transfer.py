@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from vroll.strategy import vllm_compat
 from vroll.strategy.weights import Checksum
 
 BACKEND = "vroll_shm"
@@ -88,8 +89,6 @@ class ShmUpdateInfo:
 def engine_class() -> type:
     """vLLM's worker-side engine for `vroll_shm` (built on first use, so senders need no vLLM)."""
     from vllm.distributed.weight_transfer.base import WeightTransferEngine
-
-    from vroll.strategy import vllm_compat
 
     class ShmWeightTransferEngine(WeightTransferEngine):
         """Maps each bucket's segment (or takes the tensors as given) and loads them with vroll's
