@@ -92,11 +92,11 @@ class RolloutsAhead:
         results = [self.ready.pop(k) for k in keys]
         for i, r in enumerate(results):
             r.index = i
-        self.fill(step)
         lag = staleness(results, version)
         metrics = {"async/dropped_groups": float(dropped), "async/staleness_mean": float(lag.mean()),
                    "async/staleness_max": float(lag.max()),
                    **{f"async/engine_{k}": float(v) for k, v in self.engine.stream_report().items()}}
+        self.fill(step)  # last: the engine takes a while to add the requests, and answers nothing meanwhile
         return records, results, metrics
 
     def _wait_for(self, keys: list[int]) -> None:

@@ -41,6 +41,7 @@ class RayEngines(RayRole):
         self.platform = platform
         self._segments = shm_transfer.SegmentPool()  # vroll_shm's shared memory, reused between updates
         self._holder: dict[int, int] = {}  # a submitted group's key -> the engine rank generating it
+        self._submitting: tuple[list, dict] = ([], {})  # the last submit's members and calls in flight
         self.group = ActorGroup(self.name, role.device_mapping, devices_per_engine(role.strategy_args.backend_args),
                                 platform, label="engine rank", failure=EngineFailure,
                                 call_timeout_s=role.strategy_args.options.engine_call_timeout_s,
@@ -103,15 +104,26 @@ class RayEngines(RayRole):
             pending[rank] += 1
         busy = [m for m in self.engines if share[m.placement.rank]]
         seeds = list(seed_indices or keys)
-        self.group.on_each("submit", lambda m: ([keys[i] for i in share[m.placement.rank]],
-                                                [prompts[i] for i in share[m.placement.rank]], generating_args, call,
-                                                [seeds[i] for i in share[m.placement.rank]]),
-                           what="submitting prompts", members=busy)
+        self.settle_submissions()
+        # not waited on: adding many requests takes the engine a while (input processing), and the
+        # caller (the trainer) goes on meanwhile; the next engine call checks that it went well
+        self._submitting = (busy, {id(m): m.actor.call.remote(
+            "submit", [keys[i] for i in share[m.placement.rank]], [prompts[i] for i in share[m.placement.rank]],
+            generating_args, call, [seeds[i] for i in share[m.placement.rank]]) for m in busy})
         for m in busy:
             self._holder.update({keys[i]: m.placement.rank for i in share[m.placement.rank]})
 
+    def settle_submissions(self) -> None:
+        """Wait for the last `submit` (with the group's deadline and liveness checks): its errors
+        surface here."""
+        members, refs = self._submitting
+        self._submitting = ([], {})
+        if members:
+            self.group.call(members, "submitting prompts", lambda m: refs[id(m)])
+
     def collect(self, min_groups: int = 1, wait_s: float = 0.0) -> list[PromptResult]:
         """Finished groups from every engine holding some; each engine waits up to `wait_s` for one."""
+        self.settle_submissions()
         busy = [m for m in self.engines if m.placement.rank in set(self._holder.values())]
         if not busy:
             return []
@@ -123,6 +135,7 @@ class RayEngines(RayRole):
         return got
 
     def drop(self, keys: Sequence[int]) -> int:
+        self.settle_submissions()
         by_rank: dict[int, list[int]] = {}
         for k in keys:
             if k in self._holder:
@@ -150,6 +163,7 @@ class RayEngines(RayRole):
         the engines read it without a copy per engine."""
         if isinstance(named_tensors, dict):
             named_tensors = list(named_tensors.items())
+        self.settle_submissions()
         transport = self.transport()
         checksum = verify if verify is not None else self.role.strategy_args.options.verify_weights
         self.group.on_all("begin_update", partial, verify, timeout_s, what="starting a weight update")
