@@ -112,7 +112,7 @@ def test_resumed_optimiser_continues_exactly(tiny_model, tmp_path):
     # an earlier vroll's checkpoint: one trainer_state.pt, read with torch.load(weights_only=True)
     shutil.copytree(tmp_path / "mid", tmp_path / "old")
     torch.save(load_train_state(tmp_path / "mid"), tmp_path / "old" / "trainer_state.pt")
-    for name in ("trainer_state.json", "trainer_state.safetensors"):
+    for name in ("trainer_state.json", "trainer_state.tensors"):
         (tmp_path / "old" / name).unlink()
     for folder in ("mid", "old"):
         with Fsdp2TrainStrategy(role, total_steps=6, model_path=str(tmp_path / folder)) as b:
