@@ -150,11 +150,6 @@ class RolloutStream:
             self._finished = [k for k in self._finished if k in self._groups]
             return len(dropped)
 
-    def pending(self) -> int:
-        """Groups submitted and not yet collected."""
-        with self.lock:
-            return len(self._groups)
-
     def report(self) -> dict:
         """What the stream did since the last report: seconds idle (nothing to generate), seconds
         paused (weight updates, foreground calls), samples resumed after a pause, tokens generated."""
