@@ -42,6 +42,8 @@ def capture(config: str, steps: int, path: str) -> None:
 
 def replay(path: str, rounds: int, cpu_time: bool) -> dict:
     """Seconds per rollout of `batch_logprobs` (the old log-probs) and of the PPO update."""
+    import inspect
+
     import torch
 
     from vroll.config import load_config
@@ -59,10 +61,15 @@ def replay(path: str, rounds: int, cpu_time: bool) -> dict:
     temperature = rollout_args(cfg).temperature
     seconds = {"old_logprobs": 0.0, "train": 0.0}
     with Fsdp2TrainStrategy(role, seed=cfg.seed, total_steps=1000) as trainer:
+        # trees before prompt sharing have no prompt_width
+        shares = "prompt_width" in inspect.signature(trainer.batch_logprobs).parameters
+        if shares:
+            from vroll.models.padding import prompt_width
         for _ in range(rounds):
             for step, batch in enumerate(batches, 1):
+                width = {"prompt_width": prompt_width(batch["response_mask"])} if shares else {}
                 t = clock()
-                trainer.batch_logprobs(batch["input_ids"], batch["attention_mask"], temperature)
+                trainer.batch_logprobs(batch["input_ids"], batch["attention_mask"], temperature, **width)
                 seconds["old_logprobs"] += clock() - t
                 t = clock()
                 rlvr.optimizer_steps(cfg, trainer, cfg.actor_train, batch, cfg.ppo_epochs, step,

@@ -59,3 +59,46 @@ def test_columns_of_padding_alone_change_nothing(hf):
         assert torch.all(w[:, :3] == 0) and torch.all(w[:, -2:] == 0)
         assert torch.allclose(w[:, 3:-2], n, atol=1e-5)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(wide[2], narrow[2]))
+
+
+def grouped_batch(tok, group: int = 3):
+    """Rows as a rollout lays them out: prompts of different lengths left-padded to one width, each
+    repeated `group` times with responses of different lengths right-padded after it."""
+    prompts = [tok(t)["input_ids"] for t in ("What is 1+2?", "What is 45-18? Think first.")]
+    responses = [tok(t)["input_ids"] for t in ("3", "The answer is 27.", "27", "no idea at all", "x", "27!")]
+    responses = responses[:len(prompts) * group]
+    P, R = max(map(len, prompts)), max(map(len, responses))
+    ids = torch.full((len(prompts) * group, P + R), tok.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i in range(len(prompts) * group):
+        p, r = prompts[i // group], responses[i]
+        ids[i, P - len(p):P], mask[i, P - len(p):P] = torch.tensor(p), 1
+        ids[i, P:P + len(r)], mask[i, P:P + len(r)] = torch.tensor(r), 1
+    return ids, mask, P
+
+
+def test_rows_repeating_a_prompt_share_its_pass(hf):
+    """With the prompt's width given, each distinct prompt runs once and its rows attend to its keys and
+    values: log-probs, entropy and gradients equal the one-pass computation (to float rounding), and the
+    model sees each prompt's tokens once instead of once per row. Two runs give the same gradients bit
+    for bit (a resumed run must equal an uninterrupted one)."""
+    model, tok = hf
+    ids, mask, P = grouped_batch(tok)
+    seen = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: seen.append(i[0].numel()))
+
+    def run(width):
+        model.zero_grad()
+        seen.clear()
+        logp, entropy = token_logprobs(model, ids, mask, 0.9, with_entropy=True, prompt_width=width)
+        (logp * torch.arange(logp.shape[1])).sum().backward()  # every position's gradient counts, differently
+        return logp, entropy, [p.grad.clone() for p in model.parameters()], sum(seen)
+
+    try:
+        one, shared, again = run(None), run(P), run(P)
+    finally:
+        hook.remove()
+    assert torch.allclose(one[0], shared[0], atol=1e-5) and torch.allclose(one[1], shared[1], atol=1e-5)
+    assert all((a - b).abs().max() <= 1e-5 * a.abs().max() for a, b in zip(one[2], shared[2]))
+    assert all(torch.equal(a, b) for a, b in zip(shared[2], again[2]))  # the same gradients, every time
+    assert one[3] == ids.numel() and shared[3] == 2 * P + ids.shape[0] * (ids.shape[1] - P)

@@ -18,3 +18,10 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, width: int | None = Non
             ids[i, width - len(r):] = torch.as_tensor(list(r), dtype=torch.long)
             mask[i, width - len(r):] = 1
     return ids, mask
+
+
+def prompt_width(response_mask: torch.Tensor) -> int | None:
+    """Where every row's response starts (the rule above), read off a response mask in the log-prob
+    layout [B, L-1] (column t scores token t+1); None when no row has a response."""
+    columns = response_mask.any(0).nonzero()
+    return int(columns[0]) + 1 if len(columns) else None

@@ -20,6 +20,7 @@ from vroll.config.no_effect import no_effect_line
 from vroll.config.passes import critic_enabled, old_logprobs_needed, old_logprobs_recomputed
 from vroll.config.sampling import rollout_args
 from vroll.config.schema import PipelineConfig
+from vroll.models.padding import prompt_width
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
 from vroll.pipeline.async_rollout import RolloutsAhead
@@ -307,7 +308,8 @@ def old_logprobs(cfg: PipelineConfig, roles: Roles, batch: dict, padded: dict, s
             batch["old_logp"] = forward_logprobs(roles.infer, padded) * batch["response_mask"]
             return {}
         batch["old_logp"] = roles.train.batch_logprobs(batch["input_ids"], batch["attention_mask"],
-                                                       rollout_args(cfg).temperature)
+                                                       rollout_args(cfg).temperature,
+                                                       prompt_width=prompt_width(batch["response_mask"]))
     metrics = alg.mismatch(batch["old_logp"], batch["rollout_logp"], batch["response_mask"])
     if cfg.old_logprobs_from_engine and lagging:  # the engine's scoring against the trainer's, same weights
         engine = forward_logprobs(roles.infer, padded)

@@ -24,6 +24,7 @@ from vroll.config.errors import CheckpointError
 from vroll.config.options import Fsdp2Options
 from vroll.config.schema import RoleConfig, TrainingArgs
 from vroll.models.logprobs import token_logprobs
+from vroll.models.padding import prompt_width
 from vroll.models.paths import resolve_model_path
 from vroll.models.values import load_value_model, token_values
 from vroll.strategy import vllm_compat
@@ -173,12 +174,14 @@ class Fsdp2TrainStrategy:
     # -- forward ----------------------------------------------------------------------------
     @torch.no_grad()
     def batch_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
-                       batch_size: int | None = None) -> torch.Tensor:
-        """Per-token log-probabilities [B, L-1] of given padded sequences, in micro-batches."""
+                       batch_size: int | None = None, prompt_width: int | None = None) -> torch.Tensor:
+        """Per-token log-probabilities [B, L-1] of given padded sequences, in micro-batches (rows that
+        repeat a prompt within one share its pass when `prompt_width` is given)."""
         self.model.eval()
         bs = batch_size or self.args.per_device_train_batch_size
         parts = [token_logprobs(self.model, input_ids[i:i + bs].to(self.device),
-                                attention_mask[i:i + bs].to(self.device), temperature).cpu()
+                                attention_mask[i:i + bs].to(self.device), temperature,
+                                prompt_width=prompt_width).cpu()
                  for i in range(0, input_ids.shape[0], bs)]
         self._reshard()
         return torch.cat(parts)
@@ -205,7 +208,9 @@ class Fsdp2TrainStrategy:
         of a critic."""
         if self.value_model:
             return (token_values(self.model, micro["input_ids"], micro["attention_mask"]),)
-        return token_logprobs(self.model, micro["input_ids"], micro["attention_mask"], temperature, with_entropy=True)
+        width = prompt_width(micro["response_mask"]) if "response_mask" in micro else None
+        return token_logprobs(self.model, micro["input_ids"], micro["attention_mask"], temperature, with_entropy=True,
+                              prompt_width=width)
 
     # -- one optimiser step ---------------------------------------------------------------------
     def train_step(self, micro_batches: list[dict], loss_fn: Callable, temperature: float = 1.0) -> dict:
