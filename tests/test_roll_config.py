@@ -144,8 +144,10 @@ def test_keys_with_no_effect_are_named_once_per_section(tmp_path):
     found = no_effect_keys(cfg)
     for key in ("hydra", "logging_dir", "checkpoint_config", "track_with", "tracker_kwargs", "reward_norm",
                 "actor_train.use_dynamic_batching_in_train", "actor_train.data_args.template",
-                "actor_train.data_args.domain_interleave_probs", "rewards.math_rule.world_size"):
+                "rewards.math_rule.world_size"):
         assert key in found, key
+    assert "actor_train.data_args.domain_interleave_probs" not in found  # read: config/domains.py
+    assert cfg.actor_train.data_args.domain_interleave_probs == {"math_rule": 1.0}
     assert "system_envs" not in found and cfg.system_envs == {"USE_MODELSCOPE": "1"}
     r = vroll("validate", roll_file(tmp_path), "--platform", "none", "--use-vroll-strategies")
     warning = [line for line in r.stderr.splitlines() if "no effect here" in line]

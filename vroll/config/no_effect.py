@@ -132,7 +132,6 @@ DATA_ARGS = {
     "dataset_type": "vroll reads JSON lines, whatever the name says",
     "id": "vroll numbers the rows itself",
     "response": "vroll's reward workers read the row's `ground_truth` (as ROLL's math worker does)",
-    "domain_interleave_probs": "vroll draws prompts from all files in one shuffled order (no per-domain shares yet)",
     "tag": "vroll routes rows by their `tag` field",
     "custom_data_kwargs_func": "ROLL's plug-in hook; vroll reads plain rows",
     **{k: "vision-language input is not in vroll" for k in (

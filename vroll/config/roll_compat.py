@@ -252,6 +252,16 @@ def _generating(raw, notes) -> None:
                 notes[f"{path}.do_sample"] = "false: temperature = 0 (greedy)"
 
 
+def _drop_domain(raw, name: str, notes) -> None:
+    """A removed worker's domain leaves actor_train's domain_interleave_probs with it (its share then
+    goes to the last domain, ROLL's rule; config/domains.py warns)."""
+    data = (raw.get("actor_train") or {}).get("data_args") if isinstance(raw.get("actor_train"), dict) else None
+    probs = data.get("domain_interleave_probs") if isinstance(data, dict) else None
+    if isinstance(probs, dict) and name in probs:
+        del probs[name]
+        notes[f"actor_train.data_args.domain_interleave_probs.{name}"] = "removed with its reward worker"
+
+
 def _rewards(raw, notes, issues) -> None:
     rewards = raw.get("rewards")
     if not isinstance(rewards, dict):
@@ -259,6 +269,7 @@ def _rewards(raw, notes, issues) -> None:
     for name in [n for n, w in rewards.items() if w is None]:  # `rewards.<name>=null` removes a worker
         del rewards[name]
         notes[f"rewards.{name}"] = "null: worker removed"
+        _drop_domain(raw, name, notes)
     for name, worker in rewards.items():
         if not isinstance(worker, dict) or worker.get("worker_cls") is None:
             continue

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vroll.config.errors import Issue
 from vroll.config.schema import GeneratingArgs, PipelineConfig, RoleConfig
+from vroll.config.domains import check_domain_probs
 from vroll.config.engine_args import check_engine_args
 from vroll.config.layout import (colocated, devices_per_engine, local_slots, rollout_rows, rows_per_optimizer_step,
                                  trainer_ranks)
@@ -29,6 +30,9 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
             issues += check_local_cpu_slots(path, role)
     if cfg.validation is not None:
         issues += check_generating_args("validation.generating_args", cfg.validation.generating_args)
+    if cfg.actor_train is not None and cfg.actor_train.data_args is not None:
+        issues += check_domain_probs(cfg.actor_train.data_args.domain_interleave_probs, cfg.rewards,
+                                     cfg.rollout_batch_size)
     return issues + [i for req in job_sampling(cfg) for i in greedy_issues(req)]
 
 

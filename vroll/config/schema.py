@@ -90,6 +90,8 @@ class DataArgs(Section):
     template: str | None = None
     prompt: str | None = None  # name of the prompt field in the data
     messages: str | None = None  # name of the chat-messages field in the data
+    # actor_train's only: each domain's share of a step's batch (config/domains.py checks the values)
+    domain_interleave_probs: dict[str, Annotated[float, Field(allow_inf_nan=True)]] | None = None
 
 
 class RoleConfig(Section):
