@@ -142,16 +142,18 @@ def test_validate_job_train_checks_every_role_and_reports_everything_at_once(tmp
 def test_keys_with_no_effect_are_named_once_per_section(tmp_path):
     cfg = load_config(roll_file(tmp_path), platform="cuda", vroll_strategies=True)
     found = no_effect_keys(cfg)
-    for key in ("hydra", "logging_dir", "checkpoint_config", "track_with", "tracker_kwargs", "reward_norm",
+    for key in ("hydra", "logging_dir", "checkpoint_config", "reward_norm",
                 "actor_train.use_dynamic_batching_in_train", "actor_train.data_args.template",
                 "rewards.math_rule.world_size"):
         assert key in found, key
     assert "actor_train.data_args.domain_interleave_probs" not in found  # read: config/domains.py
+    assert "track_with" not in found and "tracker_kwargs" not in found  # read: config/trackers.py
+    assert cfg.track_with == "tensorboard" and cfg.tracker_kwargs == {"log_dir": "/data/tb"}
     assert cfg.actor_train.data_args.domain_interleave_probs == {"math_rule": 1.0}
     assert "system_envs" not in found and cfg.system_envs == {"USE_MODELSCOPE": "1"}
     r = vroll("validate", roll_file(tmp_path), "--platform", "none", "--use-vroll-strategies")
     warning = [line for line in r.stderr.splitlines() if "no effect here" in line]
-    assert len(warning) == 1 and "model_download_type" not in warning[0] and "track_with (" in warning[0]
+    assert len(warning) == 1 and "model_download_type" not in warning[0] and "logging_dir (" in warning[0]
 
 
 def test_unknown_keys_stay_errors_with_close_suggestions(tmp_path):

@@ -34,9 +34,6 @@ TOP = {
     "base_dir": "vroll writes everything under output_dir",
     "logging_dir": "vroll logs to stderr; what a run leaves is under output_dir",
     "rollout_dump_dir": "vroll dumps no rollouts; held-out answers go to output_dir/validation",
-    "track_with": "vroll always writes output_dir/metrics.jsonl and, when tensorboard is installed, TensorBoard "
-                  "events in output_dir/tensorboard; wandb and swanlab are not used",
-    "tracker_kwargs": "see track_with: vroll's tracking has no options",
     "checkpoint_config": "vroll saves Hugging Face folders to output_dir/checkpoints/step_N and uploads nothing",
     "local_rank": "set by ROLL's launcher; vroll places its ranks itself",
     "profiler_timeline": PROFILING,

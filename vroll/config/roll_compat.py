@@ -23,6 +23,14 @@ DIFFERENT = {
         "model_update_buffer_size_mb": "the weight bucket: strategy_config.weight_update_bucket_bytes of every "
                                        "vllm role that does not set it",
         "max_grad_norm": "read as training_args.max_grad_norm of actor_train and critic (where not set there)",
+        "track_with": "tensorboard (ROLL's default), wandb (offline only: WANDB_MODE=offline) or stdout (ROLL's "
+                      "metrics_tag line per step), besides output_dir/metrics.jsonl, always written; null: none; "
+                      "ROLL's swanlab and trackio (online) are refused; tensorboard left as the default is skipped "
+                      "when not installed, named it is required (config/trackers.py)",
+        "tracker_kwargs": "tensorboard: log_dir (events in log_dir/exp_name/<start time>, as ROLL; without it "
+                          "output_dir/tensorboard) and SummaryWriter's comment, purge_step, max_queue, flush_secs, "
+                          "filename_suffix; wandb: project, name, tags, notes, group, log_dir (wandb's dir, default "
+                          "output_dir), mode offline or disabled, api_key accepted and unused; other keys are errors",
         "system_envs": "set in vroll's process before any role starts, so in-process roles and the Ray actors "
                        "the run starts inherit them; workers of a joined cluster (ray_address) do not",
     },

@@ -19,6 +19,7 @@ from vroll.config.roll_compat import ROLL_JUDGE_PROMPTS
 from vroll.config.sampling import greedy_issues, job_sampling
 from vroll.config.strategies import STRATEGIES, not_available, role_need, vroll_strategy
 from vroll.config.suggest import closest
+from vroll.config.trackers import check_tracking, tracker_package_issues
 
 
 def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue]:
@@ -33,6 +34,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
     if cfg.actor_train is not None and cfg.actor_train.data_args is not None:
         issues += check_domain_probs(cfg.actor_train.data_args.domain_interleave_probs, cfg.rewards,
                                      cfg.rollout_batch_size)
+    issues += check_tracking(cfg)
     return issues + [i for req in job_sampling(cfg) for i in greedy_issues(req)]
 
 
@@ -201,6 +203,9 @@ def check_train_config(cfg: PipelineConfig, job: str = "train", platform: str = 
         if train.training_args is None:
             issues.append(Issue("actor_train.training_args", "is required (learning_rate, batch sizes, ...)"))
     issues += check_output_dir(cfg.output_dir)
+    if isinstance(cfg.tracker_kwargs.get("log_dir"), str) and cfg.track_with:
+        issues += check_output_dir(cfg.tracker_kwargs["log_dir"], "tracker_kwargs.log_dir")
+    issues += tracker_package_issues(cfg)
     if job == "train":
         issues += check_rl_sizes(cfg, platform)
     if cfg.validation is not None and cfg.validation.data_args is not None:
@@ -208,15 +213,16 @@ def check_train_config(cfg: PipelineConfig, job: str = "train", platform: str = 
     return issues
 
 
-def check_output_dir(output_dir: str) -> list[Issue]:
-    """output_dir must be a folder, or one that can be made: no file in its place or on its path."""
+def check_output_dir(output_dir: str, key: str = "output_dir") -> list[Issue]:
+    """A folder vroll writes (`key`) must be one, or one that can be made: no file in its place or on its
+    path."""
     path = Path(output_dir).expanduser()
     for p in (path, *path.parents):
         if p.is_dir():
             return []
         if p.exists():
             why = "is a file, not a folder" if p == path else f"cannot be created: {str(p)!r} is a file"
-            return [Issue("output_dir", f"{output_dir!r} {why}; choose a folder this user can write to")]
+            return [Issue(key, f"{output_dir!r} {why}; choose a folder this user can write to")]
     return []
 
 

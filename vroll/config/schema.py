@@ -207,6 +207,8 @@ class PipelineConfig(Section):
     ray_address: str | None = None
     num_gpus_per_node: int = Field(8, ge=1)
     system_envs: dict[str, Any] = Field(default_factory=dict)  # set in vroll's process before roles start
+    track_with: str | None = "tensorboard"  # besides metrics.jsonl (config/trackers.py), ROLL's default
+    tracker_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     # RL loop sizes (used by `vroll train`)
     max_steps: int = Field(100, ge=1)

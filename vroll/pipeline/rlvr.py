@@ -30,7 +30,7 @@ from vroll.pipeline.dataset import (DomainSampler, PromptRecord, PromptSampler, 
 from vroll.pipeline.evaluation import generate, score, validate
 from vroll.pipeline.health import skipped
 from vroll.pipeline.output_dir import own_output_dir
-from vroll.pipeline.tracking import MetricsLog, PhaseTimer, plot_curves, process_rss_bytes
+from vroll.pipeline.tracking import MetricsLog, PhaseTimer, open_tracker, plot_curves, process_rss_bytes
 from vroll.rewards.workers import RewardRouter, missing_fields, routes, unrouted_tags
 from vroll.roles.launcher import Roles, launch_rlvr_roles
 from vroll.strategy.results import PromptResult, to_padded_batch
@@ -428,9 +428,11 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
         log.info("resuming from %s (step %d)", ckpt, state["step"])
     ranks = trainer_ranks(cfg.actor_train, current_platform_name())
     total = cfg.max_steps * cfg.ppo_epochs * optimizer_steps_per_rollout(cfg, ranks)
-    metrics_log = MetricsLog(out_dir, resume_step=state["step"] if ckpt else None)
+    resume_step = state["step"] if ckpt else None
+    metrics_log = MetricsLog(out_dir, resume_step, open_tracker(cfg, out_dir, resume_step))
     (out_dir / "config.yaml").write_text(_config_yaml(cfg))
     roles, stack = launch_rlvr_roles(cfg, total, str(ckpt) if ckpt else None, critic_plan(cfg, ckpt))
+    stack.callback(metrics_log.close)  # the tracker is closed however the run ends
     rewards = RewardRouter(cfg.rewards, roles.reward_models)
     summary: dict = {"output_dir": str(out_dir), "metrics": str(metrics_log.path)}
     with stack:

@@ -17,7 +17,7 @@ from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
 from vroll.pipeline.evaluation import evaluate_model
 from vroll.pipeline.health import skipped
 from vroll.pipeline.output_dir import own_output_dir
-from vroll.pipeline.tracking import MetricsLog, PhaseTimer
+from vroll.pipeline.tracking import MetricsLog, PhaseTimer, open_tracker
 from vroll.roles.launcher import launch
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ def _run_sft(cfg: PipelineConfig, out_dir: Path, progress: bool | None) -> dict:
                                                                  "actor_train.model_args.model_name_or_path"))
     records = load_prompts(role.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args", with_response=True)
     sampler = PromptSampler(records, cfg.seed)
-    metrics_log = MetricsLog(out_dir)
+    metrics_log = MetricsLog(out_dir, tracker=open_tracker(cfg, out_dir))
     with launch(cfg, role, total_steps=cfg.max_steps) as trainer:
         # per_device_train_batch_size rows per rank and micro-batch, as in transformers' Trainer
         micro = args.per_device_train_batch_size * trainer.world_size
