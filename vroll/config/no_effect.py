@@ -76,7 +76,6 @@ ROLE = {
     "num_gpus_per_worker": "derived from device_mapping and tensor_parallel_size, as ROLL does",
     "model_update_frequency": "vroll pushes the weights after every step, as ROLL's RLVR pipeline does (frequency 1)",
     "backend_timeout": "vroll's deadlines are strategy_config.engine_call_timeout_s and weight_update_timeout_s",
-    "system_envs": "vroll runs several roles in one process; use the top-level system_envs",
     "max_concurrency": "a Ray setting of ROLL's workers; vroll's actors take one call at a time",
     "use_dynamic_batching_in_train": DYNAMIC_BATCHING,
     "max_tokens_per_microbatch_in_train": DYNAMIC_BATCHING,

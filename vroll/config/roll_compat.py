@@ -35,6 +35,11 @@ DIFFERENT = {
                        "the run starts inherit them; workers of a joined cluster (ray_address) do not",
     },
     "role": {
+        "system_envs": "set in each of the role's Ray actors (over the top-level system_envs, as in ROLL); a role "
+                       "that runs in vroll's process (a one-rank trainer, one engine sharing the trainer's devices, "
+                       "hf_infer models, rule reward workers) sets them in that process when it starts, where every "
+                       "role of the process sees them (a note line says so); CUDA_VISIBLE_DEVICES is refused (vroll "
+                       "pins each actor from device_mapping)",
         "pg_variant": "actor_train's, with worker_cls ActorPGWorker (the worker that reads it), sets vroll's "
                       "top-level pg_variant",
         "topr_positive_weight": "actor_train's sets vroll's top-level topr_positive_weight",

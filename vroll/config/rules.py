@@ -35,6 +35,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
         issues += check_domain_probs(cfg.actor_train.data_args.domain_interleave_probs, cfg.rewards,
                                      cfg.rollout_batch_size)
     issues += check_tracking(cfg)
+    issues += check_system_envs("system_envs", cfg.system_envs)
     return issues + [i for req in job_sampling(cfg) for i in greedy_issues(req)]
 
 
@@ -58,7 +59,23 @@ def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]
         issues.append(Issue(f"{path}.model_args.model_name_or_path",
                             "is not set, and there is no top-level `pretrain` to default to"))
     issues += check_device_mapping(path, role)
+    issues += check_system_envs(f"{path}.system_envs", role.system_envs, pinned=True)
     issues += check_generating_args(f"{path}.generating_args", role.generating_args)
+    return issues
+
+
+# set by vroll in each actor from device_mapping; a role's system_envs may not move it
+PINNED_ENV = ("CUDA_VISIBLE_DEVICES",)
+
+
+def check_system_envs(path: str, envs: dict, pinned: bool = False) -> list[Issue]:
+    """Environment values are strings, numbers or booleans (written as text); a role's own
+    (`pinned`) may not set what vroll sets per actor."""
+    issues = [Issue(f"{path}.{k}", f"{v!r}: an environment value is a string, a number or a boolean")
+              for k, v in envs.items() if v is None or isinstance(v, (dict, list))]
+    if pinned:
+        issues += [Issue(f"{path}.{k}", f"{envs[k]!r}: vroll sets it in each of the role's actors from device_mapping; "
+                                        "choose the role's devices there") for k in PINNED_ENV if k in envs]
     return issues
 
 

@@ -104,6 +104,9 @@ class RoleConfig(Section):
     infer_batch_size: int = Field(1, ge=1)  # micro-batch of forward-only work (scoring, log-probs)
     training_args: TrainingArgs | None = None
     data_args: DataArgs | None = None
+    # ROLL's per-role environment: each of the role's Ray actors gets it (over the top-level
+    # system_envs); a role in vroll's process sets it there when it starts (roles/launcher.py)
+    system_envs: dict[str, Any] = Field(default_factory=dict)
     name: str = Field("", exclude=True)  # the role's key in the file, filled in by the loader
     seed: int | None = Field(None, exclude=True)  # the top-level seed, filled in by the loader
 
@@ -111,6 +114,10 @@ class RoleConfig(Section):
     @classmethod
     def _parse_device_mapping(cls, v):
         return parse_device_mapping(v)
+
+    def environment(self) -> dict[str, str]:
+        """The role's system_envs as environment strings."""
+        return {str(k): str(v) for k, v in self.system_envs.items()}
 
 
 class RewardFilterConfig(Section):
