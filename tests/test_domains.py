@@ -216,3 +216,36 @@ def test_train_reads_the_rows_domains_before_anything_starts(tmp_path, tiny_mode
     train, _ = load_data(cfg, tokenizer, "c.yaml")
     s = prompt_sampler(train, cfg.seed, cfg.actor_train.data_args, cfg.rollout_batch_size, cfg.rewards)
     assert [r.tag for r in s.next_batch(4)] == ["math"] * 3 + ["code"]
+
+
+def test_the_loop_draws_each_domains_share_and_resumes_exactly(tmp_path, tiny_model, capsys):
+    """The real loop (engine, trainer, reference, rewards on the tiny model): half the rows carry
+    `domain: rm`, the rest are the `math` worker's by their tag; 2 steps straight equal 1 step and a
+    resume, and each step's prompts are 2 of each domain. `track_with: stdout` prints each step."""
+    import json
+
+    from test_rlvr import TIMING, read_metrics, rl_config, run
+    from vroll.data.arithmetic import write_dataset
+
+    data = write_dataset(tmp_path / "data", n_train=24, n_eval=4, seed=1, max_operand=9)
+    rows = [json.loads(line) for line in open(data["train"])]
+    for i, row in enumerate(rows):
+        if i % 2:
+            row["domain"] = "rm"
+    (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    over = {"validation": None, "track_with": "stdout",
+            "actor_train.data_args.domain_interleave_probs": {"math": 0.5, "rm": 0.5}}
+    straight = rl_config(tmp_path / "a", tiny_model, data, max_steps=2, **over)
+    run(tmp_path, straight, "a.yaml")
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("metrics_tag: ")]
+    assert [json.loads(line[len("metrics_tag: "):])["step"] for line in printed] == [1, 2]
+    first = json.loads(json.dumps(straight))
+    first["output_dir"], first["max_steps"] = str(tmp_path / "b"), 1
+    run(tmp_path, first, "b1.yaml")
+    run(tmp_path, {**first, "max_steps": 2, "resume_from_checkpoint": True}, "b2.yaml")
+    a = read_metrics(tmp_path / "a" / "run" / "metrics.jsonl")
+    b = read_metrics(tmp_path / "b" / "metrics.jsonl")
+    strip = [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in (a + b)]
+    assert [r["step"] for r in b] == [1, 2] and strip[:2] == strip[2:]
+    state = json.loads((tmp_path / "b" / "checkpoints" / "step_2" / "vroll_state.json").read_text())
+    assert {d: s["position"] for d, s in state["data"]["domains"].items()} == {"math": 4, "rm": 4}
