@@ -205,12 +205,19 @@ def test_reward_workers_by_rolls_class(tmp_path):
     found = issues_of(path, vroll_strategies=True)
     assert sorted(found)[0] == ("rewards.ifeval.worker_cls: ROLL's GeneralRuleRewardWorker is not in vroll yet; remove the "
                         "worker (`rewards.ifeval=null`: its tags then get no reward) or route its tags to a vroll "
-                        "worker") and len(found) == 2  # and the judge's, below (ROLL's examples all run it on `inference`)
+                        "worker") and len(found) == 2  # and the judge's, below: inference needs its strategy
     found = issues_of(path, ["rewards.ifeval=null"], vroll_strategies=True)
-    assert found == ["rewards.judge.worker_cls: ROLL's LLMJudgeRewardWorker with judge_model_type 'inference' is not "
-                     "in vroll yet; remove the worker (`rewards.judge=null`: its tags then get no reward) or route its "
-                     "tags to a vroll worker; vroll's judge is judge_model_type: api with judge_api_url (an "
-                     "OpenAI-compatible server, e.g. `vllm serve MODEL`)"]
+    assert found == ["rewards.judge.strategy_args.strategy_name: None: judge_model_type: inference serves the judge "
+                     "model on vroll's vllm strategy (as ROLL's judge examples do); set vllm"]
+    cfg = load_config(path, ["rewards.ifeval=null", "+rewards.judge.strategy_args.strategy_name=vllm"]
+                      if False else ["rewards.ifeval=null", "rewards.judge.strategy_args={strategy_name: vllm}"],
+                      vroll_strategies=True)
+    assert cfg.rewards["judge"].judge_model_type == "inference" and cfg.rewards["judge"].model_args.model_name_or_path
+    data["rewards"]["judge"]["judge_model_type"] = "cluster"
+    assert "judge_model_type 'cluster' is not in vroll yet" in issues_of(
+        write_yaml(tmp_path / "c.yaml", data), ["rewards.ifeval=null"], vroll_strategies=True)[0]
+    data["rewards"]["judge"]["judge_model_type"] = "inference"
+    path = write_yaml(tmp_path / "c.yaml", data)
     overrides = ["rewards.ifeval=null", "rewards.judge.judge_model_type=api",
                  "rewards.judge.judge_api_url=http://localhost:8000/v1"]
     cfg = load_config(path, overrides, vroll_strategies=True)

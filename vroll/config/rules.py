@@ -80,13 +80,22 @@ def check_system_envs(path: str, envs: dict, pinned: bool = False) -> list[Issue
 
 
 def check_judge(path: str, role) -> list[Issue]:
-    """An LLM judge needs an endpoint (judge_model_type: api) and a known prompt."""
+    """An LLM judge needs an endpoint (judge_model_type: api) or its model on vroll's vllm strategy
+    (inference), and a known prompt."""
     issues = []
-    if role.judge_model_type != "api":
-        issues.append(Issue(f"{path}.judge_model_type", f"{role.judge_model_type!r}: vroll's judge calls an "
-                            "OpenAI-compatible endpoint: set `api` and judge_api_url (serve the judge model with, "
-                            "e.g., `vllm serve MODEL`); `inference` (the judge on vroll's own strategies) is not "
-                            "in vroll yet"))
+    if role.judge_model_type == "inference":
+        name = role.strategy_args.strategy_name if role.strategy_args else None
+        if name != "vllm":
+            issues.append(Issue(f"{path}.strategy_args.strategy_name", f"{name!r}: judge_model_type: inference serves "
+                                "the judge model on vroll's vllm strategy (as ROLL's judge examples do); set vllm"))
+        if not role.model_args.model_name_or_path:
+            issues.append(Issue(f"{path}.model_args.model_name_or_path", "is required with judge_model_type: "
+                                                                         "inference: the judge model's folder"))
+    elif role.judge_model_type != "api":
+        issues.append(Issue(f"{path}.judge_model_type", f"{role.judge_model_type!r}: vroll's judge runs `api` (an "
+                            "OpenAI-compatible endpoint: judge_api_url, e.g. `vllm serve MODEL`) or `inference` (the "
+                            "judge model on vroll's vllm strategy: model_args, strategy_args, device_mapping); ROLL's "
+                            "`cluster` is not in vroll"))
     elif not role.judge_api_url:
         issues.append(Issue(f"{path}.judge_api_url", "is required with judge_model_type: api (e.g. "
                                                      "http://localhost:8000/v1)"))

@@ -155,9 +155,10 @@ class RewardConfig(RoleConfig):
     # crossthinkqa (ROLL's multiple-choice rule): ROLL's reward_type of that worker
     grading: Literal["loose", "soft", "strict"] = "loose"
     # llm_judge (ROLL's judge): ROLL's prompt name or a template with {question}, {response}, {reference};
-    # the judge behind an OpenAI-compatible endpoint (judge_model_type: api)
+    # the judge behind an OpenAI-compatible endpoint (judge_model_type: api) or the worker's own model on
+    # vroll's vllm strategy (inference)
     judge_prompt: str | None = None
-    judge_model_type: str | None = None  # ROLL's api / inference / cluster; vroll runs api (rules.check_judge)
+    judge_model_type: str | None = None  # ROLL's api / inference / cluster; vroll runs api and inference (rules.check_judge)
     judge_model_name: str | None = None
     judge_api_url: str | None = None
     judge_api_key: str | None = None  # else the environment's OPENAI_API_KEY, if any

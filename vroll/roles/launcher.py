@@ -130,11 +130,44 @@ def sleep_level(cfg: PipelineConfig) -> int | None:
     return cfg.actor_infer.strategy_args.options.sleep_level
 
 
-def launch_reward_models(cfg: PipelineConfig, stack: ExitStack) -> dict[str, ScoringModel]:
-    """The model behind each `reward_type: model` worker (rule workers need none: they score in this
-    process, which takes their system_envs)."""
-    for worker in cfg.rewards.values():
-        if worker.reward_type != "model":
+def launch_reward_models(cfg: PipelineConfig, stack: ExitStack) -> dict[str, ScoringModel | GenerationEngine]:
+    """The model behind each `reward_type: model` worker and each LLM judge with `judge_model_type:
+    inference` (rule workers need none: they score in this process, which takes their system_envs)."""
+    models: dict[str, ScoringModel | GenerationEngine] = {}
+    for name, worker in cfg.rewards.items():
+        if worker.reward_type == "model":
+            models[name] = stack.enter_context(launch(cfg, worker))
+        elif judge_engine(worker):
+            models[name] = launch_judge(cfg, worker, stack)
+        else:
             set_role_envs_here(worker)
-    return {name: stack.enter_context(launch(cfg, worker)) for name, worker in cfg.rewards.items()
-            if worker.reward_type == "model"}
+    return models
+
+
+def judge_engine(worker: RewardConfig) -> bool:
+    return worker.reward_type == "llm_judge" and worker.judge_model_type == "inference"
+
+
+def launch_judge(cfg: PipelineConfig, worker: RewardConfig, stack: ExitStack) -> GenerationEngine:
+    """An LLM judge's model on vllm, always in engine processes of its own (on Ray, pinned to its
+    device_mapping); where those devices are another role's, it sleeps between scorings."""
+    engine = stack.enter_context(launch(cfg, worker, own_devices=True))
+    others = {d for key in ("actor_infer", "actor_train", "reference", "critic") if getattr(cfg, key) is not None
+              for d in getattr(cfg, key).device_mapping}
+    return AsleepBetweenCalls(engine) if others & set(worker.device_mapping) else engine
+
+
+class AsleepBetweenCalls:
+    """An engine that shares its devices with other roles: asleep at level 1 (its KV cache released,
+    its weights kept, as ROLL keeps its judge) except while it generates."""
+
+    def __init__(self, engine: GenerationEngine):
+        self.engine = engine
+        engine.sleep(1)
+
+    def generate(self, prompts, generating_args=None, **kwargs):
+        self.engine.wake_up()
+        try:
+            return self.engine.generate(prompts, generating_args, **kwargs)
+        finally:
+            self.engine.sleep(1)
