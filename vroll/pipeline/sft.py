@@ -50,6 +50,9 @@ def _run_sft(cfg: PipelineConfig, out_dir: Path, progress: bool | None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(role.model_args.model_name_or_path,
                                                                  "actor_train.model_args.model_name_or_path"))
     records = load_prompts(role.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args", with_response=True)
+    if role.data_args.domain_interleave_probs:
+        log.warning("actor_train.data_args.domain_interleave_probs: has no effect in `vroll sft` (one shuffled "
+                    "order over all rows); `vroll train` reads it")
     sampler = PromptSampler(records, cfg.seed)
     metrics_log = MetricsLog(out_dir, tracker=open_tracker(cfg, out_dir))
     with launch(cfg, role, total_steps=cfg.max_steps) as trainer:
