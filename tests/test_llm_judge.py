@@ -2,6 +2,7 @@
 reading of the reply, retries, and an endpoint that fails scoring 0 without stopping the step."""
 
 import json
+from contextlib import ExitStack
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -94,7 +95,106 @@ def test_the_judge_config_is_checked():
 
     assert found(judge_model_type="api", judge_api_url="http://x/v1") == []
     assert found(judge_model_type="api")[0].startswith("rewards.j.judge_api_url: is required")
-    assert "`inference` (the judge on vroll's own strategies) is not in vroll yet" in found(
-        judge_model_type="inference")[0]
+    assert found(judge_model_type="inference") == [
+        "rewards.j.strategy_args.strategy_name: None: judge_model_type: inference serves the judge model on vroll's "
+        "vllm strategy (as ROLL's judge examples do); set vllm",
+        "rewards.j.model_args.model_name_or_path: is required with judge_model_type: inference: the judge model's "
+        "folder"]
+    assert found(judge_model_type="inference", model_args={"model_name_or_path": "m"},
+                 strategy_args={"strategy_name": "vllm"}) == []
+    assert found(judge_model_type="cluster")[0].startswith("rewards.j.judge_model_type: 'cluster': vroll's judge runs "
+                                                            "`api`")
     assert found(judge_model_type="api", judge_api_url="u", judge_prompt="my-prompt")[0].startswith(
         "rewards.j.judge_prompt: 'my-prompt' is neither one of ROLL's prompt names")
+
+
+class FakeEngine:
+    """Records what the judge asks; replies by the conversation's text."""
+
+    def __init__(self, reply):
+        self.reply, self.calls = reply, []
+
+    def generate(self, prompts, generating_args=None, **kw):
+        from vroll.strategy.results import PromptResult, Sample
+
+        self.calls.append(("generate", prompts, generating_args))
+        out = []
+        for i, p in enumerate(prompts):
+            text = self.reply(p[0]["content"])
+            out.append(PromptResult(i, [], samples=[] if text is None else [Sample([], text, "stop")]))
+        return out
+
+    def sleep(self, level=None):
+        self.calls.append(("sleep", level))
+
+    def wake_up(self, tags=None):
+        self.calls.append(("wake_up", tags))
+
+
+def inference_judge(**kw):
+    return RewardConfig(reward_type="llm_judge", judge_model_type="inference", judge_prompt="Q={question} A={response} R={reference}",
+                        
+                        model_args={"model_name_or_path": "m"}, strategy_args={"strategy_name": "vllm"},
+                        generating_args={"max_new_tokens": 5, "temperature": 0.0}, **kw)
+
+
+def test_an_inference_judge_asks_its_engine_once_per_step_and_reads_yes_or_no():
+    engine = FakeEngine(lambda text: {"Q=a A=x R=1": "  YES.", "Q=b A=y R=2": "no", "Q=c A=z R=3": None}[text])
+    router = RewardRouter({"j": inference_judge()}, models={"j": engine})
+    items = [RewardItem("a", "x", "1", None), RewardItem("b", "y", "2", None), RewardItem("c", "z", "3", None)]
+    rewards, _, metrics = router.score(items)
+    assert rewards == [1.0, 0.0, 0.0] and metrics["reward/j/errors"] == 1.0  # a skipped (too long) prompt
+    kind, prompts, g = engine.calls[0]
+    assert kind == "generate" and [p[0]["content"] for p in prompts] == ["Q=a A=x R=1", "Q=b A=y R=2", "Q=c A=z R=3"]
+    assert prompts[0][0]["role"] == "user" and g.max_new_tokens == 5 and g.temperature == 0.0
+    with pytest.raises(ValueError, match="needs its judge engine started"):
+        RewardRouter({"j": inference_judge()}, models={})
+
+
+def test_a_judge_sharing_devices_sleeps_between_scorings():
+    from vroll.roles.launcher import AsleepBetweenCalls
+
+    engine = FakeEngine(lambda text: "yes")
+    judge = AsleepBetweenCalls(engine)
+    judge.generate([[{"role": "user", "content": "q"}]])
+    assert [c[0] for c in engine.calls] == ["sleep", "wake_up", "generate", "sleep"]
+    assert engine.calls[0] == ("sleep", 1)
+
+
+def test_an_inference_judge_on_a_real_engine_replies_as_transformers_does(tmp_path, tiny_model):
+    """The launcher starts the judge's model on vllm in an engine process of its own (Ray), asleep
+    between scorings since its device is actor_train's; its greedy replies are transformers'."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import hf_greedy, write_yaml
+    from vroll.config import load_config
+    from vroll.roles.launcher import AsleepBetweenCalls, launch_reward_models
+    from vroll.strategy.prompts import encode_prompt
+
+    data = {"seed": 3, "pretrain": tiny_model,
+            "actor_train": {"strategy_args": {"strategy_name": "fsdp2_train"}, "device_mapping": [0]},
+            "rewards": {"judge": {
+                "reward_type": "llm_judge", "judge_model_type": "inference", "judge_prompt": "Q={question} A={response}",
+                "model_args": {"model_name_or_path": tiny_model, "dtype": "fp32"},
+                "generating_args": {"max_new_tokens": 6, "temperature": 0.0},
+                "strategy_args": {"strategy_name": "vllm", "strategy_config": {
+                    "block_size": 32, "max_model_len": 256, "kv_cache_memory_bytes": 64 << 20, "enforce_eager": True}},
+                "device_mapping": [0]}}}
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", data), platform="cpu")
+    items = [RewardItem("What is 2+2?", "4", "4", None), RewardItem("hello", "yes yes", "no", None)]
+    with ExitStack() as stack:
+        models = launch_reward_models(cfg, stack)
+        assert isinstance(models["judge"], AsleepBetweenCalls)
+        router = RewardRouter(cfg.rewards, models)
+        worker = router.workers["judge"]
+        conversations = [worker.messages(i) for i in items]
+        replies = worker.generate(conversations)
+        results = models["judge"].generate(conversations, cfg.rewards["judge"].generating_args)
+        rewards, _, metrics = router.score(items)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    assert [r.samples[0].token_ids for r in results] == [
+        hf_greedy(model, encode_prompt(0, c, tok).token_ids, 6) for c in conversations]
+    assert replies == [r.samples[0].text.strip() for r in results]
+    assert rewards == [yes_no_score(r) for r in replies] and metrics["reward/judge/errors"] == 0.0

@@ -142,14 +142,18 @@ def test_validate_job_train_checks_every_role_and_reports_everything_at_once(tmp
 def test_keys_with_no_effect_are_named_once_per_section(tmp_path):
     cfg = load_config(roll_file(tmp_path), platform="cuda", vroll_strategies=True)
     found = no_effect_keys(cfg)
-    for key in ("hydra", "logging_dir", "checkpoint_config", "track_with", "tracker_kwargs", "reward_norm",
+    for key in ("hydra", "logging_dir", "checkpoint_config", "reward_norm",
                 "actor_train.use_dynamic_batching_in_train", "actor_train.data_args.template",
-                "actor_train.data_args.domain_interleave_probs", "rewards.math_rule.world_size"):
+                "rewards.math_rule.world_size"):
         assert key in found, key
+    assert "actor_train.data_args.domain_interleave_probs" not in found  # read: config/domains.py
+    assert "track_with" not in found and "tracker_kwargs" not in found  # read: config/trackers.py
+    assert cfg.track_with == "tensorboard" and cfg.tracker_kwargs == {"log_dir": "/data/tb"}
+    assert cfg.actor_train.data_args.domain_interleave_probs == {"math_rule": 1.0}
     assert "system_envs" not in found and cfg.system_envs == {"USE_MODELSCOPE": "1"}
     r = vroll("validate", roll_file(tmp_path), "--platform", "none", "--use-vroll-strategies")
     warning = [line for line in r.stderr.splitlines() if "no effect here" in line]
-    assert len(warning) == 1 and "model_download_type" not in warning[0] and "track_with (" in warning[0]
+    assert len(warning) == 1 and "model_download_type" not in warning[0] and "logging_dir (" in warning[0]
 
 
 def test_unknown_keys_stay_errors_with_close_suggestions(tmp_path):
@@ -201,12 +205,19 @@ def test_reward_workers_by_rolls_class(tmp_path):
     found = issues_of(path, vroll_strategies=True)
     assert sorted(found)[0] == ("rewards.ifeval.worker_cls: ROLL's GeneralRuleRewardWorker is not in vroll yet; remove the "
                         "worker (`rewards.ifeval=null`: its tags then get no reward) or route its tags to a vroll "
-                        "worker") and len(found) == 2  # and the judge's, below (ROLL's examples all run it on `inference`)
+                        "worker") and len(found) == 2  # and the judge's, below: inference needs its strategy
     found = issues_of(path, ["rewards.ifeval=null"], vroll_strategies=True)
-    assert found == ["rewards.judge.worker_cls: ROLL's LLMJudgeRewardWorker with judge_model_type 'inference' is not "
-                     "in vroll yet; remove the worker (`rewards.judge=null`: its tags then get no reward) or route its "
-                     "tags to a vroll worker; vroll's judge is judge_model_type: api with judge_api_url (an "
-                     "OpenAI-compatible server, e.g. `vllm serve MODEL`)"]
+    assert found == ["rewards.judge.strategy_args.strategy_name: None: judge_model_type: inference serves the judge "
+                     "model on vroll's vllm strategy (as ROLL's judge examples do); set vllm"]
+    cfg = load_config(path, ["rewards.ifeval=null", "+rewards.judge.strategy_args.strategy_name=vllm"]
+                      if False else ["rewards.ifeval=null", "rewards.judge.strategy_args={strategy_name: vllm}"],
+                      vroll_strategies=True)
+    assert cfg.rewards["judge"].judge_model_type == "inference" and cfg.rewards["judge"].model_args.model_name_or_path
+    data["rewards"]["judge"]["judge_model_type"] = "cluster"
+    assert "judge_model_type 'cluster' is not in vroll yet" in issues_of(
+        write_yaml(tmp_path / "c.yaml", data), ["rewards.ifeval=null"], vroll_strategies=True)[0]
+    data["rewards"]["judge"]["judge_model_type"] = "inference"
+    path = write_yaml(tmp_path / "c.yaml", data)
     overrides = ["rewards.ifeval=null", "rewards.judge.judge_model_type=api",
                  "rewards.judge.judge_api_url=http://localhost:8000/v1"]
     cfg = load_config(path, overrides, vroll_strategies=True)

@@ -47,13 +47,14 @@ class Member:
 class ActorGroup:
     """One actor per `devices_per_member` consecutive ids of `device_mapping`, for the role `name`.
     `label` names a member in messages ("engine rank", "rank"); `collective` members wait for each
-    other, so any failure breaks the whole group. `devices_per_node`: device slots per node of a joined
+    other, so any failure breaks the whole group. `env`: the role's own environment variables, in each
+    member's environment from its start (kept where `drop_env` would remove them). `devices_per_node`: device slots per node of a joined
     cluster (default: this machine's CPU slots on CPU, 8 GPUs otherwise)."""
 
     def __init__(self, name: str, device_mapping: list[int], devices_per_member: int, platform: str, *,
                  label: str, failure: type[RoleFailure] = RoleFailure, call_timeout_s: float = 1800.0,
                  ray_address: str | None = None, devices_per_node: int | None = None,
-                 collective: bool = False, drop_env: tuple = ()):
+                 collective: bool = False, drop_env: tuple = (), env: dict[str, str] | None = None):
         import ray
 
         per_node = devices_per_node or (os.cpu_count() if platform == "cpu" else 8)
@@ -61,7 +62,9 @@ class ActorGroup:
 
         self._ray = ray
         self.name, self.label, self.platform, self.failure = name, label, platform, failure
-        self.call_timeout_s, self.collective, self.drop_env = call_timeout_s, collective, drop_env
+        self.call_timeout_s, self.collective = call_timeout_s, collective
+        self.env = dict(env or {})  # the role's own environment, set in each member from its start
+        self.drop_env = tuple(k for k in drop_env if k not in self.env)
         self.members: list[Member] = []
         self.broken = False
         self._owns_ray = connect(ray_address)
@@ -80,7 +83,9 @@ class ActorGroup:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         node = alive_nodes()[p.node]
-        env = {} if self.platform == "cpu" else {"CUDA_VISIBLE_DEVICES": ",".join(map(str, p.local))}
+        env = dict(self.env)
+        if self.platform != "cpu":  # pinning wins over the role's environment
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, p.local))
         # No Ray resources are claimed: roles that share devices (colocation) share these actors'
         # devices and take turns (sleep/wake); placement is by node and pinning, not by accounting.
         return self._ray.remote(num_cpus=0, num_gpus=0, max_concurrency=1)(RoleHost).options(

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
+from vroll.config.domains import domain_warnings
 from vroll.config.errors import ConfigError, Issue
 from vroll.config.no_effect import SECTIONS, record_no_effect
 from vroll.config.numbers import range_warnings
@@ -65,7 +66,7 @@ def read_config(path: str | Path, overrides: list[str] | None = None, platform: 
         reported |= {i.path for i in issues}
         issues += [i for i in check_config(cfg, platform) if i.path not in reported]
     if cfg is not None and not issues:
-        for warning in range_warnings(cfg):
+        for warning in range_warnings(cfg) + domain_warnings(cfg):
             log.warning("%s: %s", path, warning)
     return Loaded(cfg, issues, changes)
 

@@ -34,9 +34,6 @@ TOP = {
     "base_dir": "vroll writes everything under output_dir",
     "logging_dir": "vroll logs to stderr; what a run leaves is under output_dir",
     "rollout_dump_dir": "vroll dumps no rollouts; held-out answers go to output_dir/validation",
-    "track_with": "vroll always writes output_dir/metrics.jsonl and, when tensorboard is installed, TensorBoard "
-                  "events in output_dir/tensorboard; wandb and swanlab are not used",
-    "tracker_kwargs": "see track_with: vroll's tracking has no options",
     "checkpoint_config": "vroll saves Hugging Face folders to output_dir/checkpoints/step_N and uploads nothing",
     "local_rank": "set by ROLL's launcher; vroll places its ranks itself",
     "profiler_timeline": PROFILING,
@@ -79,7 +76,6 @@ ROLE = {
     "num_gpus_per_worker": "derived from device_mapping and tensor_parallel_size, as ROLL does",
     "model_update_frequency": "vroll pushes the weights after every step, as ROLL's RLVR pipeline does (frequency 1)",
     "backend_timeout": "vroll's deadlines are strategy_config.engine_call_timeout_s and weight_update_timeout_s",
-    "system_envs": "vroll runs several roles in one process; use the top-level system_envs",
     "max_concurrency": "a Ray setting of ROLL's workers; vroll's actors take one call at a time",
     "use_dynamic_batching_in_train": DYNAMIC_BATCHING,
     "max_tokens_per_microbatch_in_train": DYNAMIC_BATCHING,
@@ -132,7 +128,6 @@ DATA_ARGS = {
     "dataset_type": "vroll reads JSON lines, whatever the name says",
     "id": "vroll numbers the rows itself",
     "response": "vroll's reward workers read the row's `ground_truth` (as ROLL's math worker does)",
-    "domain_interleave_probs": "vroll draws prompts from all files in one shuffled order (no per-domain shares yet)",
     "tag": "vroll routes rows by their `tag` field",
     "custom_data_kwargs_func": "ROLL's plug-in hook; vroll reads plain rows",
     **{k: "vision-language input is not in vroll" for k in (

@@ -23,10 +23,23 @@ DIFFERENT = {
         "model_update_buffer_size_mb": "the weight bucket: strategy_config.weight_update_bucket_bytes of every "
                                        "vllm role that does not set it",
         "max_grad_norm": "read as training_args.max_grad_norm of actor_train and critic (where not set there)",
+        "track_with": "tensorboard (ROLL's default), wandb (offline only: WANDB_MODE=offline) or stdout (ROLL's "
+                      "metrics_tag line per step), besides output_dir/metrics.jsonl, always written; null: none; "
+                      "ROLL's swanlab and trackio (online) are refused; tensorboard left as the default is skipped "
+                      "when not installed, named it is required (config/trackers.py)",
+        "tracker_kwargs": "tensorboard: log_dir (events in log_dir/exp_name/<start time>, as ROLL; without it "
+                          "output_dir/tensorboard) and SummaryWriter's comment, purge_step, max_queue, flush_secs, "
+                          "filename_suffix; wandb: project, name, tags, notes, group, log_dir (wandb's dir, default "
+                          "output_dir), mode offline or disabled, api_key accepted and unused; other keys are errors",
         "system_envs": "set in vroll's process before any role starts, so in-process roles and the Ray actors "
                        "the run starts inherit them; workers of a joined cluster (ray_address) do not",
     },
     "role": {
+        "system_envs": "set in each of the role's Ray actors (over the top-level system_envs, as in ROLL); a role "
+                       "that runs in vroll's process (a one-rank trainer, one engine sharing the trainer's devices, "
+                       "hf_infer models, rule reward workers) sets them in that process when it starts, where every "
+                       "role of the process sees them (a note line says so); CUDA_VISIBLE_DEVICES is refused (vroll "
+                       "pins each actor from device_mapping)",
         "pg_variant": "actor_train's, with worker_cls ActorPGWorker (the worker that reads it), sets vroll's "
                       "top-level pg_variant",
         "topr_positive_weight": "actor_train's sets vroll's top-level topr_positive_weight",
@@ -38,15 +51,19 @@ DIFFERENT = {
                       "use_local path, in vroll's sandbox), CrossThinkQARuleRewardWorker its crossthinkqa, "
                       "MultipleChoiceBoxedRuleRewardWorker and GeneralValRuleRewardWorker its choice_boxed and "
                       "choice_val (reward 0, accuracy only, as ROLL's), "
-                      "LLMJudgeRewardWorker its llm_judge (judge_model_type: api only; inference and cluster are "
+                      "LLMJudgeRewardWorker its llm_judge (judge_model_type api or inference; cluster is "
                       "refused by name); a vroll reward_type set beside it wins where it is one of its alternatives "
                       "(math_rule for the math worker); workers vroll does not have yet are refused by name",
         "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
                        "reads it: loose / soft / strict, vroll's grading there; the others never read it, so it is "
                        "dropped); without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
                        "llm_judge, crossthinkqa, choice_boxed, choice_val, format, model)",
-        "judge_model_type": "only api (an OpenAI-compatible endpoint): ROLL's inference and cluster (the judge on "
-                            "a strategy of its own) are refused with the worker, naming the api route",
+        "judge_model_type": "api (an OpenAI-compatible endpoint) or inference: the judge model (model_args) on "
+                            "vroll's vllm strategy, in engine processes of its own on its device_mapping (asleep at "
+                            "level 1 between scorings where its devices are another role's, as ROLL's judge), each "
+                            "judge prompt formatted with the judge model's own chat template (ROLL's data_args."
+                            "template names one of its own), all of a step's samples in one generate call; "
+                            "ROLL's cluster is refused",
         "judge_prompt": "ROLL's prompt name (its one prompt, in vroll's wording: same placeholders and YES / NO "
                         "contract) or vroll's own template with {question}, {response}, {reference}",
         "judge_api_key": "optional (a local `vllm serve` needs none), else the environment's OPENAI_API_KEY",
@@ -252,6 +269,27 @@ def _generating(raw, notes) -> None:
                 notes[f"{path}.do_sample"] = "false: temperature = 0 (greedy)"
 
 
+def _drop_domain(raw, name: str, notes) -> None:
+    """A removed worker's domain leaves actor_train's domain_interleave_probs with it (its share then
+    goes to the last domain, ROLL's rule; config/domains.py warns)."""
+    data = (raw.get("actor_train") or {}).get("data_args") if isinstance(raw.get("actor_train"), dict) else None
+    probs = data.get("domain_interleave_probs") if isinstance(data, dict) else None
+    if isinstance(probs, dict) and name in probs:
+        del probs[name]
+        notes[f"actor_train.data_args.domain_interleave_probs.{name}"] = "removed with its reward worker"
+
+
+def _judge_on_vllm(worker: dict, path: str, notes) -> None:
+    """ROLL's judge examples generate on hf_infer; vroll's hf_infer scores and does not generate, so the
+    judge model runs on vllm (its hf_infer strategy_config, if any, is dropped)."""
+    strategy = worker.get("strategy_args")
+    if worker.get("judge_model_type") == "inference" and isinstance(strategy, dict) \
+            and strategy.get("strategy_name") == "hf_infer":
+        strategy["strategy_name"], strategy["strategy_config"] = "vllm", {}
+        notes[f"{path}.strategy_args.strategy_name"] = "hf_infer: the judge generates on vllm (vroll's hf_infer " \
+                                                       "scores, it does not generate)"
+
+
 def _rewards(raw, notes, issues) -> None:
     rewards = raw.get("rewards")
     if not isinstance(rewards, dict):
@@ -259,6 +297,7 @@ def _rewards(raw, notes, issues) -> None:
     for name in [n for n, w in rewards.items() if w is None]:  # `rewards.<name>=null` removes a worker
         del rewards[name]
         notes[f"rewards.{name}"] = "null: worker removed"
+        _drop_domain(raw, name, notes)
     for name, worker in rewards.items():
         if not isinstance(worker, dict) or worker.get("worker_cls") is None:
             continue
@@ -269,14 +308,17 @@ def _rewards(raw, notes, issues) -> None:
                                                       f"({', '.join(REWARD_WORKERS)})"))
             continue
         kind = REWARD_WORKERS[short]
-        if kind == "llm_judge" and worker.get("judge_model_type") != "api":
+        if kind == "llm_judge" and worker.get("judge_model_type") not in ("api", "inference"):
             issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} with judge_model_type "
                                 f"{worker.get('judge_model_type')!r} is not in vroll yet; remove the worker "
                                 f"(`{path}=null`: its tags then get no reward) or route its tags to a vroll worker; "
                                 "vroll's judge is judge_model_type: api with judge_api_url (an OpenAI-compatible "
-                                "server, e.g. `vllm serve MODEL`)"))
+                                "server, e.g. `vllm serve MODEL`) or inference (the judge model on vroll's vllm "
+                                "strategy)"))
             worker.pop("reward_type", None)
             continue
+        if kind == "llm_judge":
+            _judge_on_vllm(worker, path, notes)
         if kind is None:
             issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} is not in vroll yet; remove the worker "
                                                       f"(`{path}=null`: its tags then get no reward) or route its "

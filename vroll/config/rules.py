@@ -8,6 +8,7 @@ from pathlib import Path
 
 from vroll.config.errors import Issue
 from vroll.config.schema import GeneratingArgs, PipelineConfig, RoleConfig
+from vroll.config.domains import check_domain_probs
 from vroll.config.engine_args import check_engine_args
 from vroll.config.layout import (colocated, devices_per_engine, local_slots, rollout_rows, rows_per_optimizer_step,
                                  trainer_ranks)
@@ -18,6 +19,7 @@ from vroll.config.roll_compat import ROLL_JUDGE_PROMPTS
 from vroll.config.sampling import greedy_issues, job_sampling
 from vroll.config.strategies import STRATEGIES, not_available, role_need, vroll_strategy
 from vroll.config.suggest import closest
+from vroll.config.trackers import check_tracking, tracker_package_issues
 
 
 def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue]:
@@ -29,6 +31,11 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
             issues += check_local_cpu_slots(path, role)
     if cfg.validation is not None:
         issues += check_generating_args("validation.generating_args", cfg.validation.generating_args)
+    if cfg.actor_train is not None and cfg.actor_train.data_args is not None:
+        issues += check_domain_probs(cfg.actor_train.data_args.domain_interleave_probs, cfg.rewards,
+                                     cfg.rollout_batch_size)
+    issues += check_tracking(cfg)
+    issues += check_system_envs("system_envs", cfg.system_envs)
     return issues + [i for req in job_sampling(cfg) for i in greedy_issues(req)]
 
 
@@ -52,18 +59,43 @@ def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]
         issues.append(Issue(f"{path}.model_args.model_name_or_path",
                             "is not set, and there is no top-level `pretrain` to default to"))
     issues += check_device_mapping(path, role)
+    issues += check_system_envs(f"{path}.system_envs", role.system_envs, pinned=True)
     issues += check_generating_args(f"{path}.generating_args", role.generating_args)
     return issues
 
 
+# set by vroll in each actor from device_mapping; a role's system_envs may not move it
+PINNED_ENV = ("CUDA_VISIBLE_DEVICES",)
+
+
+def check_system_envs(path: str, envs: dict, pinned: bool = False) -> list[Issue]:
+    """Environment values are strings, numbers or booleans (written as text); a role's own
+    (`pinned`) may not set what vroll sets per actor."""
+    issues = [Issue(f"{path}.{k}", f"{v!r}: an environment value is a string, a number or a boolean")
+              for k, v in envs.items() if v is None or isinstance(v, (dict, list))]
+    if pinned:
+        issues += [Issue(f"{path}.{k}", f"{envs[k]!r}: vroll sets it in each of the role's actors from device_mapping; "
+                                        "choose the role's devices there") for k in PINNED_ENV if k in envs]
+    return issues
+
+
 def check_judge(path: str, role) -> list[Issue]:
-    """An LLM judge needs an endpoint (judge_model_type: api) and a known prompt."""
+    """An LLM judge needs an endpoint (judge_model_type: api) or its model on vroll's vllm strategy
+    (inference), and a known prompt."""
     issues = []
-    if role.judge_model_type != "api":
-        issues.append(Issue(f"{path}.judge_model_type", f"{role.judge_model_type!r}: vroll's judge calls an "
-                            "OpenAI-compatible endpoint: set `api` and judge_api_url (serve the judge model with, "
-                            "e.g., `vllm serve MODEL`); `inference` (the judge on vroll's own strategies) is not "
-                            "in vroll yet"))
+    if role.judge_model_type == "inference":
+        name = role.strategy_args.strategy_name if role.strategy_args else None
+        if name != "vllm":
+            issues.append(Issue(f"{path}.strategy_args.strategy_name", f"{name!r}: judge_model_type: inference serves "
+                                "the judge model on vroll's vllm strategy (as ROLL's judge examples do); set vllm"))
+        if not role.model_args.model_name_or_path:
+            issues.append(Issue(f"{path}.model_args.model_name_or_path", "is required with judge_model_type: "
+                                                                         "inference: the judge model's folder"))
+    elif role.judge_model_type != "api":
+        issues.append(Issue(f"{path}.judge_model_type", f"{role.judge_model_type!r}: vroll's judge runs `api` (an "
+                            "OpenAI-compatible endpoint: judge_api_url, e.g. `vllm serve MODEL`) or `inference` (the "
+                            "judge model on vroll's vllm strategy: model_args, strategy_args, device_mapping); ROLL's "
+                            "`cluster` is not in vroll"))
     elif not role.judge_api_url:
         issues.append(Issue(f"{path}.judge_api_url", "is required with judge_model_type: api (e.g. "
                                                      "http://localhost:8000/v1)"))
@@ -197,6 +229,9 @@ def check_train_config(cfg: PipelineConfig, job: str = "train", platform: str = 
         if train.training_args is None:
             issues.append(Issue("actor_train.training_args", "is required (learning_rate, batch sizes, ...)"))
     issues += check_output_dir(cfg.output_dir)
+    if isinstance(cfg.tracker_kwargs.get("log_dir"), str) and cfg.track_with:
+        issues += check_output_dir(cfg.tracker_kwargs["log_dir"], "tracker_kwargs.log_dir")
+    issues += tracker_package_issues(cfg)
     if job == "train":
         issues += check_rl_sizes(cfg, platform)
     if cfg.validation is not None and cfg.validation.data_args is not None:
@@ -204,15 +239,16 @@ def check_train_config(cfg: PipelineConfig, job: str = "train", platform: str = 
     return issues
 
 
-def check_output_dir(output_dir: str) -> list[Issue]:
-    """output_dir must be a folder, or one that can be made: no file in its place or on its path."""
+def check_output_dir(output_dir: str, key: str = "output_dir") -> list[Issue]:
+    """A folder vroll writes (`key`) must be one, or one that can be made: no file in its place or on its
+    path."""
     path = Path(output_dir).expanduser()
     for p in (path, *path.parents):
         if p.is_dir():
             return []
         if p.exists():
             why = "is a file, not a folder" if p == path else f"cannot be created: {str(p)!r} is a file"
-            return [Issue("output_dir", f"{output_dir!r} {why}; choose a folder this user can write to")]
+            return [Issue(key, f"{output_dir!r} {why}; choose a folder this user can write to")]
     return []
 
 

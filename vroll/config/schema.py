@@ -90,6 +90,8 @@ class DataArgs(Section):
     template: str | None = None
     prompt: str | None = None  # name of the prompt field in the data
     messages: str | None = None  # name of the chat-messages field in the data
+    # actor_train's only: each domain's share of a step's batch (config/domains.py checks the values)
+    domain_interleave_probs: dict[str, Annotated[float, Field(allow_inf_nan=True)]] | None = None
 
 
 class RoleConfig(Section):
@@ -102,6 +104,9 @@ class RoleConfig(Section):
     infer_batch_size: int = Field(1, ge=1)  # micro-batch of forward-only work (scoring, log-probs)
     training_args: TrainingArgs | None = None
     data_args: DataArgs | None = None
+    # ROLL's per-role environment: each of the role's Ray actors gets it (over the top-level
+    # system_envs); a role in vroll's process sets it there when it starts (roles/launcher.py)
+    system_envs: dict[str, Any] = Field(default_factory=dict)
     name: str = Field("", exclude=True)  # the role's key in the file, filled in by the loader
     seed: int | None = Field(None, exclude=True)  # the top-level seed, filled in by the loader
 
@@ -109,6 +114,10 @@ class RoleConfig(Section):
     @classmethod
     def _parse_device_mapping(cls, v):
         return parse_device_mapping(v)
+
+    def environment(self) -> dict[str, str]:
+        """The role's system_envs as environment strings."""
+        return {str(k): str(v) for k, v in self.system_envs.items()}
 
 
 class RewardFilterConfig(Section):
@@ -146,9 +155,10 @@ class RewardConfig(RoleConfig):
     # crossthinkqa (ROLL's multiple-choice rule): ROLL's reward_type of that worker
     grading: Literal["loose", "soft", "strict"] = "loose"
     # llm_judge (ROLL's judge): ROLL's prompt name or a template with {question}, {response}, {reference};
-    # the judge behind an OpenAI-compatible endpoint (judge_model_type: api)
+    # the judge behind an OpenAI-compatible endpoint (judge_model_type: api) or the worker's own model on
+    # vroll's vllm strategy (inference)
     judge_prompt: str | None = None
-    judge_model_type: str | None = None  # ROLL's api / inference / cluster; vroll runs api (rules.check_judge)
+    judge_model_type: str | None = None  # ROLL's api / inference / cluster; vroll runs api and inference (rules.check_judge)
     judge_model_name: str | None = None
     judge_api_url: str | None = None
     judge_api_key: str | None = None  # else the environment's OPENAI_API_KEY, if any
@@ -205,6 +215,8 @@ class PipelineConfig(Section):
     ray_address: str | None = None
     num_gpus_per_node: int = Field(8, ge=1)
     system_envs: dict[str, Any] = Field(default_factory=dict)  # set in vroll's process before roles start
+    track_with: str | None = "tensorboard"  # besides metrics.jsonl (config/trackers.py), ROLL's default
+    tracker_kwargs: dict[str, Any] = Field(default_factory=dict)
 
     # RL loop sizes (used by `vroll train`)
     max_steps: int = Field(100, ge=1)

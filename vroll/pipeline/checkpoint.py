@@ -159,12 +159,24 @@ def read_state(path: Path) -> dict:
     file = Path(path) / STATE_JSON
     state = read_json(file)
     data = state.get("data") if isinstance(state, dict) else None
-    ints = (state.get("step"), state.get("weight_version"), data.get("epoch"), data.get("position")) \
-        if isinstance(data, dict) else (None,)
+    ints = (state.get("step"), state.get("weight_version"), *sampler_ints(data)) if isinstance(data, dict) else (None,)
     if not all(isinstance(v, int) for v in ints) or not isinstance(state.get("algorithm", {}), dict):
         raise CheckpointError(f"{file}: not a vroll checkpoint state (expected integers step, weight_version, "
-                              "data.epoch and data.position)")
+                              "data.epoch and data.position, or with domain_interleave_probs data.extra and each "
+                              "domain's epoch and position in data.domains)")
     return state
+
+
+def sampler_ints(data: dict) -> tuple:
+    """The integers of the prompt sampler's state: one order's (epoch, position), or each domain's and
+    the extra draws' count (pipeline/dataset.DomainSampler)."""
+    if "domains" not in data:
+        return data.get("epoch"), data.get("position")
+    domains = data["domains"]
+    if not isinstance(domains, dict) or not domains:
+        return (None,)
+    return (data.get("extra"), *[v for d in domains.values()
+                                 for v in ((d.get("epoch"), d.get("position")) if isinstance(d, dict) else (None,))])
 
 
 def read_json(file: Path):

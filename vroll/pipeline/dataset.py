@@ -7,10 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vroll.config.domains import KEY as DOMAINS_KEY
+from vroll.config.domains import domain_batch_sizes, interleaved, row_domain, tag_domains
 from vroll.config.errors import ConfigError, Issue
 from vroll.config.schema import DataArgs
 from vroll.data.jsonl import text_lines
@@ -109,7 +112,7 @@ def _to_record(row: dict, index: int, tokenizer, messages_key: str, prompt_key: 
 class PromptSampler:
     """Batches in a shuffled order, reshuffled each epoch; the order depends only on (seed, epoch)."""
 
-    def __init__(self, records: list[PromptRecord], seed: int):
+    def __init__(self, records: list[PromptRecord], seed: int | str):
         self.records, self.seed = records, seed
         self.epoch, self.position = 0, 0
         self._order = self._shuffle(0)
@@ -135,3 +138,84 @@ class PromptSampler:
     def load_state_dict(self, state: dict) -> None:
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
         self._order = self._shuffle(self.epoch)
+
+
+class DomainSampler:
+    """ROLL's `domain_interleave_probs`: each domain's rows in an order of their own (a PromptSampler
+    seeded by (seed, domain)), and a batch of `batch_size` prompts takes `domain_batch_size` of them from
+    each domain, domain after domain as ROLL concatenates them. Any other draw (dynamic sampling's
+    extra prompts, replaced groups) takes single prompts from the domains in `interleaved` order, so
+    those keep the shares too. The state is each domain's (epoch, position) and the extra draws' count."""
+
+    def __init__(self, records: list[PromptRecord], seed: int, probs: dict[str, float], batch_size: int,
+                 domain_of):
+        self.batch_size, self.sizes = batch_size, domain_batch_sizes(probs, batch_size)
+        self.samplers = {d: PromptSampler([r for r in records if domain_of(r) == d], f"{seed}:{d}") for d in probs}
+        self._cycle, self.extra = interleaved(self.sizes), 0
+
+    @property
+    def epoch(self) -> int:
+        """Full passes over every domain's rows (the slowest domain's epoch)."""
+        return min(s.epoch for s in self.samplers.values())
+
+    def next_batch(self, size: int) -> list[PromptRecord]:
+        if size == self.batch_size:
+            return [r for d, n in self.sizes.items() for r in self.samplers[d].next_batch(n)]
+        batch = []
+        for _ in range(size):
+            batch += self.samplers[self._cycle[self.extra % len(self._cycle)]].next_batch(1)
+            self.extra += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"domains": {d: s.state_dict() for d, s in self.samplers.items()}, "extra": self.extra}
+
+    def load_state_dict(self, state: dict) -> None:
+        saved = state.get("domains")
+        if saved is None or set(saved) != set(self.samplers):
+            was = sorted(saved) if saved is not None else "none (one shuffled order over all rows)"
+            raise ConfigError([Issue(DOMAINS_KEY, f"the checkpoint was saved with domains {was}, this run has "
+                                                  f"{sorted(self.samplers)}: resume with the same domains")])
+        for d, s in self.samplers.items():
+            s.load_state_dict(saved[d])
+        self.extra = int(state.get("extra", 0))
+
+
+def prompt_sampler(records: list[PromptRecord], seed: int, data_args: DataArgs, batch_size: int,
+                   rewards: dict) -> PromptSampler | DomainSampler:
+    """The training prompts' sampler: per-domain shares when `domain_interleave_probs` is set."""
+    probs = data_args.domain_interleave_probs
+    if not probs:
+        return PromptSampler(records, seed)
+    tags = tag_domains(rewards)
+    return DomainSampler(records, seed, probs, batch_size, lambda r: record_domain(r, tags))
+
+
+def record_domain(record: PromptRecord, tags: dict[str, str]) -> str:
+    return row_domain(record.extra.get("domain"), record.tag, tags)
+
+
+def domain_issues(records: list[PromptRecord], data_args: DataArgs, batch_size: int, rewards: dict) -> list[Issue]:
+    """Before anything starts: every listed domain has rows, at least its batch share of them (else a
+    step would repeat prompts; ROLL asserts the same), and rows no listed domain takes are named."""
+    probs = data_args.domain_interleave_probs
+    if not probs:
+        return []
+    tags = tag_domains(rewards)
+    counts = Counter(record_domain(r, tags) for r in records)
+    issues = []
+    for name, n in domain_batch_sizes(probs, batch_size).items():
+        if not counts.get(name):
+            issues.append(Issue(f"{DOMAINS_KEY}.{name}", f"no row of actor_train.data_args is in domain {name!r} "
+                                f"(domains the rows have: {dict(sorted(counts.items()))}); a row's domain is its "
+                                "`domain` field, else the reward worker whose tag_included lists its `tag`, else "
+                                "'math_rule', as in ROLL"))
+        elif counts[name] < n:
+            issues.append(Issue(f"{DOMAINS_KEY}.{name}", f"{probs[name]} of rollout_batch_size={batch_size} is {n} "
+                                f"prompts a step, more than the domain's {counts[name]} rows: every step would "
+                                "repeat prompts; lower the share or add rows"))
+    unused = {d: n for d, n in counts.items() if d not in probs}
+    if unused:
+        log.warning("%s: %d row(s) of domain(s) %s are never drawn (not listed; as in ROLL)", DOMAINS_KEY,
+                    sum(unused.values()), sorted(unused))
+    return issues

@@ -26,11 +26,12 @@ from vroll.pipeline import algorithms as alg
 from vroll.pipeline.async_rollout import RolloutsAhead
 from vroll.pipeline.checkpoint import (CRITIC_DIR, find_checkpoint, partial_saves_discarded, prune_checkpoints,
                                       save_checkpoint)
-from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
+from vroll.pipeline.dataset import (DomainSampler, PromptRecord, PromptSampler, domain_issues, load_prompts,
+                                    prompt_sampler)
 from vroll.pipeline.evaluation import generate, score, validate
 from vroll.pipeline.health import skipped
 from vroll.pipeline.output_dir import own_output_dir
-from vroll.pipeline.tracking import MetricsLog, PhaseTimer, plot_curves, process_rss_bytes
+from vroll.pipeline.tracking import MetricsLog, PhaseTimer, open_tracker, plot_curves, process_rss_bytes
 from vroll.rewards.workers import RewardRouter, missing_fields, routes, unrouted_tags
 from vroll.roles.launcher import Roles, launch_rlvr_roles
 from vroll.strategy.results import PromptResult, to_padded_batch
@@ -53,7 +54,9 @@ def load_data(cfg: PipelineConfig, tokenizer, source: str | None):
         issues += missing_difficulty(train)
     issues += missing_fields(cfg.rewards, train, "actor_train.data_args")
     issues += missing_fields(cfg.rewards, val, "validation.data_args")
-    if len(train) < cfg.rollout_batch_size:  # the sampler would put a prompt in a step's batch twice
+    issues += domain_issues(train, cfg.actor_train.data_args, cfg.rollout_batch_size, cfg.rewards)
+    shares = cfg.actor_train.data_args.domain_interleave_probs  # then domain_issues checks each domain's rows
+    if len(train) < cfg.rollout_batch_size and not shares:  # the sampler would put a prompt in a step's batch twice
         issues.append(Issue("rollout_batch_size", f"{cfg.rollout_batch_size} is more than the {len(train)} usable "
                                                   "prompts of actor_train.data_args: every step would repeat "
                                                   f"prompts; set at most {len(train)}, or add prompts"))
@@ -417,7 +420,8 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
     train_records, val_records = load_data(cfg, tokenizer, source)
     inner = (CRITIC_DIR,) if critic_enabled(cfg) else ()
     ckpt, state = find_checkpoint(cfg.resume_from_checkpoint, out_dir, inner)  # checked; falls back past broken ones
-    sampler = PromptSampler(train_records, cfg.seed)
+    sampler = prompt_sampler(train_records, cfg.seed, cfg.actor_train.data_args, cfg.rollout_batch_size,
+                             cfg.rewards)
     algorithm = alg.AlgorithmState.start(cfg)
     if ckpt:
         sampler.load_state_dict(state["data"])
@@ -426,9 +430,11 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
         log.info("resuming from %s (step %d)", ckpt, state["step"])
     ranks = trainer_ranks(cfg.actor_train, current_platform_name())
     total = cfg.max_steps * cfg.ppo_epochs * optimizer_steps_per_rollout(cfg, ranks)
-    metrics_log = MetricsLog(out_dir, resume_step=state["step"] if ckpt else None)
+    resume_step = state["step"] if ckpt else None
+    metrics_log = MetricsLog(out_dir, resume_step, open_tracker(cfg, out_dir, resume_step))
     (out_dir / "config.yaml").write_text(_config_yaml(cfg))
     roles, stack = launch_rlvr_roles(cfg, total, str(ckpt) if ckpt else None, critic_plan(cfg, ckpt))
+    stack.callback(metrics_log.close)  # the tracker is closed however the run ends
     rewards = RewardRouter(cfg.rewards, roles.reward_models)
     summary: dict = {"output_dir": str(out_dir), "metrics": str(metrics_log.path)}
     with stack:
@@ -483,7 +489,8 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
     return summary
 
 
-def rollouts_ahead(cfg: PipelineConfig, roles: Roles, sampler: PromptSampler) -> RolloutsAhead | None:
+def rollouts_ahead(cfg: PipelineConfig, roles: Roles,
+                   sampler: PromptSampler | DomainSampler) -> RolloutsAhead | None:
     """The engine generating `async_generation_ratio` steps ahead of training (None: synchronous)."""
     if not cfg.async_generation_ratio:
         return None

@@ -17,7 +17,7 @@ from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
 from vroll.pipeline.evaluation import evaluate_model
 from vroll.pipeline.health import skipped
 from vroll.pipeline.output_dir import own_output_dir
-from vroll.pipeline.tracking import MetricsLog, PhaseTimer
+from vroll.pipeline.tracking import MetricsLog, PhaseTimer, open_tracker
 from vroll.roles.launcher import launch
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,11 @@ def _run_sft(cfg: PipelineConfig, out_dir: Path, progress: bool | None) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(role.model_args.model_name_or_path,
                                                                  "actor_train.model_args.model_name_or_path"))
     records = load_prompts(role.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args", with_response=True)
+    if role.data_args.domain_interleave_probs:
+        log.warning("actor_train.data_args.domain_interleave_probs: has no effect in `vroll sft` (one shuffled "
+                    "order over all rows); `vroll train` reads it")
     sampler = PromptSampler(records, cfg.seed)
-    metrics_log = MetricsLog(out_dir)
+    metrics_log = MetricsLog(out_dir, tracker=open_tracker(cfg, out_dir))
     with launch(cfg, role, total_steps=cfg.max_steps) as trainer:
         # per_device_train_batch_size rows per rank and micro-batch, as in transformers' Trainer
         micro = args.per_device_train_batch_size * trainer.world_size

@@ -1,5 +1,6 @@
-"""What a run leaves for its user: metrics.jsonl (one line per step), TensorBoard events when
-tensorboard is installed, and a PNG of the reward and validation curves at the end."""
+"""What a run leaves for its user: metrics.jsonl (one line per step), the same to the file's tracker
+(`track_with`: TensorBoard, wandb offline, or standard output; config/trackers.py), and a PNG of the
+reward and validation curves at the end."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from vroll.config import trackers
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +46,17 @@ def process_rss_bytes() -> int:
 
 
 class MetricsLog:
-    """Appends one JSON line per record; on resume keeps only the lines up to the resumed step."""
+    """Appends one JSON line per record; on resume keeps only the lines up to the resumed step. Each
+    record also goes to the file's tracker (`track_with`), when there is one."""
 
-    def __init__(self, output_dir: Path, resume_step: int | None = None):
+    def __init__(self, output_dir: Path, resume_step: int | None = None, tracker=None):
         self.path = Path(output_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
             self.path.write_text("")
         else:
             self._truncate_after(resume_step)
-        self._tb = self._tensorboard(Path(output_dir) / "tensorboard")
+        self.tracker = tracker
 
     def _truncate_after(self, step: int) -> None:
         kept = [line for line in self.read() if line.get("step", 0) <= step]
@@ -60,22 +64,11 @@ class MetricsLog:
         tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
         os.replace(tmp, self.path)
 
-    @staticmethod
-    def _tensorboard(folder: Path):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            return None
-        return SummaryWriter(str(folder))
-
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self._tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self._tb.add_scalar(k, v, record.get("step", 0))
-            self._tb.flush()
+        if self.tracker is not None:
+            self.tracker.log({k: v for k, v in record.items() if k != "step" and _number(v)}, record.get("step", 0))
 
     def read(self) -> list[dict]:
         if not self.path.exists():
@@ -83,8 +76,80 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
     def close(self) -> None:
-        if self._tb is not None:
-            self._tb.close()
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class TensorBoardTracker:
+    """TensorBoard events (torch's SummaryWriter); a resumed run purges the events after its step."""
+
+    def __init__(self, log_dir: Path, resume_step: int | None, **kwargs):
+        from torch.utils.tensorboard import SummaryWriter
+
+        if resume_step is not None:
+            kwargs.setdefault("purge_step", resume_step + 1)
+        self.log_dir = log_dir
+        self.writer = SummaryWriter(str(log_dir), **kwargs)
+
+    def log(self, values: dict, step: int) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbTracker:
+    """A wandb run, offline (WANDB_MODE=offline is set first, so nothing goes online)."""
+
+    def __init__(self, init_args: dict, config: dict):
+        os.environ["WANDB_MODE"] = init_args["mode"]
+        import wandb
+
+        self.run = wandb.init(config=config, **init_args)
+
+    def log(self, values: dict, step: int) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class StdoutTracker:
+    """One line per step on standard output, ROLL's `metrics_tag: {"step": ..., "metrics": {...}}`."""
+
+    def log(self, values: dict, step: int) -> None:
+        print("metrics_tag: " + json.dumps({"step": step, "metrics": values}), flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def open_tracker(cfg, output_dir: Path, resume_step: int | None = None, started: str | None = None):
+    """The file's tracker (config/trackers.py), or None (metrics.jsonl only). The default tensorboard is
+    skipped with a log line when not installed; a named one was checked before start."""
+    name, kwargs = trackers.tracker_name(cfg), dict(cfg.tracker_kwargs)
+    if name == "stdout":
+        return StdoutTracker()
+    if name == "wandb":
+        config = cfg.model_dump(mode="json")
+        config["tracker_kwargs"].pop("api_key", None)  # unused offline; not copied into the run's files
+        return WandbTracker(trackers.wandb_init_args(kwargs, str(output_dir)), config)
+    if name == "tensorboard":
+        if not trackers.installed(name):
+            log.info("tensorboard is not installed: metrics go to metrics.jsonl only (%s)", trackers.PACKAGES[name][1])
+            return None
+        log_dir = kwargs.pop("log_dir", None)
+        folder = Path(output_dir) / "tensorboard" if log_dir is None else \
+            Path(log_dir).expanduser() / cfg.exp_name / (started or time.strftime("%Y%m%d-%H%M%S"))
+        return TensorBoardTracker(folder, resume_step, **kwargs)
+    return None
 
 
 def plot_curves(records: list[dict], out_png: Path) -> Path | None:

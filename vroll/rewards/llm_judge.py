@@ -1,6 +1,7 @@
-"""ROLL's LLM judge (`LLMJudgeRewardWorker`, vroll's `llm_judge`, `judge_model_type: api`): a judge
-model behind an OpenAI-compatible endpoint (`vllm serve`, ...) is asked whether the response's final
-answer matches the reference; 1 when its reply says yes, else 0 (ROLL's reading of the reply)."""
+"""ROLL's LLM judge (`LLMJudgeRewardWorker`, vroll's `llm_judge`): a judge model behind an
+OpenAI-compatible endpoint (`judge_model_type: api`: `vllm serve`, ...) or served by vroll's own vllm
+strategy (`inference`) is asked whether the response's final answer matches the reference; 1 when its
+reply says yes, else 0 (ROLL's reading of the reply)."""
 
 from __future__ import annotations
 
@@ -61,13 +62,18 @@ def yes_no_score(reply: str) -> float:
 
 
 class LlmJudgeWorker:
-    """Asks the judge endpoint about each sample (in parallel); a sample whose every try fails raises,
-    and the router scores it 0 and counts the error."""
+    """Asks the judge about each sample: the endpoint (api, in parallel; a sample whose every try fails
+    raises) or, with `engine` (inference: the judge model on vroll's vllm strategy, started by the
+    launcher), one generate call for all samples with the worker's generating_args. A sample that raises
+    is scored 0 by the router and counted as an error."""
 
     checks_answer = True
 
-    def __init__(self, cfg, tries: int = 3, timeout_s: float = 60.0):
+    def __init__(self, cfg, tries: int = 3, timeout_s: float = 60.0, engine=None):
         self.template = judge_template(cfg.judge_prompt)
+        self.engine, self.generating_args = engine, cfg.generating_args
+        if engine is not None:
+            return
         self.url = cfg.judge_api_url.rstrip("/") + "/chat/completions"
         self.model, self.tries, self.timeout_s = cfg.judge_model_name, tries, timeout_s
         self.key = cfg.judge_api_key or os.environ.get("OPENAI_API_KEY")
@@ -91,9 +97,24 @@ class LlmJudgeWorker:
         raise RuntimeError(f"judge endpoint {self.url}: {self.tries} tries failed, last: {error}")
 
     def score(self, items) -> list[float]:
+        if self.engine is not None:
+            return [yes_no_score(reply) for reply in self.generate([self.messages(i) for i in items])]
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(self.score_one, items))
 
     def score_one(self, item) -> float:
-        return yes_no_score(self.ask(judge_messages(self.template, item.prompt_text, item.response_text,
-                                                    item.ground_truth)))
+        if self.engine is not None:
+            return yes_no_score(self.generate([self.messages(item)])[0])
+        return yes_no_score(self.ask(self.messages(item)))
+
+    def messages(self, item) -> list[dict]:
+        return judge_messages(self.template, item.prompt_text, item.response_text, item.ground_truth)
+
+    def generate(self, conversations: list[list[dict]]) -> list[str]:
+        """The judge model's reply to each conversation (formatted with its own chat template by the
+        engine), stripped as ROLL strips it; a prompt the engine skipped (too long) raises."""
+        results = self.engine.generate(conversations, self.generating_args)
+        skipped = [r.index for r in results if not r.samples]
+        if skipped:
+            raise ValueError(f"the judge engine skipped {len(skipped)} judge prompt(s) longer than its max_model_len")
+        return [r.samples[0].text.strip() for r in results]

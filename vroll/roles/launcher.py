@@ -13,6 +13,7 @@ rules, in order:
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
@@ -57,17 +58,30 @@ def launch_role(role: RoleConfig, *, seed: int | None = None, ray_address: str |
     seed = role.seed if seed is None else seed  # the file's top-level seed unless given
     name = require_runnable(role.name, role.strategy_args.strategy_name if role.strategy_args else None)
     if name == "hf_infer":
+        set_role_envs_here(role)
         return HfInferStrategy(role, seed=seed, reward_model=isinstance(role, RewardConfig) and role.reward_type == "model")
     platform = current_platform_name()
     if name == "vllm":
         if engines_on_ray(role, ray_address, own_devices):
             return RayEngines(role, seed, platform, ray_address=ray_address, devices_per_node=devices_per_node)
+        set_role_envs_here(role)
         return VllmStrategy(role, seed=seed)
     ranks = trainer_ranks(role, platform)
     if ranks > 1:
         return RayTrainer(role, ranks, platform, seed=seed, total_steps=total_steps, model_path=model_path,
                           ray_address=ray_address, devices_per_node=devices_per_node, value_model=value_model)
+    set_role_envs_here(role)
     return Fsdp2TrainStrategy(role, seed=seed, total_steps=total_steps, model_path=model_path, value_model=value_model)
+
+
+def set_role_envs_here(role: RoleConfig) -> None:
+    """A role that runs in this process has no process of its own for its system_envs (its Ray
+    actors get them from their start): they are set here, where every role of this process sees them."""
+    env = role.environment()
+    if env:
+        os.environ.update(env)
+        log.info("%s runs in vroll's process: its system_envs (%s) are set there, for every role of the process",
+                 role.name, ", ".join(sorted(env)))
 
 
 def launch(cfg: PipelineConfig, role: RoleConfig, **kwargs):
@@ -116,7 +130,44 @@ def sleep_level(cfg: PipelineConfig) -> int | None:
     return cfg.actor_infer.strategy_args.options.sleep_level
 
 
-def launch_reward_models(cfg: PipelineConfig, stack: ExitStack) -> dict[str, ScoringModel]:
-    """The model behind each `reward_type: model` worker (rule workers need none)."""
-    return {name: stack.enter_context(launch(cfg, worker)) for name, worker in cfg.rewards.items()
-            if worker.reward_type == "model"}
+def launch_reward_models(cfg: PipelineConfig, stack: ExitStack) -> dict[str, ScoringModel | GenerationEngine]:
+    """The model behind each `reward_type: model` worker and each LLM judge with `judge_model_type:
+    inference` (rule workers need none: they score in this process, which takes their system_envs)."""
+    models: dict[str, ScoringModel | GenerationEngine] = {}
+    for name, worker in cfg.rewards.items():
+        if worker.reward_type == "model":
+            models[name] = stack.enter_context(launch(cfg, worker))
+        elif judge_engine(worker):
+            models[name] = launch_judge(cfg, worker, stack)
+        else:
+            set_role_envs_here(worker)
+    return models
+
+
+def judge_engine(worker: RewardConfig) -> bool:
+    return worker.reward_type == "llm_judge" and worker.judge_model_type == "inference"
+
+
+def launch_judge(cfg: PipelineConfig, worker: RewardConfig, stack: ExitStack) -> GenerationEngine:
+    """An LLM judge's model on vllm, always in engine processes of its own (on Ray, pinned to its
+    device_mapping); where those devices are another role's, it sleeps between scorings."""
+    engine = stack.enter_context(launch(cfg, worker, own_devices=True))
+    others = {d for key in ("actor_infer", "actor_train", "reference", "critic") if getattr(cfg, key) is not None
+              for d in getattr(cfg, key).device_mapping}
+    return AsleepBetweenCalls(engine) if others & set(worker.device_mapping) else engine
+
+
+class AsleepBetweenCalls:
+    """An engine that shares its devices with other roles: asleep at level 1 (its KV cache released,
+    its weights kept, as ROLL keeps its judge) except while it generates."""
+
+    def __init__(self, engine: GenerationEngine):
+        self.engine = engine
+        engine.sleep(1)
+
+    def generate(self, prompts, generating_args=None, **kwargs):
+        self.engine.wake_up()
+        try:
+            return self.engine.generate(prompts, generating_args, **kwargs)
+        finally:
+            self.engine.sleep(1)

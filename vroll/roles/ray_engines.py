@@ -46,7 +46,7 @@ class RayEngines(RayRole):
                                 platform, label="engine rank", failure=EngineFailure,
                                 call_timeout_s=role.strategy_args.options.engine_call_timeout_s,
                                 ray_address=ray_address, devices_per_node=devices_per_node,
-                                drop_env=INHERITED_ENGINE_VARS)
+                                drop_env=INHERITED_ENGINE_VARS, env=role.environment())
         try:
             self.group.build(self.backend, self._engine_args)
         except BaseException:

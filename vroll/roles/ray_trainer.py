@@ -40,7 +40,8 @@ class RayTrainer(RayRole):
         # Ranks meet in collectives: one that fails leaves the others waiting, so any failure breaks all.
         self.group = ActorGroup(self.name, role.device_mapping, len(role.device_mapping) // ranks, platform,
                                 label="rank", failure=TrainerFailure, call_timeout_s=call_timeout_s,
-                                ray_address=ray_address, devices_per_node=devices_per_node, collective=True)
+                                ray_address=ray_address, devices_per_node=devices_per_node, collective=True,
+                                env=role.environment())
         try:
             init_method = self.group.call(self.group.members[:1], "rendezvous", lambda m: m.actor.rendezvous.remote())[0]
             self.group.build(TRAINER, lambda m: (role, seed, total_steps, path, m.placement.rank, ranks, init_method,
