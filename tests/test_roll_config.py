@@ -143,7 +143,7 @@ def test_keys_with_no_effect_are_named_once_per_section(tmp_path):
     cfg = load_config(roll_file(tmp_path), platform="cuda", vroll_strategies=True)
     found = no_effect_keys(cfg)
     for key in ("hydra", "logging_dir", "checkpoint_config", "track_with", "tracker_kwargs", "reward_norm",
-                "actor_train.use_dynamic_batching_in_train", "actor_train.data_args.template",
+                "actor_train.use_dynamic_batching_in_train",
                 "actor_train.data_args.domain_interleave_probs", "rewards.math_rule.world_size"):
         assert key in found, key
     assert "system_envs" not in found and cfg.system_envs == {"USE_MODELSCOPE": "1"}

@@ -18,6 +18,7 @@ from vroll.config.roll_compat import ROLL_JUDGE_PROMPTS
 from vroll.config.sampling import greedy_issues, job_sampling
 from vroll.config.strategies import STRATEGIES, not_available, role_need, vroll_strategy
 from vroll.config.suggest import closest
+from vroll.config.templates import template_issues
 
 
 def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue]:
@@ -29,6 +30,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
             issues += check_local_cpu_slots(path, role)
     if cfg.validation is not None:
         issues += check_generating_args("validation.generating_args", cfg.validation.generating_args)
+    issues += template_issues(cfg)
     return issues + [i for req in job_sampling(cfg) for i in greedy_issues(req)]
 
 
