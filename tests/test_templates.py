@@ -184,3 +184,11 @@ def test_train_logs_the_first_row_as_the_model_sees_it(tmp_path, tiny_model, cap
     bad["tag_to_template"] = {"maths": "calc"}
     with pytest.raises(ConfigError, match="tag_to_template.maths: no row"):
         load_data(load_config(write_yaml(tmp_path / "c.yaml", bad)), AutoTokenizer.from_pretrained(tiny_model), "c")
+
+
+def test_a_template_given_as_an_override_must_be_quoted_and_then_works(tmp_path):
+    path = write_yaml(tmp_path / "c.yaml", engine_config("some/model"))
+    with pytest.raises(ConfigError, match="an override's value is not valid YAML .*: quote it"):
+        load_config(path, ["prompt_templates.calc.user={content} Think briefly."])
+    cfg = load_config(path, ['prompt_templates.calc.user="{content} Think briefly."', "global_template=calc"])
+    assert cfg.prompt_templates["calc"].user == "{content} Think briefly." and cfg.global_template == "calc"

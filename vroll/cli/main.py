@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     setup_logging(args.verbose)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # vroll never downloads: Hub ids come from the local cache
     try:
         return args.func(args)
     except KeyboardInterrupt:
