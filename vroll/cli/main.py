@@ -194,13 +194,13 @@ def check_before_start(cfg, source: str, job: str | None, role: str = "actor_inf
         raise ConfigError(issues, source)
 
 
-def use_model_folders(cfg, source: str) -> None:
-    """Every role's model found, a GGUF file converted (once) and the roles pointed at its folder;
-    before anything starts."""
+def use_model_folders(cfg, source: str, roles: list[str] | None = None) -> None:
+    """A GGUF model converted (once) and the roles naming it pointed at its folder, before anything
+    starts (`roles`: only these)."""
     from vroll.config import ConfigError
-    from vroll.models.paths import use_model_folders as resolve_all
+    from vroll.models.paths import use_model_folders as convert_all
 
-    issues = resolve_all(cfg)
+    issues = convert_all(cfg, roles)
     if issues:
         raise ConfigError(issues, source)
 
@@ -271,10 +271,15 @@ def cmd_generate(args) -> int:
     role = cfg.roles().get(args.role)
     if role is None:
         raise ConfigError([Issue(args.role, f"no such role in the file (roles: {', '.join(cfg.roles())})")], args.config)
-    use_model_folders(cfg, args.config)
+    use_model_folders(cfg, args.config, [args.role])
     check_before_start(cfg, args.config, "generate", args.role)
     check_memory(cfg, args.config, args.role, platform=platform)
     prompts = read_prompt_checked(args, cfg, role)  # all input problems before the engine starts
+    if cfg.global_template or cfg.tag_to_template or (cfg.actor_train and cfg.actor_train.data_args
+                                                       and cfg.actor_train.data_args.template):
+        log.warning("the file's templates (global_template, tag_to_template, data_args.template) format data_args "
+                    "rows (train, sft, evaluate), as in ROLL; `vroll generate` renders --input chat prompts with "
+                    "the model's own chat template")
     apply_system_envs(cfg)
     with launch(cfg, role) as strategy:
         started = time.perf_counter()

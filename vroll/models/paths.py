@@ -55,21 +55,20 @@ def why_not(name: str) -> list[str]:
     return [folder, hub, gguf]
 
 
-def use_model_folders(cfg) -> list[Issue]:
-    """Every role's model found before anything starts (all problems at once): a GGUF file is
-    converted now (once; cached) and each role that names it is pointed at the folder."""
+def use_model_folders(cfg, roles: list[str] | None = None) -> list[Issue]:
+    """Every GGUF model of the file's roles (or of `roles`) converted now, once (cached), and each role
+    that names it pointed at the folder; the problems of all of them at once. Other names are found
+    when their role loads."""
     issues, found = [], {}
     for path, role in cfg.roles().items():
         name = role.model_args.model_name_or_path
-        if getattr(role, "reward_type", "model") != "model" or not name:
-            continue  # rule-based rewards load no model
+        if (roles is not None and path not in roles) or not name or not is_gguf(name):
+            continue
         key = f"{path}.model_args.model_name_or_path"
         try:
             folder = found[name] if name in found else resolve_model_path(name, key)
         except UserError as e:
             issues.append(Issue(key, str(e).removeprefix(f"{key}: ")))
             continue
-        found[name] = folder
-        if is_gguf(name):
-            role.model_args.model_name_or_path = folder
+        found[name] = role.model_args.model_name_or_path = folder
     return issues
