@@ -148,7 +148,7 @@ def write_rows(path, rows):
 def test_rows_are_rendered_by_their_tag_and_plain_prompts_stay_as_written(tmp_path, tok):
     from vroll.config.schema import DataArgs
     from vroll.config.templates import choose_templates, unknown_tag_issues
-    from vroll.pipeline.dataset import load_prompts
+    from vroll.pipeline.dataset import load_prompts, plain_rows_warning
 
     rows = [{"messages": QUESTION, "tag": "math"}, {"messages": QUESTION, "tag": "chat"},
             {"prompt": "What is 1+2?", "tag": "math"}]
@@ -159,6 +159,9 @@ def test_rows_are_rendered_by_their_tag_and_plain_prompts_stay_as_written(tmp_pa
     assert [r.prompt_text for r in records] == [CALC_TEXT, NATIVE, "What is 1+2?"]
     assert [r.template for r in records] == ["calc", "native", None]
     assert records[0].prompt_ids == tok(CALC_TEXT, add_special_tokens=False)["input_ids"]
+    assert plain_rows_warning(records, "actor_train.data_args", choice) == (
+        "actor_train.data_args: 1 of 3 rows have a plain prompt, which templates do not change (as in ROLL); give "
+        "them `messages` to use the template")
     found = [str(i) for i in unknown_tag_issues(choice, {r.tag for r in records})]
     assert found == ["tag_to_template.mth: no row of the training or validation data has tag 'mth' (did you mean "
                      "'math'?); tags in the data: chat, math"]

@@ -129,7 +129,7 @@ def describe_first_prompt(records: list[PromptRecord], key: str, templates: Temp
     return f"{key}: the model sees row 1 ({rec.source}, {how}) as:\n{rec.prompt_text}"
 
 
-def plain_rows_issue(records: list[PromptRecord], key: str, templates: TemplateChoice | None) -> str | None:
+def plain_rows_warning(records: list[PromptRecord], key: str, templates: TemplateChoice | None) -> str | None:
     """A warning when a template is set and some rows are plain prompts, which no template touches (ROLL's rule)."""
     plain = sum(r.template is None for r in records)
     if not plain or templates is None or templates.source == "default" and not templates.by_tag:

@@ -20,13 +20,13 @@ from vroll.config.no_effect import no_effect_line
 from vroll.config.passes import critic_enabled, old_logprobs_needed, old_logprobs_recomputed
 from vroll.config.sampling import rollout_args
 from vroll.config.schema import PipelineConfig
+from vroll.config.templates import unknown_tag_issues
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
 from vroll.pipeline.async_rollout import RolloutsAhead
 from vroll.pipeline.checkpoint import (CRITIC_DIR, find_checkpoint, partial_saves_discarded, prune_checkpoints,
                                       save_checkpoint)
-from vroll.config.templates import unknown_tag_issues
-from vroll.pipeline.dataset import (PromptRecord, PromptSampler, describe_first_prompt, load_prompts, plain_rows_issue,
+from vroll.pipeline.dataset import (PromptRecord, PromptSampler, describe_first_prompt, load_prompts, plain_rows_warning,
                                     row_templates)
 from vroll.pipeline.evaluation import generate, score, validate
 from vroll.pipeline.health import skipped
@@ -66,7 +66,7 @@ def load_data(cfg: PipelineConfig, tokenizer, source: str | None):
     if issues:
         raise ConfigError(issues, source)
     for records, key in ((train, "actor_train.data_args"), (val, "validation.data_args")):
-        warning = plain_rows_issue(records, key, templates) if records else None
+        warning = plain_rows_warning(records, key, templates) if records else None
         if warning:
             log.warning(warning)
     log.info(describe_first_prompt(train, "actor_train.data_args", templates))
