@@ -4,6 +4,10 @@ engine in another process (a Ray actor on core 1, this process on core 0) throug
 transfer protocol with vroll's shared-memory transport (`vroll_shm`) and through Ray's object store.
 
     .venv/bin/python bench/bench_weights.py [--layers 8 --hidden 1024] [--no-ray]
+    .venv/bin/python bench/bench_weights.py --model PATH [--no-ray]    # any Hugging Face folder (or .gguf)
+
+Tied weights (a tied lm_head shares the embedding's storage) are counted and sent once, as the trainer
+sends them (`Fsdp2TrainStrategy.named_weights` leaves a tied lm_head out).
 
 Prints Markdown tables (ratios are what to compare; absolute times vary between machines).
 """
@@ -26,8 +30,28 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def unique_storages(state: dict) -> tuple[dict, list[str]]:
+    """The state dict with each storage once (the first name keeps it), and the names left out: tied
+    weights share one storage, are one parameter, and the trainer sends them once."""
+    seen, kept, aliases = set(), {}, []
+    for name, tensor in state.items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:
+            aliases.append(name)
+        else:
+            seen.add(key)
+            kept[name] = tensor
+    return kept, aliases
+
+
+def state_bytes(state: dict) -> int:
+    return sum(t.numel() * t.element_size() for t in state.values())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", help="a Hugging Face folder (or a .gguf file, converted once) instead of the "
+                                    "synthetic model of --layers x --hidden")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--rounds", type=int, default=3)
@@ -42,14 +66,23 @@ def main() -> None:
     from vroll.models.tiny import TinySpec, build_tiny_model
     from vroll.strategy.vllm_strategy import VllmStrategy
 
-    spec = TinySpec(hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4, num_hidden_layers=args.layers,
-                    num_attention_heads=args.hidden // 64, num_key_value_heads=max(args.hidden // 256, 1))
-    model_dir = build_tiny_model(os.path.join(tempfile.gettempdir(), f"vroll-bench-{args.hidden}x{args.layers}"), spec)
+    if args.model:
+        from vroll.models.paths import resolve_model_path
+
+        model_dir = resolve_model_path(args.model, "--model")
+        described = f"{args.model}"
+    else:
+        spec = TinySpec(hidden_size=args.hidden, intermediate_size=args.hidden * 11 // 4,
+                        num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
+                        num_key_value_heads=max(args.hidden // 256, 1))
+        model_dir = build_tiny_model(os.path.join(tempfile.gettempdir(), f"vroll-bench-{args.hidden}x{args.layers}"),
+                                     spec)
+        described = f"synthetic, hidden {args.hidden}, {args.layers} layers"
     role = vllm_role(model_dir, GeneratingArgs(max_new_tokens=8, temperature=0.0), kv_mib=args.kv_mib)
     engine = VllmStrategy(role, seed=0)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    state = dict(hf.state_dict())
-    nbytes = sum(t.numel() * t.element_size() for t in state.values())
+    state, aliases = unique_storages(hf.state_dict())
+    nbytes = state_bytes(state)
     targets = {k: torch.empty_like(v) for k, v in state.items()}
 
     def plain_copy():
@@ -71,9 +104,9 @@ def main() -> None:
     times = alternate(runs, args.rounds)
     base = statistics.median(times["plain tensor copy of the same bytes"])
     params = sum(t.numel() for t in state.values())
+    tied = f"; tied, counted once: {', '.join(aliases)}" if aliases else ""
     print(f"\nmodel: {params / 1e6:.0f} M parameters, {nbytes / 2**20:.0f} MiB fp32 "
-          f"(hidden {args.hidden}, {args.layers} layers); {args.rounds} alternating rounds; "
-          f"{os.cpu_count()} cores\n")
+          f"({described}{tied}); {args.rounds} alternating rounds; {os.cpu_count()} cores\n")
     print("| in-process path | median time | GiB/s | time / plain copy |")
     print("|---|---|---|---|")
     for name, ts in times.items():

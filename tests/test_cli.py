@@ -61,7 +61,7 @@ def test_generate_missing_model_is_a_clear_error(tmp_path):
     cfg = write_yaml(tmp_path / "c.yaml", engine_config(str(tmp_path / "no-model")))
     r = run("generate", cfg, "--input", prompts, "--output", tmp_path / "out.jsonl")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "is neither a local model folder nor a model in the Hugging Face cache" in r.stderr
+    assert "is not a model vroll can load; as a local folder: no such folder" in r.stderr
 
 
 def test_generate_writes_results_and_a_summary(tmp_path, tiny_model):

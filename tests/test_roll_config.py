@@ -143,8 +143,7 @@ def test_keys_with_no_effect_are_named_once_per_section(tmp_path):
     cfg = load_config(roll_file(tmp_path), platform="cuda", vroll_strategies=True)
     found = no_effect_keys(cfg)
     for key in ("hydra", "logging_dir", "checkpoint_config", "reward_norm",
-                "actor_train.use_dynamic_batching_in_train", "actor_train.data_args.template",
-                "rewards.math_rule.world_size"):
+                "actor_train.use_dynamic_batching_in_train", "rewards.math_rule.world_size"):
         assert key in found, key
     assert "actor_train.data_args.domain_interleave_probs" not in found  # read: config/domains.py
     assert "track_with" not in found and "tracker_kwargs" not in found  # read: config/trackers.py

@@ -1,4 +1,4 @@
-"""`vroll validate | generate | train | sft | evaluate | arithmetic-data | tiny-model`. User mistakes print a message and exit 2, never a traceback."""
+"""`vroll validate | generate | train | sft | evaluate | convert | arithmetic-data | tiny-model`. User mistakes print a message and exit 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         args.overrides = list(args.overrides) + extra
     setup_logging(args.verbose)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # vroll never downloads: Hub ids come from the local cache
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", required=True, help="a Hugging Face folder: pretrain, outputs/.../checkpoints/step_N")
     e.add_argument("--output", default=None, help="where the answers go (default: MODEL/evaluation)")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("convert", help="convert a GGUF file into a Hugging Face folder (what a .gguf model path "
+                                       "does at start, on demand)")
+    c.add_argument("gguf", help="the .gguf file")
+    c.add_argument("--out", default=None, help="the folder to write (default: vroll's cache, where a .gguf "
+                                               "model path finds it)")
+    c.set_defaults(func=cmd_convert)
 
     d = sub.add_parser("arithmetic-data", help="write the synthetic arithmetic task (train / eval / sft JSONL)")
     d.add_argument("--out", required=True)
@@ -186,6 +194,17 @@ def check_before_start(cfg, source: str, job: str | None, role: str = "actor_inf
         raise ConfigError(issues, source)
 
 
+def use_model_folders(cfg, source: str, roles: list[str] | None = None) -> None:
+    """A GGUF model converted (once) and the roles naming it pointed at its folder, before anything
+    starts (`roles`: only these)."""
+    from vroll.config import ConfigError
+    from vroll.models.paths import use_model_folders as convert_all
+
+    issues = convert_all(cfg, roles)
+    if issues:
+        raise ConfigError(issues, source)
+
+
 def check_train_data(cfg, source: str) -> None:
     """`vroll train`'s reading of its data (every row encoded with the model's tokenizer), when the
     model is a local folder: validate then finds what train would find before it starts."""
@@ -193,11 +212,14 @@ def check_train_data(cfg, source: str) -> None:
 
     from transformers import AutoTokenizer
 
+    from vroll.models.gguf import converted_folder, is_converted, is_gguf
     from vroll.pipeline.rlvr import load_data
 
     args = cfg.actor_train.model_args
     model = Path(args.model_name_or_path or "").expanduser()
-    if model.is_dir():
+    if is_gguf(model.name) and model.is_file():  # its conversion, once made
+        model = converted_folder(model)
+    if model.is_dir() and (not is_gguf(args.model_name_or_path or "") or is_converted(model)):
         load_data(cfg, AutoTokenizer.from_pretrained(model, trust_remote_code=args.trust_remote_code), source)
 
 
@@ -249,9 +271,15 @@ def cmd_generate(args) -> int:
     role = cfg.roles().get(args.role)
     if role is None:
         raise ConfigError([Issue(args.role, f"no such role in the file (roles: {', '.join(cfg.roles())})")], args.config)
+    use_model_folders(cfg, args.config, [args.role])
     check_before_start(cfg, args.config, "generate", args.role)
     check_memory(cfg, args.config, args.role, platform=platform)
     prompts = read_prompt_checked(args, cfg, role)  # all input problems before the engine starts
+    if cfg.global_template or cfg.tag_to_template or (cfg.actor_train and cfg.actor_train.data_args
+                                                       and cfg.actor_train.data_args.template):
+        log.warning("the file's templates (global_template, tag_to_template, data_args.template) format data_args "
+                    "rows (train, sft, evaluate), as in ROLL; `vroll generate` renders --input chat prompts with "
+                    "the model's own chat template")
     apply_system_envs(cfg)
     with launch(cfg, role) as strategy:
         started = time.perf_counter()
@@ -301,6 +329,7 @@ def load_job_config(args, job: str):
 
     platform = current_platform_name()
     cfg = checked_config(args, platform, job).cfg
+    use_model_folders(cfg, args.config)
     check_before_start(cfg, args.config, job)
     apply_system_envs(cfg)
     if job == "train":
@@ -345,6 +374,7 @@ def cmd_evaluate(args) -> int:
     issues = check_eval_config(cfg)
     if issues:
         raise ConfigError(issues, args.config)
+    use_model_folders(cfg, args.config)
     check_before_start(cfg, args.config, "evaluate")
     apply_system_envs(cfg)
     model = resolve_model_path(args.model, "--model")
@@ -359,6 +389,24 @@ def cmd_evaluate(args) -> int:
 def print_run_summary(summary: dict) -> None:
     for k, v in summary.items():
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+
+
+def cmd_convert(args) -> int:
+    from pathlib import Path
+
+    from vroll.models.gguf import GgufError, convert_gguf, converted_folder, gguf_folder, is_converted, is_gguf
+
+    if not is_gguf(args.gguf):
+        raise GgufError(f"{args.gguf!r}: `vroll convert` takes a .gguf file")
+    if args.out is None:
+        folder = gguf_folder(args.gguf, "convert")
+    elif is_converted(Path(args.out)):
+        folder = Path(args.out)
+        log.info("convert: %s holds a conversion already", folder)
+    else:
+        folder = convert_gguf(args.gguf, args.out, "convert")
+    print(folder)
+    return 0
 
 
 def cmd_arithmetic_data(args) -> int:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
@@ -96,6 +97,9 @@ def resolve_yaml(path: str | Path, overrides: list[str]) -> dict[str, Any]:
         conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(overrides))
     except OmegaConfBaseException as e:
         raise ConfigError([Issue("", f"cannot apply overrides {overrides}: {e}")], source) from None
+    except yaml.YAMLError as e:  # a value read as YAML: `key={content} ...` opens a mapping
+        raise ConfigError([Issue("", f"an override's value is not valid YAML ({str(e).splitlines()[0]}): quote "
+                                     "it, e.g. 'key=\"{content} ...\"'")], source) from None
     try:
         return OmegaConf.to_container(conf, resolve=True)
     except OmegaConfBaseException:

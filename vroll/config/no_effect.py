@@ -58,8 +58,6 @@ TOP = {
     "reward": "ROLL's RLVR pipeline builds its reward workers from `rewards`",
     "reward_model": "the model server of ROLL's LLM-judge worker, which vroll does not have yet",
     "teacher": NO_OPD, "student_train": NO_OPD, "student_infer": NO_OPD, "pure_opd_pipeline_type": NO_OPD,
-    "global_template": "vroll formats prompts with the model's own chat template (tokenizer_config.json)",
-    "tag_to_template": "vroll formats prompts with the model's own chat template (tokenizer_config.json)",
     "hydra": "Hydra's own settings (run directory); vroll does not run through Hydra",
     # set by ROLL's example files although ROLL's classes have no such field
     "reward_norm": NOT_A_FIELD, "reward_shift": NOT_A_FIELD, "reward_scale": NOT_A_FIELD,
@@ -122,7 +120,6 @@ GENERATING_ARGS = {
     "max_length": "vLLM stops at max_new_tokens (or max_model_len); a total-length cap is not passed",
 }
 DATA_ARGS = {
-    "template": "vroll formats prompts with the model's own chat template (tokenizer_config.json)",
     "preprocessing_num_workers": "vroll reads the prompts in its own process",
     "eval_file_name": "held-out prompts are validation.data_args.file_name",
     "dataset_type": "vroll reads JSON lines, whatever the name says",

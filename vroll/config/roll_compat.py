@@ -31,6 +31,13 @@ DIFFERENT = {
                           "output_dir/tensorboard) and SummaryWriter's comment, purge_step, max_queue, flush_secs, "
                           "filename_suffix; wandb: project, name, tags, notes, group, log_dir (wandb's dir, default "
                           "output_dir), mode offline or disabled, api_key accepted and unused; other keys are errors",
+        "global_template": "ROLL's meaning (the template of every row whose tag has none in tag_to_template; over "
+                           "actor_train.data_args.template): ROLL's names native, qwen2_5, qwen3, chatml, empty, "
+                           "longcot_V3, or an entry of vroll's prompt_templates (a system prompt and an instruction "
+                           "with {content}); ROLL's base and longCOT_qwen2.5 (ROLL's own instruction text) are refused "
+                           "with the prompt_templates route; rows with a plain `prompt` are sent as written, as in ROLL",
+        "tag_to_template": "ROLL's meaning (tag -> template, for training and validation rows), names as "
+                           "global_template; a tag no row has is refused",
         "system_envs": "set in vroll's process before any role starts, so in-process roles and the Ray actors "
                        "the run starts inherit them; workers of a joined cluster (ray_address) do not",
     },
@@ -67,6 +74,11 @@ DIFFERENT = {
         "judge_prompt": "ROLL's prompt name (its one prompt, in vroll's wording: same placeholders and YES / NO "
                         "contract) or vroll's own template with {question}, {response}, {reference}",
         "judge_api_key": "optional (a local `vllm serve` needs none), else the environment's OPENAI_API_KEY",
+    },
+    "data_args": {
+        "template": "actor_train's: the template of every row unless global_template is set (ROLL's rule; names as "
+                    "global_template); validation's must render as that one (vroll refuses a different one, which "
+                    "ROLL ignores); other roles' are not read (as in ROLL), each noted",
     },
     "generating_args": {
         "do_sample": "false means greedy: vroll sets temperature 0 (vLLM has no do_sample)",
@@ -153,6 +165,7 @@ def adopt_roll_keys(raw: dict[str, Any]) -> tuple[dict[str, str], list[Issue]]:
     _generating(raw, notes)
     _rewards(raw, notes, issues)
     _fsdp2_infer(raw, notes)
+    _unread_templates(raw, notes)
     return notes, issues
 
 
@@ -357,3 +370,13 @@ def _fsdp2_infer(raw, notes) -> None:
             notes[f"{path}.strategy_args.strategy_name"] = (
                 "fsdp2_infer: runs as hf_infer (the whole model in vroll's process, no FSDP)" +
                 (f"; dropped its FSDP options {', '.join(dropped)}" if dropped else ""))
+
+
+def _unread_templates(raw, notes) -> None:
+    """Only actor_train's and validation's data_args.template are read (config/templates.py); the
+    other roles' copies, which ROLL does not read either, are removed with a note."""
+    for path, role in _roles(raw).items():
+        data = role.get("data_args")
+        if path != "actor_train" and isinstance(data, dict) and data.get("template") is not None:
+            notes[f"{path}.data_args.template"] = (f"{data.pop('template')!r} not read: rows are formatted with "
+                                                   "global_template / actor_train.data_args.template, as in ROLL")

@@ -20,6 +20,7 @@ from vroll.config.sampling import greedy_issues, job_sampling
 from vroll.config.strategies import STRATEGIES, not_available, role_need, vroll_strategy
 from vroll.config.suggest import closest
 from vroll.config.trackers import check_tracking, tracker_package_issues
+from vroll.config.templates import template_issues
 
 
 def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue]:
@@ -36,6 +37,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
                                      cfg.rollout_batch_size)
     issues += check_tracking(cfg)
     issues += check_system_envs("system_envs", cfg.system_envs)
+    issues += template_issues(cfg)
     return issues + [i for req in job_sampling(cfg) for i in greedy_issues(req)]
 
 

@@ -94,6 +94,15 @@ class DataArgs(Section):
     domain_interleave_probs: dict[str, Annotated[float, Field(allow_inf_nan=True)]] | None = None
 
 
+class PromptTemplate(Section):
+    """vroll's own named template (`prompt_templates.<name>`): a ROLL template plus a system prompt and
+    an instruction around each user message (config/templates.py)."""
+
+    template: str = "native"  # the ROLL template it renders with
+    system: str | None = None  # put first, unless the row has a system message of its own
+    user: str | None = None  # each user message becomes this, with {content} replaced by the message
+
+
 class RoleConfig(Section):
     """One role of the pipeline: the model it runs, how it samples, which backend, which devices."""
 
@@ -217,6 +226,10 @@ class PipelineConfig(Section):
     system_envs: dict[str, Any] = Field(default_factory=dict)  # set in vroll's process before roles start
     track_with: str | None = "tensorboard"  # besides metrics.jsonl (config/trackers.py), ROLL's default
     tracker_kwargs: dict[str, Any] = Field(default_factory=dict)
+    # prompt templates (config/templates.py): ROLL's names, and vroll's own entries they may name
+    global_template: str | None = None
+    tag_to_template: dict[str, str] = Field(default_factory=dict)
+    prompt_templates: dict[str, PromptTemplate] = Field(default_factory=dict)
 
     # RL loop sizes (used by `vroll train`)
     max_steps: int = Field(100, ge=1)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from vroll.config.errors import Issue
+from vroll.models.gguf import converted_folder, gguf_missing, is_converted, is_gguf
 
 JSON_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json", "generation_config.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -79,7 +80,15 @@ def model_folder_issues(cfg) -> list[Issue]:
         name = role.model_args.model_name_or_path
         if getattr(role, "reward_type", "model") != "model" or not name:
             continue  # rule-based rewards load no model
-        folder = Path(name).expanduser()
+        if is_gguf(name):
+            problem, folder = gguf_problem(name)
+            if problem:
+                issues.append(Issue(f"{path}.model_args.model_name_or_path", problem))
+                continue
+            if folder is None:  # converted when the job starts
+                continue
+        else:
+            folder = Path(name).expanduser()
         dummy = role.strategy_args is not None and role.strategy_args.strategy_config.get("load_format") == "dummy"
         if not folder.is_dir() or (folder, dummy) in seen:
             continue
@@ -89,6 +98,18 @@ def model_folder_issues(cfg) -> list[Issue]:
         if not problems and role.strategy_args is not None and role.strategy_args.strategy_name == "vllm":
             issues += context_issues(path, role, folder)
     return issues
+
+
+def gguf_problem(name: str) -> tuple[str | None, Path | None]:
+    """(what stops a GGUF file from being converted, or None; its converted folder when there is one)."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        return f"{name!r} was read as a GGUF file (it ends in .gguf), and there is no such file", None
+    folder = converted_folder(path)
+    if is_converted(folder):
+        return None, folder
+    missing = gguf_missing()
+    return (f"{name!r} is a GGUF file; {missing}" if missing else None), None
 
 
 def context_issues(path: str, role, folder: Path) -> list[Issue]:

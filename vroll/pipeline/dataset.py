@@ -16,6 +16,7 @@ from vroll.config.domains import KEY as DOMAINS_KEY
 from vroll.config.domains import domain_batch_sizes, interleaved, row_domain, tag_domains
 from vroll.config.errors import ConfigError, Issue
 from vroll.config.schema import DataArgs
+from vroll.config.templates import TemplateChoice, choose_templates
 from vroll.data.jsonl import text_lines
 from vroll.strategy.prompts import render_chat
 
@@ -32,6 +33,7 @@ class PromptRecord:
     response: str | None = None  # the assistant's answer, for supervised warm-up
     extra: dict[str, Any] = field(default_factory=dict)
     source: str = ""  # "file:line", for messages
+    template: str | None = None  # the template that rendered its messages (None: a plain prompt, as written)
 
 
 def data_files(data_args: DataArgs | None) -> list[Path]:
@@ -42,11 +44,12 @@ def data_files(data_args: DataArgs | None) -> list[Path]:
 
 
 def load_prompts(data_args: DataArgs, tokenizer, prompt_length: int, key: str,
-                 with_response: bool = False) -> list[PromptRecord]:
-    """Every record of the files, tokenized with the model's chat template.
+                 with_response: bool = False, templates: TemplateChoice | None = None) -> list[PromptRecord]:
+    """Every record of the files, tokenized after its template renders it (`templates`, by the row's
+    tag; default: the model's chat template).
 
     A line has chat `messages` (field named by `data_args.messages`) or a plain `prompt` (field named
-    by `data_args.prompt`), and optionally `ground_truth` and `tag`. With `with_response` the last
+    by `data_args.prompt`, sent as written), and optionally `ground_truth` and `tag`. With `with_response` the last
     message must be the assistant's answer, which becomes the supervised target. Prompts longer than
     `prompt_length` tokens are dropped with a warning, as peers do.
     """
@@ -61,7 +64,7 @@ def load_prompts(data_args: DataArgs, tokenizer, prompt_length: int, key: str,
                 row = json.loads(line)
                 if not isinstance(row, dict):
                     raise ValueError("a line must be a JSON object")
-                rec = _to_record(row, len(records), tokenizer, messages_key, prompt_key, with_response)
+                rec = _to_record(row, len(records), tokenizer, messages_key, prompt_key, with_response, templates)
                 rec.source = where
             except (ValueError, KeyError, TypeError) as e:
                 issues.append(Issue(f"{key}.file_name", f"{where}: {e}"))
@@ -83,8 +86,8 @@ def load_prompts(data_args: DataArgs, tokenizer, prompt_length: int, key: str,
 
 
 def _to_record(row: dict, index: int, tokenizer, messages_key: str, prompt_key: str,
-               with_response: bool) -> PromptRecord:
-    response = None
+               with_response: bool, templates: TemplateChoice | None) -> PromptRecord:
+    response, template = None, None
     if messages_key in row:
         messages = row[messages_key]
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
@@ -93,7 +96,8 @@ def _to_record(row: dict, index: int, tokenizer, messages_key: str, prompt_key: 
             if not messages or messages[-1]["role"] != "assistant":
                 raise ValueError(f"{messages_key!r}: the last message must be the assistant's answer")
             messages, response = messages[:-1], messages[-1]["content"]
-        text = render_chat(messages, tokenizer)
+        template = templates.for_tag(row.get("tag")) if templates is not None else None
+        text = render_chat(messages, tokenizer, template)
     elif prompt_key in row:
         text = str(row[prompt_key])
         if with_response:
@@ -106,7 +110,35 @@ def _to_record(row: dict, index: int, tokenizer, messages_key: str, prompt_key: 
     truth = row.get("ground_truth")
     return PromptRecord(index=index, prompt_ids=ids, prompt_text=text,
                         ground_truth=None if truth is None else str(truth), tag=row.get("tag"), response=response,
+                        template=None if template is None else template.name,
                         extra={k: v for k, v in row.items() if k not in (messages_key, prompt_key, "ground_truth", "tag")})
+
+
+def row_templates(cfg, source: str | None = None) -> TemplateChoice:
+    """The file's template choice (config/templates.py); its problems raised at once."""
+    choice, issues = choose_templates(cfg)
+    if issues:
+        raise ConfigError(issues, source)
+    return choice
+
+
+def describe_first_prompt(records: list[PromptRecord], key: str, templates: TemplateChoice | None) -> str:
+    """What the model sees for the first row, and which template (and key) made it: logged at start."""
+    rec = records[0]
+    if rec.template is None:
+        how = "a plain prompt, sent as written"
+    else:
+        how = f"template {rec.template!r}" + (f" from {templates.key_for(rec.tag)}" if templates is not None else "")
+    return f"{key}: the model sees row 1 ({rec.source}, {how}) as:\n{rec.prompt_text}"
+
+
+def plain_rows_warning(records: list[PromptRecord], key: str, templates: TemplateChoice | None) -> str | None:
+    """A warning when a template is set and some rows are plain prompts, which no template touches (ROLL's rule)."""
+    plain = sum(r.template is None for r in records)
+    if not plain or templates is None or templates.source == "default" and not templates.by_tag:
+        return None
+    return (f"{key}: {plain} of {len(records)} rows have a plain prompt, which templates do not change (as in ROLL); "
+            "give them `messages` to use the template")
 
 
 class PromptSampler:

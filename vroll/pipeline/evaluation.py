@@ -5,16 +5,19 @@ write every answer to `validation/step_N.jsonl`. Used during `vroll train`, afte
 from __future__ import annotations
 
 import json
+import logging
 from contextlib import ExitStack
 from pathlib import Path
 
 from vroll.config.errors import ConfigError
 from vroll.config.schema import PipelineConfig
-from vroll.pipeline.dataset import PromptRecord, load_prompts
+from vroll.pipeline.dataset import PromptRecord, describe_first_prompt, load_prompts, row_templates
 from vroll.rewards.workers import RewardItem, RewardRouter, missing_fields, unrouted_tags
 from vroll.roles.interfaces import GenerationEngine
 from vroll.roles.launcher import launch, launch_reward_models
 from vroll.strategy.results import PromptResult
+
+log = logging.getLogger(__name__)
 
 VALIDATION_CALL = 1_000_000  # seeds of validation generations never collide with a rollout's
 
@@ -56,7 +59,10 @@ def evaluate_model(cfg: PipelineConfig, model_dir: str, tokenizer, out_dir: Path
                    source: str | None = None) -> dict:
     """Held-out accuracy of a saved model with actor_infer's engine and the reward workers; the
     answers go to out_dir/validation/step_N.jsonl (N: `step`, default max_steps)."""
-    records = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args")
+    templates = row_templates(cfg, source)
+    records = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args",
+                           templates=templates)
+    log.info(describe_first_prompt(records, "validation.data_args", templates))
     issues = unrouted_tags(cfg.rewards, {r.tag for r in records}) + missing_fields(cfg.rewards, records,
                                                                                    "validation.data_args")
     if issues:

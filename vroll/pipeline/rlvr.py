@@ -20,14 +20,15 @@ from vroll.config.no_effect import no_effect_line
 from vroll.config.passes import critic_enabled, old_logprobs_needed, old_logprobs_recomputed
 from vroll.config.sampling import rollout_args
 from vroll.config.schema import PipelineConfig
+from vroll.config.templates import unknown_tag_issues
 from vroll.models.padding import prompt_width
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
 from vroll.pipeline.async_rollout import RolloutsAhead
 from vroll.pipeline.checkpoint import (CRITIC_DIR, find_checkpoint, partial_saves_discarded, prune_checkpoints,
                                       save_checkpoint)
-from vroll.pipeline.dataset import (DomainSampler, PromptRecord, PromptSampler, domain_issues, load_prompts,
-                                    prompt_sampler)
+from vroll.pipeline.dataset import (DomainSampler, PromptRecord, PromptSampler, describe_first_prompt, domain_issues,
+                                    load_prompts, plain_rows_warning, prompt_sampler, row_templates)
 from vroll.pipeline.evaluation import generate, score, validate
 from vroll.pipeline.health import skipped
 from vroll.pipeline.output_dir import own_output_dir
@@ -44,12 +45,17 @@ EXTRA_CALL = 2_000_000  # seeds of dynamic sampling's extra generations never co
 
 # -- set-up ---------------------------------------------------------------------------------------
 def load_data(cfg: PipelineConfig, tokenizer, source: str | None):
-    """Training and validation prompts, read and checked before anything starts."""
-    train = load_prompts(cfg.actor_train.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args")
+    """Training and validation prompts, read, rendered by their templates and checked before anything
+    starts; the first training row is logged as the model sees it."""
+    templates = row_templates(cfg, source)
+    train = load_prompts(cfg.actor_train.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args",
+                         templates=templates)
     val = []
     if cfg.validation is not None and cfg.validation.data_args is not None:
-        val = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args")
+        val = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args",
+                           templates=templates)
     issues = unrouted_tags(cfg.rewards, {r.tag for r in train + val})
+    issues += unknown_tag_issues(templates, {r.tag for r in train + val})
     if cfg.difficulty_loss_weight:
         issues += missing_difficulty(train)
     issues += missing_fields(cfg.rewards, train, "actor_train.data_args")
@@ -62,6 +68,11 @@ def load_data(cfg: PipelineConfig, tokenizer, source: str | None):
                                                   f"prompts; set at most {len(train)}, or add prompts"))
     if issues:
         raise ConfigError(issues, source)
+    for records, key in ((train, "actor_train.data_args"), (val, "validation.data_args")):
+        warning = plain_rows_warning(records, key, templates) if records else None
+        if warning:
+            log.warning(warning)
+    log.info(describe_first_prompt(train, "actor_train.data_args", templates))
     return train, val
 
 

@@ -13,7 +13,7 @@ from vroll.config.schema import PipelineConfig
 from vroll.models.padding import left_pad
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline.checkpoint import partial_saves_discarded, written_aside
-from vroll.pipeline.dataset import PromptRecord, PromptSampler, load_prompts
+from vroll.pipeline.dataset import PromptRecord, PromptSampler, describe_first_prompt, load_prompts, row_templates
 from vroll.pipeline.evaluation import evaluate_model
 from vroll.pipeline.health import skipped
 from vroll.pipeline.output_dir import own_output_dir
@@ -53,6 +53,10 @@ def _run_sft(cfg: PipelineConfig, out_dir: Path, progress: bool | None) -> dict:
     if role.data_args.domain_interleave_probs:
         log.warning("actor_train.data_args.domain_interleave_probs: has no effect in `vroll sft` (one shuffled "
                     "order over all rows); `vroll train` reads it")
+    templates = row_templates(cfg)
+    records = load_prompts(role.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args", with_response=True,
+                           templates=templates)
+    log.info(describe_first_prompt(records, "actor_train.data_args", templates))
     sampler = PromptSampler(records, cfg.seed)
     metrics_log = MetricsLog(out_dir, tracker=open_tracker(cfg, out_dir))
     with launch(cfg, role, total_steps=cfg.max_steps) as trainer:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from jinja2 import TemplateError
 
 from vroll.config.errors import UserError
+from vroll.config.templates import Template, fill_user
 
 STANDARD_ROLES = ("system", "user", "assistant")
 # A template names a role where it compares one: `message['role'] == 'tool'`, `role in ['tool', 'ipython']`.
@@ -67,23 +68,50 @@ def template_roles(tokenizer) -> set[str]:
     return set(STANDARD_ROLES) | named
 
 
-def render_chat(messages: list[dict], tokenizer) -> str:
-    """The chat as the model's template renders it; refuses a role the template does not know, and a
-    message it would drop without a word."""
+def render_chat(messages: list[dict], tokenizer, template: Template | None = None) -> str:
+    """The chat as the row's template renders it (default: the model's own chat template); refuses a role
+    the template does not know, and a message it would drop without a word."""
+    template = template or Template("native", "model")
+    messages = apply_template_text(messages, template)
+    if template.render in ("chatml", "chatml_single"):
+        return render_chatml(messages, single=template.render == "chatml_single")
     known = template_roles(tokenizer)
     for i, m in enumerate(messages, 1):
         if m["role"] not in known:
             raise PromptError(f"message {i} has role {m['role']!r}, which the model's chat template does not "
                               f"know; use one of {', '.join(sorted(known))}")
+    extra = {"enable_thinking": True} if template.render == "model_thinking" else {}
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False, **extra)
     except (TemplateError, ValueError) as e:
         raise PromptError(f"the model's chat template refuses these messages: {e}") from None
     for i, m in enumerate(messages, 1):  # an assistant turn may be rewritten (reasoning removed): not checked
         if m["role"] != "assistant" and str(m.get("content", "")).strip() not in text:
             raise PromptError(f"message {i} (role {m['role']!r}) is dropped by the model's chat template; "
                               f"use one of the roles it renders")
-    return text
+    return text + "<think>\n" if template.render == "model_think" else text
+
+
+def apply_template_text(messages: list[dict], template: Template) -> list[dict]:
+    """The template's system prompt first (unless the row has its own, as ROLL's default system), and
+    each user message put into its instruction."""
+    out = [dict(m) for m in messages]
+    if template.user is not None:
+        for m in out:
+            if m["role"] == "user":
+                m["content"] = fill_user(template.user, str(m["content"]))
+    if template.system is not None and (not out or out[0]["role"] != "system"):
+        out.insert(0, {"role": "system", "content": template.system})
+    return out
+
+
+def render_chatml(messages: list[dict], single: bool) -> str:
+    """ChatML written out (ROLL's chatml), or only one user message (ROLL's empty)."""
+    if single and (len(messages) != 1 or messages[0]["role"] != "user"):
+        raise PromptError(f"the template 'empty' takes exactly one user message, got roles "
+                          f"{[m['role'] for m in messages]}")
+    turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return turns + "<|im_start|>assistant\n"
 
 
 def fit_prompts(prompts: list[Prompt], max_new_tokens: int, max_model_len: int, policy: str) -> list[Prompt]:
