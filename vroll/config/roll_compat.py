@@ -107,8 +107,6 @@ UNSUPPORTED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "": {
         "use_opd": (_falsy, "on-policy distillation is not in vroll"),
         "is_pure_opd": (_falsy, "on-policy distillation is not in vroll"),
-        "rl_loss_coef": (lambda v: v == 1, "vroll's loss has no such factor (ROLL multiplies the policy and KL loss "
-                                           "by it); only 1.0, ROLL's default, is accepted"),
         "dataset_filter": (lambda v: not isinstance(v, dict) or all(x is None for x in v.values()),
                            "vroll does not filter the dataset by difficulty"),
         "user_defined_rollout_loop_cls": (
