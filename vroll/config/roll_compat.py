@@ -57,14 +57,16 @@ DIFFERENT = {
                       "(ROLL's math-verify check, 1 or 0), CodeSandboxRewardWorker its code_sandbox (ROLL's "
                       "use_local path, in vroll's sandbox), CrossThinkQARuleRewardWorker its crossthinkqa, "
                       "MultipleChoiceBoxedRuleRewardWorker and GeneralValRuleRewardWorker its choice_boxed and "
-                      "choice_val (reward 0, accuracy only, as ROLL's), "
+                      "choice_val (reward 0, accuracy only, as ROLL's), GeneralRuleRewardWorker its ifeval (ROLL's "
+                      "IFEval checks named by the row's ground_truth func_name, 1 or 0, plus ROLL's repetition "
+                      "penalty), "
                       "LLMJudgeRewardWorker its llm_judge (judge_model_type api or inference; cluster is "
                       "refused by name); a vroll reward_type set beside it wins where it is one of its alternatives "
                       "(math_rule for the math worker); workers vroll does not have yet are refused by name",
         "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
                        "reads it: loose / soft / strict, vroll's grading there; the others never read it, so it is "
                        "dropped); without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
-                       "llm_judge, crossthinkqa, choice_boxed, choice_val, format, model)",
+                       "llm_judge, crossthinkqa, choice_boxed, choice_val, ifeval, format, model)",
         "judge_model_type": "api (an OpenAI-compatible endpoint) or inference: the judge model (model_args) on "
                             "vroll's vllm strategy, in engine processes of its own on its device_mapping (asleep at "
                             "level 1 between scorings where its devices are another role's, as ROLL's judge), each "
@@ -138,7 +140,7 @@ REWARD_WORKERS = {
     "MathRuleRewardWorker": "math_verify",
     "CodeSandboxRewardWorker": "code_sandbox",
     "LLMJudgeRewardWorker": "llm_judge",
-    "GeneralRuleRewardWorker": None,
+    "GeneralRuleRewardWorker": "ifeval",
     "CrossThinkQARuleRewardWorker": "crossthinkqa",
     "MultipleChoiceBoxedRuleRewardWorker": "choice_boxed",
     "GeneralValRuleRewardWorker": "choice_val",
@@ -146,7 +148,7 @@ REWARD_WORKERS = {
     "RemoteRewardSystemWorker": None,
 }
 VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa", "choice_boxed",
-                      "choice_val", "format", "model")
+                      "choice_val", "ifeval", "format", "model")
 # ROLL's judge prompt names (roll/utils/prompt.py); vroll's wording of each is in rewards/llm_judge.py
 ROLL_JUDGE_PROMPTS = ("Qwen2.5-7B-Instruct-RLVR-prompt",)
 # a vroll reward_type that may stand in for a ROLL worker when set beside its worker_cls

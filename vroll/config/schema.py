@@ -150,7 +150,7 @@ class RewardConfig(RoleConfig):
     """A reward worker. `tag_included` routes each prompt to the workers matching its tag."""
 
     reward_type: Literal["math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa",
-                         "choice_boxed", "choice_val", "format", "model"] = "math_rule"
+                         "choice_boxed", "choice_val", "ifeval", "format", "model"] = "math_rule"
     # math_rule: where the final answer is looked for, in this order
     extractors: list[Literal["boxed", "answer_tag", "last_number"]] = Field(
         default_factory=lambda: ["boxed", "answer_tag", "last_number"])
