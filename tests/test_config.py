@@ -176,6 +176,23 @@ def test_prompts_keep_room_for_the_whole_budget_unless_it_reaches_max_model_len(
         fit_prompts([Prompt(0, list(range(33)))], 32, 64, "error")  # the whole budget is kept below it
 
 
+def test_an_engine_argument_the_installed_vllm_renamed_is_read_under_its_new_name(tmp_path):
+    # vLLM 0.11 replaced cuda_graph_sizes (ROLL's 140GB Qwen3-235B file sets it) by cudagraph_capture_sizes
+    # (a list of sizes) and max_cudagraph_capture_size (one size: the largest, the rest filled in)
+    from vroll.config.engine_args import engine_arg_types
+    if "cuda_graph_sizes" in engine_arg_types():
+        pytest.skip("this vLLM still has cuda_graph_sizes")
+    key = "actor_infer.strategy_args.strategy_config"
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", base(cuda_graph_sizes=[1, 2, 4, 8])))
+    sc = cfg.actor_infer.strategy_args.strategy_config
+    assert sc["cudagraph_capture_sizes"] == [1, 2, 4, 8] and "cuda_graph_sizes" not in sc
+    assert "calls it cudagraph_capture_sizes (same meaning)" in cfg._differences[f"{key}.cuda_graph_sizes"]
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", base(cuda_graph_sizes=[64])))
+    assert cfg.actor_infer.strategy_args.strategy_config["max_cudagraph_capture_size"] == 64
+    assert problems(tmp_path, base(cuda_graph_sizes=[1, 2], cudagraph_capture_sizes=[4])) == [
+        f"{key}.cuda_graph_sizes: is the installed vLLM's cudagraph_capture_sizes, which is set too: keep one"]
+
+
 def test_strategy_names_are_checked_per_role(tmp_path):
     data = base()
     data["actor_infer"]["strategy_args"]["strategy_name"] = "vlm"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from vroll.config.engine_args import adopt_renamed_args
 from vroll.config.errors import Issue
 from vroll.config.no_effect import ROLES
 
@@ -161,6 +162,7 @@ def adopt_roll_keys(raw: dict[str, Any]) -> tuple[dict[str, str], list[Issue]]:
     issues = _refusals(raw)
     _lengths(raw, notes, issues)
     _engine_defaults(raw, notes)
+    _renamed_engine_args(raw, notes, issues)
     _trainer_keys(raw, notes, issues)
     _generating(raw, notes)
     _rewards(raw, notes, issues)
@@ -234,6 +236,17 @@ def _engine_defaults(raw, notes) -> None:
                     config[option] = value * scale
                     targets.append(f"{path}.strategy_args.strategy_config.{option}")
         notes[key] = f"sets {', '.join(targets)} = {value * scale}" if targets else "no vllm role to apply it to"
+
+
+def _renamed_engine_args(raw, notes, issues) -> None:
+    """Each vllm role's engine arguments an older vLLM named otherwise, under the installed vLLM's names."""
+    for path, role in _roles(raw).items():
+        strategy = role.get("strategy_args")
+        if isinstance(strategy, dict) and strategy.get("strategy_name") == "vllm" \
+                and isinstance(strategy.get("strategy_config"), dict):
+            found, refused = adopt_renamed_args(strategy["strategy_config"], f"{path}.strategy_args.strategy_config")
+            notes.update(found)
+            issues += refused
 
 
 def _trainer_keys(raw, notes, issues) -> None:
