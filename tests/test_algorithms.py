@@ -161,6 +161,40 @@ def test_loss_aggregation_modes():
     assert float(parts) == pytest.approx(float(whole))
 
 
+def test_rl_loss_coef_scales_the_policy_and_kl_terms_not_the_entropy():
+    # ROLL's actor: (pg + kl_coef kl) x rl_loss_coef - entropy_coef entropy
+    pg, kl, ent = torch.tensor(2.0), torch.tensor(4.0), torch.tensor(10.0)
+    assert float(alg.actor_loss(pg, kl, ent, 0.5, 0.25, 0.1)) == pytest.approx((2 + 0.5 * 4) * 0.25 - 0.1 * 10)
+    assert float(alg.actor_loss(pg, None, None, 0.5, 0.25, 0.1)) == pytest.approx(0.5)
+    assert float(alg.actor_loss(pg, kl, ent, 0.5, 0.0, 0.1)) == pytest.approx(-1.0)  # TOPR example: entropy only
+
+
+def test_policy_loss_applies_rl_loss_coef():
+    from vroll.pipeline.rlvr import policy_loss
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    micro = {"mask": mask, "response_mask": mask, "rollout_logp": torch.full((2, 3), -1.0),
+             "advantages": torch.tensor([[1.0, 1.0, 0.0], [-2.0, 0.0, 0.0]]), "scores": torch.tensor([1.0, 0.0]),
+             "ref_logp": torch.full((2, 3), -1.5)}
+    logp, entropy = torch.full((2, 3), -1.0), torch.full((2, 3), 0.7)
+    sizes = alg.StepSizes.of(mask)
+
+    def total(**over):
+        cfg = options(use_kl_loss=True, kl_loss_coef=0.1, entropy_loss_coef=0.01, **over)
+        return float(policy_loss(cfg, sizes)(micro, logp, entropy)[0])
+
+    pg = -(1.0 + -2.0) / 2  # ratio 1, seq-mean-token-mean of -A
+    kl = math.exp(-0.5) + 0.5 - 1  # k3 = e^-d + d - 1, d = log pi - log ref = 0.5 on every token
+    assert total() == pytest.approx(pg + 0.1 * kl - 0.01 * 0.7, abs=1e-6)
+    assert total(rl_loss_coef=0.5) == pytest.approx((pg + 0.1 * kl) * 0.5 - 0.01 * 0.7, abs=1e-6)
+
+
+def test_rl_loss_coef_zero_without_entropy_warns():
+    from vroll.config.numbers import range_warnings
+    assert any(w.startswith("rl_loss_coef: 0") for w in range_warnings(options(rl_loss_coef=0.0)))
+    assert not any(w.startswith("rl_loss_coef") for w in range_warnings(options(rl_loss_coef=0.0,
+                                                                                entropy_loss_coef=0.01)))
+
+
 def test_default_loss_aggregation_is_rolls():
     assert options().loss_agg_mode == "seq-mean-token-mean"
 

@@ -2,6 +2,7 @@
 
 import copy
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -145,11 +146,51 @@ def test_keys_vroll_sets_itself_are_refused_in_strategy_config(tmp_path):
     assert len(found) == 2
 
 
-def test_max_new_tokens_must_leave_room_in_max_model_len(tmp_path):
+def test_max_new_tokens_reaching_max_model_len_warns_that_vllm_cuts_responses(tmp_path, caplog):
+    # vLLM 0.32 ends a response when prompt + response reach max_model_len (check_stop: length capped),
+    # it does not refuse the request: ROLL's files with max_new_tokens 8192 and max_model_len 8000 run so
     data = base(max_model_len=64)
+    data["prompt_length"] = 16
     data["actor_infer"]["generating_args"]["max_new_tokens"] = 64
-    assert problems(tmp_path, data) == ["actor_infer.generating_args.max_new_tokens: 64 leaves no room for a prompt "
-                                        "within strategy_config.max_model_len=64"]
+    with caplog.at_level(logging.WARNING):  # valid: no error
+        load_config(write_yaml(tmp_path / "c.yaml", data))
+    assert "actor_infer.generating_args.max_new_tokens: 64 reaches actor_infer.strategy_args.strategy_config." \
+           "max_model_len 64: vLLM ends each response when prompt + response reach 64 tokens (finish reason " \
+           "length), so a response gets at most 64 minus its prompt's tokens (48 after a prompt of prompt_length " \
+           "16), never 64" in caplog.text
+    caplog.clear()
+    data["actor_infer"]["generating_args"]["max_new_tokens"] = 63
+    with caplog.at_level(logging.WARNING):
+        load_config(write_yaml(tmp_path / "c.yaml", data))
+    assert "max_new_tokens" not in caplog.text
+
+
+def test_prompts_keep_room_for_the_whole_budget_unless_it_reaches_max_model_len():
+    from vroll.strategy.prompts import Prompt, PromptError, fit_prompts, reserved_tokens
+    assert reserved_tokens(32, 64) == 32 and reserved_tokens(64, 64) == 1 and reserved_tokens(8192, 8000) == 1
+    fit = fit_prompts([Prompt(0, list(range(63)))], 64, 64, "error")  # vLLM cuts its response at 64 tokens
+    assert fit[0].status == "ok"
+    with pytest.raises(PromptError):
+        fit_prompts([Prompt(0, list(range(64)))], 64, 64, "error")  # vLLM refuses a prompt of max_model_len
+    with pytest.raises(PromptError):
+        fit_prompts([Prompt(0, list(range(33)))], 32, 64, "error")  # the whole budget is kept below it
+
+
+def test_an_engine_argument_the_installed_vllm_renamed_is_read_under_its_new_name(tmp_path):
+    # vLLM 0.11 replaced cuda_graph_sizes (ROLL's 140GB Qwen3-235B file sets it) by cudagraph_capture_sizes
+    # (a list of sizes) and max_cudagraph_capture_size (one size: the largest, the rest filled in)
+    from vroll.config.engine_args import engine_arg_types
+    if "cuda_graph_sizes" in engine_arg_types():
+        pytest.skip("this vLLM still has cuda_graph_sizes")
+    key = "actor_infer.strategy_args.strategy_config"
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", base(cuda_graph_sizes=[1, 2, 4, 8])))
+    sc = cfg.actor_infer.strategy_args.strategy_config
+    assert sc["cudagraph_capture_sizes"] == [1, 2, 4, 8] and "cuda_graph_sizes" not in sc
+    assert "calls it cudagraph_capture_sizes (same meaning)" in cfg._differences[f"{key}.cuda_graph_sizes"]
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", base(cuda_graph_sizes=[64])))
+    assert cfg.actor_infer.strategy_args.strategy_config["max_cudagraph_capture_size"] == 64
+    assert problems(tmp_path, base(cuda_graph_sizes=[1, 2], cudagraph_capture_sizes=[4])) == [
+        f"{key}.cuda_graph_sizes: is the installed vLLM's cudagraph_capture_sizes, which is set too: keep one"]
 
 
 def test_strategy_names_are_checked_per_role(tmp_path):

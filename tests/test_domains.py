@@ -181,7 +181,7 @@ def test_shares_not_summing_to_one_warn_and_the_last_domain_takes_the_rest(tmp_p
 def test_removing_a_reward_worker_removes_its_domain(tmp_path, caplog):
     data = train_file({"math_rule": 0.5, "code_sandbox": 0.25, "ifeval": 0.25})
     data["rewards"]["ifeval"] = {"worker_cls": "roll.pipeline.rlvr.rewards.general_val_rule_reward_worker."
-                                               "GeneralRuleRewardWorker"}
+                                               "DetectionRewardWorker"}
     path = write_yaml(tmp_path / "c.yaml", data)
     assert any(p.startswith("rewards.ifeval.worker_cls") for p in config_problems(tmp_path, data))
     with caplog.at_level(logging.WARNING):

@@ -199,10 +199,15 @@ def test_reward_workers_by_rolls_class(tmp_path):
                                               "LLMJudgeRewardWorker", "tag_included": ["RLVR"],
                                 "judge_prompt": "Qwen2.5-7B-Instruct-RLVR-prompt", "judge_model_type": "inference"}
     data["rewards"]["ifeval"] = {"worker_cls": "roll.pipeline.rlvr.rewards.ifeval_rule_reward_worker."
-                                               "GeneralRuleRewardWorker", "tag_included": ["ifeval"]}
+                                               "GeneralRuleRewardWorker", "tag_included": ["ifeval"],
+                                 "reward_type": "soft"}
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", data), ["rewards.judge=null"], vroll_strategies=True)
+    assert cfg.rewards["ifeval"].reward_type == "ifeval"  # ROLL's IFEval rule; its reward_type is never read
+    assert "never reads" in cfg._differences["rewards.ifeval.worker_cls"]
+    data["rewards"]["ifeval"]["worker_cls"] = "roll.pipeline.rlvr.rewards.detection_reward_worker.DetectionRewardWorker"
     path = write_yaml(tmp_path / "c.yaml", data)
     found = issues_of(path, vroll_strategies=True)
-    assert sorted(found)[0] == ("rewards.ifeval.worker_cls: ROLL's GeneralRuleRewardWorker is not in vroll yet; remove the "
+    assert sorted(found)[0] == ("rewards.ifeval.worker_cls: ROLL's DetectionRewardWorker is not in vroll yet; remove the "
                         "worker (`rewards.ifeval=null`: its tags then get no reward) or route its tags to a vroll "
                         "worker") and len(found) == 2  # and the judge's, below: inference needs its strategy
     found = issues_of(path, ["rewards.ifeval=null"], vroll_strategies=True)

@@ -27,7 +27,6 @@ SKIP = re.compile(r"vl|video|omni|qwen3\.5|distill")
 KINDS = [("is not available in vroll", "strategy not in vroll"), ("not in vroll yet; remove the worker",
                                                                   "reward worker not in vroll yet"),
          ("LoRA", "LoRA"), ("asynchronous generation", "async_generation_ratio"), ("rl_loss_coef", "rl_loss_coef"),
-         ("leaves no room for a prompt", "max_new_tokens > max_model_len"),
          ("unknown vLLM engine argument", "vLLM engine argument of another vLLM version"),
          ("cannot resolve", "an interpolation into a removed worker")]
 

@@ -34,6 +34,42 @@ MANAGED_KEYS = {
 # at start-up on a shared machine; without either key vroll reserves this much KV cache instead.
 CPU_DEFAULT_KV_CACHE_BYTES = 512 << 20
 
+# Engine arguments an older vLLM had and the installed one renamed, with the same meaning: old name ->
+# (the new name for a value, a note). vLLM 0.11 removed SchedulerConfig.cuda_graph_sizes (one size: the
+# largest to capture, the rest filled in; several: the exact list) for CompilationConfig's
+# max_cudagraph_capture_size and cudagraph_capture_sizes; ROLL's 140GB Qwen3-235B file still sets it.
+def _cuda_graph_sizes(value: Any) -> str:
+    one = isinstance(value, int) or (isinstance(value, list) and len(value) == 1)
+    return "max_cudagraph_capture_size" if one else "cudagraph_capture_sizes"
+
+
+RENAMED: dict[str, Any] = {"cuda_graph_sizes": _cuda_graph_sizes}
+
+
+def adopt_renamed_args(cfg: dict[str, Any], path: str) -> tuple[dict[str, str], list[Issue]]:
+    """Rewrite, in place, each engine argument the installed vLLM renamed (`RENAMED`) into its new name:
+    (notes path -> what was done, issues: the new name set too)."""
+    notes: dict[str, str] = {}
+    issues: list[Issue] = []
+    known = None
+    for old, new_name in RENAMED.items():
+        if old not in cfg:
+            continue
+        known = engine_arg_types() if known is None else known
+        if old in known:
+            continue  # this vLLM still has it
+        value = cfg[old]
+        new = new_name(value)
+        if new in cfg:
+            issues.append(Issue(f"{path}.{old}", f"is the installed vLLM's {new}, which is set too: keep one"))
+            continue
+        del cfg[old]
+        cfg[new] = value[0] if new == "max_cudagraph_capture_size" and isinstance(value, list) else value
+        notes[f"{path}.{old}"] = (f"an older vLLM's name: the installed vLLM {installed_vllm_version() or ''} "
+                                  f"calls it {new} (same meaning); set {path}.{new} = {cfg[new]!r}")
+    return notes, issues
+
+
 POSITIVE_INTS = ("tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "max_num_seqs",
                  "max_num_batched_tokens", "block_size")
 

@@ -39,7 +39,16 @@ def range_warnings(cfg) -> list[str]:
             value = _get(section, key)
             if isinstance(value, (int, float)) and value > high:
                 out.append(f"{prefix}{key}: {value:g} is far above the usual maximum {high:g} ({why})")
-    return out
+    return out + idle_policy_warnings(cfg)
+
+
+def idle_policy_warnings(cfg) -> list[str]:
+    """A warning when the policy's loss is 0 by its coefficients (`rl_loss_coef: 0` without an entropy
+    bonus, as ROLL's TOPR example sets): the run goes on, and the policy never changes."""
+    if getattr(cfg, "rl_loss_coef", 1.0) == 0 and getattr(cfg, "entropy_loss_coef", 0.0) == 0:
+        return ["rl_loss_coef: 0 with entropy_loss_coef 0 makes the policy's loss 0 (ROLL's meaning: it scales "
+                "the policy and KL terms): the policy will not change"]
+    return []
 
 
 def _get(obj, dotted: str):

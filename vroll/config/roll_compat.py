@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from vroll.config.engine_args import adopt_renamed_args
 from vroll.config.errors import Issue
 from vroll.config.no_effect import ROLES
 
@@ -57,14 +58,16 @@ DIFFERENT = {
                       "(ROLL's math-verify check, 1 or 0), CodeSandboxRewardWorker its code_sandbox (ROLL's "
                       "use_local path, in vroll's sandbox), CrossThinkQARuleRewardWorker its crossthinkqa, "
                       "MultipleChoiceBoxedRuleRewardWorker and GeneralValRuleRewardWorker its choice_boxed and "
-                      "choice_val (reward 0, accuracy only, as ROLL's), "
+                      "choice_val (reward 0, accuracy only, as ROLL's), GeneralRuleRewardWorker its ifeval (ROLL's "
+                      "IFEval checks named by the row's ground_truth func_name, 1 or 0, plus ROLL's repetition "
+                      "penalty), "
                       "LLMJudgeRewardWorker its llm_judge (judge_model_type api or inference; cluster is "
                       "refused by name); a vroll reward_type set beside it wins where it is one of its alternatives "
                       "(math_rule for the math worker); workers vroll does not have yet are refused by name",
         "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
                        "reads it: loose / soft / strict, vroll's grading there; the others never read it, so it is "
                        "dropped); without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
-                       "llm_judge, crossthinkqa, choice_boxed, choice_val, format, model)",
+                       "llm_judge, crossthinkqa, choice_boxed, choice_val, ifeval, format, model)",
         "judge_model_type": "api (an OpenAI-compatible endpoint) or inference: the judge model (model_args) on "
                             "vroll's vllm strategy, in engine processes of its own on its device_mapping (asleep at "
                             "level 1 between scorings where its devices are another role's, as ROLL's judge), each "
@@ -107,8 +110,6 @@ UNSUPPORTED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
     "": {
         "use_opd": (_falsy, "on-policy distillation is not in vroll"),
         "is_pure_opd": (_falsy, "on-policy distillation is not in vroll"),
-        "rl_loss_coef": (lambda v: v == 1, "vroll's loss has no such factor (ROLL multiplies the policy and KL loss "
-                                           "by it); only 1.0, ROLL's default, is accepted"),
         "dataset_filter": (lambda v: not isinstance(v, dict) or all(x is None for x in v.values()),
                            "vroll does not filter the dataset by difficulty"),
         "user_defined_rollout_loop_cls": (
@@ -140,7 +141,7 @@ REWARD_WORKERS = {
     "MathRuleRewardWorker": "math_verify",
     "CodeSandboxRewardWorker": "code_sandbox",
     "LLMJudgeRewardWorker": "llm_judge",
-    "GeneralRuleRewardWorker": None,
+    "GeneralRuleRewardWorker": "ifeval",
     "CrossThinkQARuleRewardWorker": "crossthinkqa",
     "MultipleChoiceBoxedRuleRewardWorker": "choice_boxed",
     "GeneralValRuleRewardWorker": "choice_val",
@@ -148,7 +149,7 @@ REWARD_WORKERS = {
     "RemoteRewardSystemWorker": None,
 }
 VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa", "choice_boxed",
-                      "choice_val", "format", "model")
+                      "choice_val", "ifeval", "format", "model")
 # ROLL's judge prompt names (roll/utils/prompt.py); vroll's wording of each is in rewards/llm_judge.py
 ROLL_JUDGE_PROMPTS = ("Qwen2.5-7B-Instruct-RLVR-prompt",)
 # a vroll reward_type that may stand in for a ROLL worker when set beside its worker_cls
@@ -161,6 +162,7 @@ def adopt_roll_keys(raw: dict[str, Any]) -> tuple[dict[str, str], list[Issue]]:
     issues = _refusals(raw)
     _lengths(raw, notes, issues)
     _engine_defaults(raw, notes)
+    _renamed_engine_args(raw, notes, issues)
     _trainer_keys(raw, notes, issues)
     _generating(raw, notes)
     _rewards(raw, notes, issues)
@@ -234,6 +236,17 @@ def _engine_defaults(raw, notes) -> None:
                     config[option] = value * scale
                     targets.append(f"{path}.strategy_args.strategy_config.{option}")
         notes[key] = f"sets {', '.join(targets)} = {value * scale}" if targets else "no vllm role to apply it to"
+
+
+def _renamed_engine_args(raw, notes, issues) -> None:
+    """Each vllm role's engine arguments an older vLLM named otherwise, under the installed vLLM's names."""
+    for path, role in _roles(raw).items():
+        strategy = role.get("strategy_args")
+        if isinstance(strategy, dict) and strategy.get("strategy_name") == "vllm" \
+                and isinstance(strategy.get("strategy_config"), dict):
+            found, refused = adopt_renamed_args(strategy["strategy_config"], f"{path}.strategy_args.strategy_config")
+            notes.update(found)
+            issues += refused
 
 
 def _trainer_keys(raw, notes, issues) -> None:

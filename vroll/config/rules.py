@@ -137,13 +137,27 @@ def check_strategy(path: str, role: RoleConfig, need: str, platform: str | None)
     if name != "vllm":
         return issues  # other strategies' configs pass through untouched
 
-    issues += check_engine_args(role.strategy_args.strategy_config, f"{where}.strategy_config", platform)
-    max_len = role.strategy_args.strategy_config.get("max_model_len")
-    if isinstance(max_len, int) and role.generating_args.max_new_tokens >= max_len:
-        issues.append(Issue(f"{path}.generating_args.max_new_tokens",
-                            f"{role.generating_args.max_new_tokens} leaves no room for a prompt within "
-                            f"strategy_config.max_model_len={max_len}"))
-    return issues
+    return issues + check_engine_args(role.strategy_args.strategy_config, f"{where}.strategy_config", platform)
+
+
+def capped_response_warnings(cfg: PipelineConfig) -> list[str]:
+    """A warning for each vllm role whose max_new_tokens reaches its max_model_len: vLLM (0.32 read) does
+    not refuse such a request, it ends each response when prompt + response reach max_model_len, so
+    every response is cut there (ROLL's files with 8192 new tokens in 8000 run so in ROLL too)."""
+    out = []
+    for path, role in cfg.roles().items():
+        if role.strategy_args is None or role.strategy_args.strategy_name != "vllm":
+            continue
+        max_len = role.strategy_args.strategy_config.get("max_model_len")
+        new = role.generating_args.max_new_tokens
+        if isinstance(max_len, int) and new >= max_len:
+            out.append(f"{path}.generating_args.max_new_tokens: {new} reaches {path}.strategy_args.strategy_config."
+                       f"max_model_len {max_len}: vLLM ends each response when prompt + response reach "
+                       f"{max_len} tokens (finish reason length), so a response gets at most {max_len} minus its "
+                       f"prompt's tokens ({max_len - min(cfg.prompt_length, max_len - 1)} after a prompt of "
+                       f"prompt_length {cfg.prompt_length}), never {new}; lower max_new_tokens or raise "
+                       "max_model_len to remove the cap")
+    return out
 
 
 def check_device_mapping(path: str, role: RoleConfig) -> list[Issue]:

@@ -150,7 +150,7 @@ class RewardConfig(RoleConfig):
     """A reward worker. `tag_included` routes each prompt to the workers matching its tag."""
 
     reward_type: Literal["math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa",
-                         "choice_boxed", "choice_val", "format", "model"] = "math_rule"
+                         "choice_boxed", "choice_val", "ifeval", "format", "model"] = "math_rule"
     # math_rule: where the final answer is looked for, in this order
     extractors: list[Literal["boxed", "answer_tag", "last_number"]] = Field(
         default_factory=lambda: ["boxed", "answer_tag", "last_number"])
@@ -273,6 +273,7 @@ class PipelineConfig(Section):
     dual_clip_loss: bool = False  # cap negative-advantage losses at (1 + 2 pg_clip) |A|
     importance_sampling: Literal["token", "seq"] = "token"  # seq: GSPO's sequence-level ratio
     entropy_loss_coef: float = Field(0.0, ge=0.0)
+    rl_loss_coef: float = Field(1.0, ge=0.0)  # scales the policy and KL loss terms, not the entropy bonus
     tis_clip: float | None = Field(None, gt=0.0)  # vroll's: min(pi_train / pi_rollout, cap) on the loss (None: off)
     train_infer_correction: TrainInferCorrectionConfig = Field(default_factory=TrainInferCorrectionConfig)
     # sample selection and weighting

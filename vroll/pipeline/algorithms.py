@@ -289,6 +289,16 @@ def sample_weights(cfg, mask: torch.Tensor, difficulty: torch.Tensor | None = No
     return w * (w.numel() / (w.sum() + 1e-8)) if w.sum() > 0 else w
 
 
+def actor_loss(pg_loss: torch.Tensor, kl_loss: torch.Tensor | None, entropy: torch.Tensor | None,
+               kl_loss_coef: float, rl_loss_coef: float, entropy_loss_coef: float) -> torch.Tensor:
+    """The policy's total loss as ROLL's actor adds its terms: (pg + kl_loss_coef x kl) x rl_loss_coef
+    - entropy_loss_coef x entropy; `rl_loss_coef` scales the policy and KL terms only, never the entropy
+    bonus (None: that term is off)."""
+    total = pg_loss if kl_loss is None else pg_loss + kl_loss_coef * kl_loss
+    total = total * rl_loss_coef
+    return total if entropy is None else total - entropy_loss_coef * entropy
+
+
 # -- pg_variant: the per-token policy loss, chosen by name --------------------------------------
 def pg_vanilla(cfg, logp, old, adv, mask, scores):
     """-A log pi."""

@@ -131,7 +131,7 @@ def policy_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
     """The loss of one optimiser step, as `loss_fn(micro, logp, entropy) -> (its share, metrics)`:
     the `pg_variant`'s per-token loss (PPO's clipped surrogate by default), corrected for the
     train/infer mismatch, weighted and aggregated by `loss_agg_mode` over the whole step, plus the KL
-    loss and minus the entropy bonus when asked."""
+    loss, both scaled by `rl_loss_coef`, and minus the entropy bonus when asked (`alg.actor_loss`)."""
     variant = alg.PG_VARIANTS[cfg.pg_variant]
     correction = alg.correction_of(cfg)
 
@@ -150,14 +150,13 @@ def policy_loss(cfg: PipelineConfig, sizes: alg.StepSizes):
                    "train/entropy": float((entropy.detach() * micro["response_mask"]).sum() / sizes.tokens)}
         if not recomputed:  # the trainer's log-probs against the engine's, measured here instead
             metrics["mismatch/logprob_abs_mean"] = float(((old - micro["rollout_logp"]).abs() * m).sum() / sizes.tokens)
+        kl_loss = ent = None
         if cfg.use_kl_loss:
             kl_loss = alg.aggregate(alg.kl_k3(logp, micro["ref_logp"]), m, cfg.loss_agg_mode, sizes)
-            loss = loss + cfg.kl_loss_coef * kl_loss
             metrics["train/kl_loss"] = float(kl_loss.detach())
         if cfg.entropy_loss_coef > 0:
-            loss = loss - cfg.entropy_loss_coef * alg.aggregate(entropy, micro["response_mask"], cfg.loss_agg_mode,
-                                                                sizes)
-        return loss, metrics
+            ent = alg.aggregate(entropy, micro["response_mask"], cfg.loss_agg_mode, sizes)
+        return alg.actor_loss(loss, kl_loss, ent, cfg.kl_loss_coef, cfg.rl_loss_coef, cfg.entropy_loss_coef), metrics
 
     return loss_fn
 

@@ -32,10 +32,16 @@ def choice_reward(response: str, reference: str, grading: str) -> float:
     return GRADES[choice_flags(response, reference)][GRADINGS.index(grading)]
 
 
-def answer_text(response: str) -> str:
-    """The response without ROLL's special tokens, after the last `</think>` (newlines stripped)."""
+def special_tokens_removed(response: str) -> str:
+    """The response without the special tokens ROLL's rule workers remove before reading it."""
     for junk in ("<|endoftext|>", "<pad>", "<|im_end|>"):
         response = response.replace(junk, "")
+    return response
+
+
+def answer_text(response: str) -> str:
+    """The response without ROLL's special tokens, after the last `</think>` (newlines stripped)."""
+    response = special_tokens_removed(response)
     return response[response.rfind("</think>") + len("</think>"):].lstrip("\n") if "</think>" in response else response
 
 
@@ -60,9 +66,7 @@ class ChoiceRuleWorker:
     def score_one(self, item) -> float:
         if not item.ground_truth:
             raise ValueError("the prompt's data has no ground_truth (the option letter)")
-        text = item.response_text
-        for junk in ("<|endoftext|>", "<pad>", "<|im_end|>"):
-            text = text.replace(junk, "")
+        text = special_tokens_removed(item.response_text)
         return choice_reward(answer_text(text), item.ground_truth, self.grading) + repetition_penalty(text)
 
 

@@ -13,6 +13,7 @@ from vroll.config.errors import Issue
 from vroll.config.schema import RewardConfig
 from vroll.rewards.choice_rule import ChoiceMeasureWorker, ChoiceRuleWorker
 from vroll.rewards.code_sandbox import CodeSandboxWorker
+from vroll.rewards.ifeval_rule import IfevalRuleWorker
 from vroll.rewards.llm_judge import LlmJudgeWorker
 from vroll.rewards.math_rule import MathRuleReward
 from vroll.rewards.math_verify import MathVerifyWorker
@@ -99,7 +100,7 @@ def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> li
 # The data field each reward_type needs on a prompt's row to score it.
 NEEDED_FIELDS = {"math_rule": "ground_truth", "math_verify": "ground_truth", "code_sandbox": "test_cases",
                  "llm_judge": "ground_truth", "crossthinkqa": "ground_truth", "choice_boxed": "ground_truth",
-                 "choice_val": "ground_truth"}
+                 "choice_val": "ground_truth", "ifeval": "ground_truth"}
 
 
 def _has(record, name: str) -> bool:
@@ -124,7 +125,8 @@ def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[
 # each reward_type's worker, but `model` (its model started by the launcher)
 RULE_WORKERS = {"math_rule": MathRuleWorker, "math_verify": MathVerifyWorker, "code_sandbox": CodeSandboxWorker,
                 "crossthinkqa": ChoiceRuleWorker, "choice_boxed": ChoiceMeasureWorker,
-                "choice_val": ChoiceMeasureWorker, "llm_judge": LlmJudgeWorker, "format": FormatWorker}
+                "choice_val": ChoiceMeasureWorker, "ifeval": IfevalRuleWorker, "llm_judge": LlmJudgeWorker,
+                "format": FormatWorker}
 
 
 def build_worker(name: str, cfg: RewardConfig, models: dict):

@@ -114,13 +114,20 @@ def render_chatml(messages: list[dict], single: bool) -> str:
     return turns + "<|im_start|>assistant\n"
 
 
+def reserved_tokens(max_new_tokens: int, max_model_len: int) -> int:
+    """The response tokens a prompt must leave room for: all of max_new_tokens; or, when max_new_tokens
+    reaches max_model_len (no prompt could leave that room), 1, as vLLM reads it: it ends each response
+    when prompt + response reach max_model_len (finish reason length), and ROLL's files rely on that."""
+    return max_new_tokens if max_new_tokens < max_model_len else 1
+
+
 def fit_prompts(prompts: list[Prompt], max_new_tokens: int, max_model_len: int, policy: str) -> list[Prompt]:
-    """Apply the overflow policy to prompts with `len + max_new_tokens > max_model_len`.
+    """Apply the overflow policy to prompts with `len + reserved_tokens(...) > max_model_len`.
 
     "error" raises before anything is generated; "skip" marks them skipped; "truncate" keeps the
     last tokens that fit (the end of a prompt holds the question and the generation prompt).
     """
-    room = max_model_len - max_new_tokens
+    room = max_model_len - reserved_tokens(max_new_tokens, max_model_len)
     too_long = [p for p in prompts if len(p.token_ids) > room]
     if not too_long:
         return prompts
