@@ -126,6 +126,8 @@ def main() -> None:
         med = statistics.median(ts)
         print(f"| {name} | {med * 1e3:.0f} ms | {nbytes / med / 2**30:.2f} | {med / base:.1f}x |")
 
+    print_generation_speed(engine, clock=time.thread_time if args.clock == "cpu" else time.perf_counter)
+
     # sleep / wake
     targets.clear()
     engine.options = replace(engine.options, weight_update_bucket_bytes=256 << 20)
@@ -152,6 +154,22 @@ def main() -> None:
     engine.close()
     if not args.no_ray:
         bench_other_process(role, state, nbytes, args.rounds)
+
+
+def print_generation_speed(engine, clock, rounds: int = 3) -> None:
+    """Generated tokens per second of the engine as the updates left it (re-packed weights): an
+    update path must not buy its speed with slower generation."""
+    from vroll.config.schema import GeneratingArgs
+    from vroll.data.arithmetic import make_problems
+
+    g = GeneratingArgs(max_new_tokens=32, temperature=1.0, top_p=0.99, top_k=100, num_return_sequences=4,
+                       ignore_eos=True)
+    ids = [engine.tokenizer(p.question)["input_ids"] for p in make_problems(16, seed=1)]
+    tokens = len(ids) * g.num_return_sequences * g.max_new_tokens
+    times = alternate({"generate": lambda: engine.generate(ids, g)}, rounds, clock=clock)["generate"]
+    print(f"\ngeneration after the updates: {len(ids)} prompts x n={g.num_return_sequences} x "
+          f"{g.max_new_tokens} tokens, {tokens / statistics.median(times):.0f} tokens/s "
+          f"(median of {rounds}, {clock.__name__})")
 
 
 def bench_other_process(role, state: dict, nbytes: int, rounds: int) -> None:
