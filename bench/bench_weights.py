@@ -5,6 +5,10 @@ transfer protocol with vroll's shared-memory transport (`vroll_shm`) and through
 
     .venv/bin/python bench/bench_weights.py [--layers 8 --hidden 1024] [--no-ray]
     .venv/bin/python bench/bench_weights.py --model PATH [--no-ray]    # any Hugging Face folder (or .gguf)
+    .venv/bin/python bench/bench_weights.py --model PATH --no-ray --threads 1 --clock cpu
+
+`--threads 1 --clock cpu` times the in-process table in the CPU time of the one thread that does all
+the work (`time.thread_time`): on a shared machine that figure does not move with the load.
 
 Tied weights (a tied lm_head shares the embedding's storage) are counted and sent once, as the trainer
 sends them (`Fsdp2TrainStrategy.named_weights` leaves a tied lm_head out).
@@ -57,6 +61,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--kv-mib", type=int, default=512)
     ap.add_argument("--no-ray", action="store_true", help="skip the engine-in-another-process table")
+    ap.add_argument("--threads", type=int, help="torch threads of this process, its engine included "
+                                                "(default: as vLLM sets them)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: this thread's CPU time (use with --threads 1)")
     args = ap.parse_args()
 
     import torch
@@ -80,6 +88,10 @@ def main() -> None:
         described = f"synthetic, hidden {args.hidden}, {args.layers} layers"
     role = vllm_role(model_dir, GeneratingArgs(max_new_tokens=8, temperature=0.0), kv_mib=args.kv_mib)
     engine = VllmStrategy(role, seed=0)
+    if args.threads:
+        from vroll.strategy.vllm_compat import set_thread_count
+
+        set_thread_count(args.threads)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     state, aliases = unique_storages(hf.state_dict())
     nbytes = state_bytes(state)
@@ -101,17 +113,20 @@ def main() -> None:
         "update_weights, streamed in 64 MiB buckets": update(64 << 20, True),
         "update_weights, streamed in 16 MiB buckets": update(16 << 20, True),
     }
-    times = alternate(runs, args.rounds)
+    times = alternate(runs, args.rounds, clock=time.thread_time if args.clock == "cpu" else None)
     base = statistics.median(times["plain tensor copy of the same bytes"])
     params = sum(t.numel() for t in state.values())
     tied = f"; tied, counted once: {', '.join(aliases)}" if aliases else ""
     print(f"\nmodel: {params / 1e6:.0f} M parameters, {nbytes / 2**20:.0f} MiB fp32 "
-          f"({described}{tied}); {args.rounds} alternating rounds; {os.cpu_count()} cores\n")
+          f"({described}{tied}); {args.rounds} alternating rounds; {os.cpu_count()} cores, "
+          f"{torch.get_num_threads()} torch threads; {args.clock} clock\n")
     print("| in-process path | median time | GiB/s | time / plain copy |")
     print("|---|---|---|---|")
     for name, ts in times.items():
         med = statistics.median(ts)
         print(f"| {name} | {med * 1e3:.0f} ms | {nbytes / med / 2**30:.2f} | {med / base:.1f}x |")
+
+    print_generation_speed(engine, clock=time.thread_time if args.clock == "cpu" else time.perf_counter)
 
     # sleep / wake
     targets.clear()
@@ -139,6 +154,22 @@ def main() -> None:
     engine.close()
     if not args.no_ray:
         bench_other_process(role, state, nbytes, args.rounds)
+
+
+def print_generation_speed(engine, clock, rounds: int = 3) -> None:
+    """Generated tokens per second of the engine as the updates left it (re-packed weights): an
+    update path must not buy its speed with slower generation."""
+    from vroll.config.schema import GeneratingArgs
+    from vroll.data.arithmetic import make_problems
+
+    g = GeneratingArgs(max_new_tokens=32, temperature=1.0, top_p=0.99, top_k=100, num_return_sequences=4,
+                       ignore_eos=True)
+    ids = [engine.tokenizer(p.question)["input_ids"] for p in make_problems(16, seed=1)]
+    tokens = len(ids) * g.num_return_sequences * g.max_new_tokens
+    times = alternate({"generate": lambda: engine.generate(ids, g)}, rounds, clock=clock)["generate"]
+    print(f"\ngeneration after the updates: {len(ids)} prompts x n={g.num_return_sequences} x "
+          f"{g.max_new_tokens} tokens, {tokens / statistics.median(times):.0f} tokens/s "
+          f"(median of {rounds}, {clock.__name__})")
 
 
 def bench_other_process(role, state: dict, nbytes: int, rounds: int) -> None:

@@ -245,3 +245,41 @@ def test_seeded_sampling_survives_chunked_prefill(tiny_model, tmp_path):
         results = s.generate([long_prompt, "What is 1+1?", long_prompt], g)
         assert [len(r.samples) for r in results] == [2, 2, 2]
         assert s.llm.llm_engine.get_num_unfinished_requests() == 0
+
+
+def engine_model(strategy):
+    return strategy.llm.collective_rpc(lambda worker: worker.model_runner.model)[0]
+
+
+def test_a_reload_prepares_only_the_modules_that_receive_weights(strategy):
+    from vroll.strategy.vllm_compat import receiving_modules
+
+    model = engine_model(strategy)
+    names = ["model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.k_proj.weight",
+             "model.layers.1.input_layernorm.weight", "model.embed_tokens.weight"]
+    got = receiving_modules(model, names)
+    assert got == [model.model.embed_tokens, model.model.layers[1].input_layernorm,
+                   model.model.layers[1].self_attn]  # q/k go to the fused qkv_proj below self_attn
+    assert receiving_modules(model, ["model.layers.1.weight", "model.layers.1.mlp.up_proj.weight"]) == \
+        [model.model.layers[1]]  # an outer scope holds the inner one
+    assert receiving_modules(model, ["language_model.layers.0.mlp.up_proj.weight"]) == [model]
+
+
+def test_an_update_packs_every_matmul_weight_once_and_not_the_input_embedding(strategy, hf, monkeypatch):
+    # vLLM 0.32 CPU packs the input embedding for matmuls it never does (vllm_compat.patch_cpu_embedding_pack)
+    import vllm._custom_ops as ops
+
+    model, tok = hf
+    packed = []
+    create = ops.create_onednn_mm
+    monkeypatch.setattr(ops, "create_onednn_mm", lambda w, *a: packed.append(tuple(w.shape)) or create(w, *a))
+    strategy.update_weights(dict(model.named_parameters()))  # the checkpoint's own weights: nothing changes
+    cfg = model.config
+    linears = 4 * cfg.num_hidden_layers  # qkv, o, gate_up, down
+    assert cfg.tie_word_embeddings and len(packed) == linears + 1  # + the tied lm_head, packed at finish
+    from vllm.model_executor.layers.vocab_parallel_embedding import pad_vocab_size
+
+    assert packed.count((cfg.hidden_size, pad_vocab_size(cfg.vocab_size))) == 1  # [K, N], vLLM's padded vocabulary
+    g = GeneratingArgs(max_new_tokens=12, temperature=0.0)
+    for text, r in zip(PROMPTS, strategy.generate(PROMPTS, g)):
+        assert r.samples[0].token_ids == hf_greedy(model, tok(text)["input_ids"], 12)

@@ -118,18 +118,50 @@ def shutdown_engine(llm) -> None:
 
 
 def reload_weights_into(vllm_config, model, named_tensors: list) -> None:
-    """Load HF-named tensors with vLLM's in-place reload (vLLM 0.32:
-    `model_loader.reload.inplace.reload_weights`, what `Worker.reload_weights` runs).
+    """Load HF-named tensors with vLLM's layer-wise reload (vLLM 0.32:
+    `model_loader.reload.layerwise`, what `Worker.reload_weights` runs), limited to the modules that
+    receive them.
 
     The reload rebuilds each layer it receives weights for and re-runs its post-load processing,
     which on the CPU backend re-packs the oneDNN weight handles (`layer.cpu_linear`): writing into
-    the parameters alone is not seen by the kernels there. A weight-transfer engine holds the model
-    and the config, not the worker, so the helper takes those.
+    the parameters alone is not seen by the kernels there. vLLM's own `reload_weights` prepares every
+    module of the model for each call (moves it to the meta device, wraps its loaders, puts it back),
+    which made a bucket's cost grow with the model instead of the bucket (SmolLM2-135M in 16 MiB
+    buckets took 1.4x the CPU time of one whole update, 2.5x the wall time); only
+    `receiving_modules` are prepared here. A
+    weight-transfer engine holds the model and the config, not the worker, so the helper takes those.
     """
-    from vllm.model_executor.model_loader.reload.inplace import reload_weights
+    from vllm.model_executor.model_loader.reload.layerwise import (finalize_layerwise_reload,
+                                                                   initialize_layerwise_reload)
 
-    reload_weights(vllm_config, model, weights_iterator=iter(named_tensors), weights_path=None,
-                   is_checkpoint_format=True)
+    for module in receiving_modules(model, [name for name, _ in named_tensors]):
+        initialize_layerwise_reload(module)
+    model.load_weights(iter(named_tensors))
+    finalize_layerwise_reload(model, vllm_config.model_config)
+
+
+def receiving_modules(model, names: list[str]) -> list:
+    """The modules a reload of `names` (Hugging Face naming) must prepare: for each name the deepest
+    module of the engine's model on its dotted path (`model.layers.3.self_attn` for `...q_proj.weight`,
+    which vLLM loads into the fused `qkv_proj` below it), outermost ones only; the whole model when a
+    name shares no prefix with it (a model that renames the checkpoint's prefixes)."""
+    modules = dict(model.named_modules())
+    scopes = set()
+    for name in names:
+        parts = name.split(".")[:-1]
+        while parts and ".".join(parts) not in modules:
+            parts.pop()
+        if not parts:
+            return [model]
+        scopes.add(".".join(parts))
+    outermost = [s for s in scopes if not any(a in scopes for a in ancestors(s))]
+    return [modules[s] for s in sorted(outermost)]
+
+
+def ancestors(dotted: str) -> list[str]:
+    """`a.b.c` -> [`a`, `a.b`]."""
+    parts = dotted.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
 
 
 def refresh_tied_lm_head(model) -> bool:
@@ -259,6 +291,51 @@ def trim_host_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
+
+
+def keep_freed_memory() -> None:
+    """Keep freed blocks in the heap instead of unmapping them (glibc 2.36; the cause is vLLM 0.32's
+    CPU reload). glibc gives every block over its mmap threshold (dynamic, at most 32 MiB) a mapping
+    of its own and unmaps it on free. vLLM's in-place reload rebuilds each layer in fresh tensors and
+    re-packs it into a fresh oneDNN buffer, so every update faulted the whole model's pages in again,
+    the packing included (1.7x its CPU time on SmolLM2-135M). With the mmap and trim thresholds
+    raised the next update reuses the freed blocks. Memory still goes back to the system where that
+    is the point: sleep calls `trim_host_memory`."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, (1 << 31) - 1)
+
+
+def patch_cpu_embedding_pack() -> None:
+    """vLLM 0.32 CPU: `UnquantizedEmbeddingMethod.process_weights_after_loading` packs every
+    vocabulary embedding for oneDNN matmuls, the input embedding too, which only looks rows up
+    (`F.embedding`); on SmolLM2-135M that is a 113 MiB re-pack (a fifth of the packing) at every
+    update for nothing. An input embedding is packed on its first matmul instead (a model that
+    computes logits with it still gets one); a `ParallelLMHead` is packed at once as before."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import ParallelLMHead, UnquantizedEmbeddingMethod
+
+    if getattr(UnquantizedEmbeddingMethod, "_vroll_patched", False):
+        return
+    pack = UnquantizedEmbeddingMethod.process_weights_after_loading
+
+    def process_weights_after_loading(self, layer):
+        if isinstance(layer, ParallelLMHead):
+            return pack(self, layer)
+
+        def pack_on_first_use(x, weight, bias):
+            pack(self, layer)  # replaces layer.cpu_linear with the packed matmul
+            return layer.cpu_linear(x, weight, bias)
+
+        layer.cpu_linear = pack_on_first_use
+
+    UnquantizedEmbeddingMethod.process_weights_after_loading = process_weights_after_loading
+    UnquantizedEmbeddingMethod._vroll_patched = True
 
 
 def patch_cpu_seeded_sampling() -> None:

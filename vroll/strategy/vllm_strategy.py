@@ -60,6 +60,8 @@ class VllmStrategy:
         self.platform = vllm_compat.current_platform_name()
         if self.platform == "cpu":
             vllm_compat.patch_cpu_seeded_sampling()
+            vllm_compat.patch_cpu_embedding_pack()
+            vllm_compat.keep_freed_memory()  # weight updates reuse the memory the last one freed
         kwargs = engine_kwargs(role, seed, self.platform)
         self.model_path = kwargs["model"]
 
@@ -331,8 +333,6 @@ class VllmStrategy:
         self._sync.finish_weight_update(str(self.weight_version + 1))  # also re-packs a tied lm_head
         self._transfer_open = False
         self.llm.reset_prefix_cache()  # no KV computed with the old weights may be reused
-        if self.platform == "cpu":
-            vllm_compat.trim_host_memory()  # the replaced packed weights are many small blocks
         self.weight_version += 1
         if session.complete:
             self.state.weights_valid, self.state.invalid_reason = True, ""
