@@ -73,12 +73,14 @@ def test_gguf_without_the_optional_package_says_how_to_install_it(tmp_path, monk
     from vroll.models.folder import model_folder_issues
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
+    # both missing, whatever this environment has (accelerate comes with some optional installs)
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("gguf", "accelerate") else real(name, *a))
     monkeypatch.setenv("VROLL_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "model.gguf"
     path.write_bytes(b"GGUF")
     with pytest.raises(gguf.GgufError, match=r"is a GGUF file; converting a GGUF file needs the optional package\(s\) "
-                                             r"gguf: pip install --no-deps gguf"):
+                                             r"gguf, accelerate: pip install --no-deps gguf accelerate"):
         gguf.gguf_folder(path, "pretrain")
     cfg = load_config(write_yaml(tmp_path / "c.yaml", engine_config(str(path))))
     assert "pip install --no-deps gguf" in model_folder_issues(cfg)[0].message
