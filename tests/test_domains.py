@@ -224,7 +224,7 @@ def test_the_loop_draws_each_domains_share_and_resumes_exactly(tmp_path, tiny_mo
     resume, and each step's prompts are 2 of each domain. `track_with: stdout` prints each step."""
     import json
 
-    from test_rlvr import TIMING, read_metrics, rl_config, run
+    from test_rlvr import read_metrics, rl_config, run, run_resumed, without_timings
     from vroll.data.arithmetic import write_dataset
 
     data = write_dataset(tmp_path / "data", n_train=24, n_eval=4, seed=1, max_operand=9)
@@ -239,13 +239,8 @@ def test_the_loop_draws_each_domains_share_and_resumes_exactly(tmp_path, tiny_mo
     run(tmp_path, straight, "a.yaml")
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("metrics_tag: ")]
     assert [json.loads(line[len("metrics_tag: "):])["step"] for line in printed] == [1, 2]
-    first = json.loads(json.dumps(straight))
-    first["output_dir"], first["max_steps"] = str(tmp_path / "b"), 1
-    run(tmp_path, first, "b1.yaml")
-    run(tmp_path, {**first, "max_steps": 2, "resume_from_checkpoint": True}, "b2.yaml")
+    b = run_resumed(tmp_path, straight, 1)
     a = read_metrics(tmp_path / "a" / "run" / "metrics.jsonl")
-    b = read_metrics(tmp_path / "b" / "metrics.jsonl")
-    strip = [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in (a + b)]
-    assert [r["step"] for r in b] == [1, 2] and strip[:2] == strip[2:]
+    assert [r["step"] for r in b] == [1, 2] and without_timings(b) == without_timings(a)
     state = json.loads((tmp_path / "b" / "checkpoints" / "step_2" / "vroll_state.json").read_text())
     assert {d: s["position"] for d, s in state["data"]["domains"].items()} == {"math": 4, "rm": 4}

@@ -68,6 +68,20 @@ def read_metrics(path) -> list[dict]:
     return [json.loads(line) for line in open(path)]
 
 
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in rows]
+
+
+def run_resumed(tmp_path, straight: dict, stop_at: int) -> list[dict]:
+    """`straight`'s file run in tmp_path/b to step `stop_at`, then resumed to its `max_steps`: the
+    resumed run's metrics, to compare with an uninterrupted run's."""
+    first = json.loads(json.dumps(straight))
+    first["output_dir"], first["max_steps"] = str(tmp_path / "b"), stop_at
+    run(tmp_path, first, "b1.yaml")
+    run(tmp_path, {**first, "max_steps": straight["max_steps"], "resume_from_checkpoint": True}, "b2.yaml")
+    return read_metrics(tmp_path / "b" / "metrics.jsonl")
+
+
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_one_step_pushes_weights_that_vllm_serves_like_transformers(tmp_path, tiny_model, data, ranks):
     """One trainer rank in-process, or two Ray rank actors (one CPU slot each, the same global batch)."""
@@ -106,15 +120,10 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_model, data):
     straight = rl_config(tmp_path / "a", tiny_model, data, max_steps=3, validation=None)
     straight["actor_infer"]["strategy_args"]["strategy_config"]["sleep_level"] = 2
     run(tmp_path, straight, "a.yaml")
-    first = json.loads(json.dumps(straight))
-    first["output_dir"], first["max_steps"] = str(tmp_path / "b"), 2
-    run(tmp_path, first, "b1.yaml")
-    run(tmp_path, {**first, "max_steps": 3, "resume_from_checkpoint": True}, "b2.yaml")
+    b = run_resumed(tmp_path, straight, 2)
     a = read_metrics(tmp_path / "a" / "run" / "metrics.jsonl")
-    b = read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["step"] for r in b] == [1, 2, 3]
-    strip = [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in (a + b)]
-    assert strip[:3] == strip[3:]
+    assert without_timings(b) == without_timings(a)
     assert a[-1]["train/grad_norm"] > 0
 
 
@@ -160,7 +169,10 @@ def test_train_refuses_impossible_files_before_starting(tmp_path, tiny_model, da
             "role on fsdp2_train") in r.stderr, r.stderr
 
 
-def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, data):
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, data, signum):
+    """Ctrl-C, or SIGTERM as a job scheduler sends, during a save: whole checkpoints only, the
+    output_dir released, no process left."""
     import os
     import signal
     import subprocess
@@ -180,8 +192,8 @@ def test_ctrl_c_leaves_whole_checkpoints_and_no_process(tmp_path, tiny_model, da
         if "checkpoint saved" in line:
             break
     children = psutil.Process(proc.pid).children(recursive=True)
-    proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
+    proc.send_signal(getattr(signal, signum))
+    assert proc.wait(timeout=120) == 128 + getattr(signal, signum)
     assert "Traceback" not in proc.stderr.read()
     root = tmp_path / "run" / "checkpoints"
     assert not list(root.glob(".*.tmp"))
@@ -348,10 +360,4 @@ def test_ppo_with_a_critic_warms_up_trains_and_resumes_exactly(tmp_path, tiny_mo
     assert all(s["critic/grad_norm"] > 0 and math.isfinite(s["critic/loss"]) for s in a)
     assert "train/pg_loss" in a[1] and a[2]["weight_version"] == 2
     assert (tmp_path / "a" / "run" / "checkpoints" / "step_3" / "critic" / "model.safetensors").is_file()
-    first = json.loads(json.dumps(straight))
-    first["output_dir"], first["max_steps"] = str(tmp_path / "b"), 2
-    run(tmp_path, first, "b1.yaml")
-    run(tmp_path, {**first, "max_steps": 3, "resume_from_checkpoint": True}, "b2.yaml")
-    b = read_metrics(tmp_path / "b" / "metrics.jsonl")
-    strip = [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in (a + b)]
-    assert strip[:3] == strip[3:]
+    assert without_timings(run_resumed(tmp_path, straight, 2)) == without_timings(a)

@@ -6,11 +6,22 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 
 EXIT_USAGE = 2
 log = logging.getLogger("vroll")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler, `kill`): unwinds the run as Ctrl-C does, so it releases its
+    output_dir, removes a partial checkpoint and stops its roles instead of vanishing mid-write."""
+
+
+def raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,11 +35,14 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides) + extra
     setup_logging(args.verbose)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # vroll never downloads: Hub ids come from the local cache
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     except Exception as e:  # user mistakes are known types; anything else is a bug and shows a traceback
         if is_engine_failure(e):
             print(f"error: {e}", file=sys.stderr)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
 import uuid
+from contextlib import contextmanager
 
 from vroll.cluster import reaper
 
@@ -35,7 +38,8 @@ def connect(address: str | None = None) -> bool:
 
         maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
         try:
-            ray.init(address=address, log_to_driver=False)
+            with sigterm_handler_kept():
+                ray.init(address=address, log_to_driver=False)
         except (ConnectionError, RuntimeError) as e:
             raise ClusterError(f"ray_address: cannot join the Ray cluster at {address!r}: "
                                f"{str(e).splitlines()[0]}") from None
@@ -44,6 +48,20 @@ def connect(address: str | None = None) -> bool:
     start_local()
     log.info("started a local Ray (%d CPU slots, listening on 127.0.0.1 only)", os.cpu_count())
     return True
+
+
+@contextmanager
+def sigterm_handler_kept():
+    """The driver's SIGTERM handler as it was before `ray.init`. Ray 2.60's `ray.init` replaces it (with
+    `sys.exit`), then its core worker installs absl's failure-signal handler, which on SIGTERM prints a
+    stack and aborts (exit -6): vroll's CLI, which unwinds a run on SIGTERM as on Ctrl-C, never ran."""
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGTERM) if main else None
+    try:
+        yield
+    finally:
+        if before is not None:
+            signal.signal(signal.SIGTERM, before)
 
 
 # -- a local Ray: loopback only, and nothing of it outlives the driver ---------------------------------
@@ -82,7 +100,8 @@ def start_local() -> None:
         # address="local": a new Ray of its own. Without it `ray.init` joins whatever Ray another
         # user or run last started on this machine (/tmp/ray/ray_current_cluster), or fails with
         # "When connecting to an existing cluster, num_cpus and num_gpus must not be provided".
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        with sigterm_handler_kept():
+            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     except BaseException:
         stop_reaper()
         raise
