@@ -6,6 +6,7 @@ that cannot work are refused before anything starts, naming the key, the value a
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +19,9 @@ from vroll.config.loader import read_config
 TARGETED = ("q_proj.weight", "v_proj.weight")
 
 
-def lora_role(model, **model_args):
-    role = train_role(model, lr_scheduler_type="linear", warmup_steps=1, learning_rate=1e-2)
+def lora_role(model, training=None, **model_args):
+    role = train_role(model, **{"lr_scheduler_type": "linear", "warmup_steps": 1, "learning_rate": 1e-2,
+                                **(training or {})})
     role.model_args.lora_target, role.model_args.lora_rank = "q_proj,v_proj", 4
     for key, value in model_args.items():
         setattr(role.model_args, key, value)
@@ -104,6 +106,46 @@ def test_a_resumed_lora_trainer_continues_exactly(tiny_model, tmp_path, monkeypa
     with pytest.raises(CheckpointError, match="other LoRA settings: r 4 .this run: 8."):
         fsdp2_train.Fsdp2TrainStrategy(lora_role(tiny_model, lora_target="all-linear", lora_rank=8), total_steps=6,
                                        model_path=str(tmp_path / "mid"))
+
+
+def test_lora_on_two_ray_ranks_trains_like_one_rank_and_resumes(tiny_model, tmp_path):
+    """Two rank actors (FSDP2 shards base and adapters) take the same steps as one in-process rank,
+    hand out the same merged weights and base log-probs, and save a checkpoint they resume from."""
+    from vroll.roles.launcher import launch_role
+
+    seqs = SEQS + [[3, 4, 5, 6, 7, 8]]
+    ids, mask = padded(seqs)
+    tokens = (mask[:, 1:] * mask[:, :-1]).sum()
+
+    def loss_fn(micro, logp, entropy):  # normalised over the whole step
+        m = micro["attention_mask"][:, 1:] * micro["attention_mask"][:, :-1]
+        loss = -(logp * m).sum() / tokens
+        return loss, {"loss": float(loss.detach())}
+
+    micros = [{"input_ids": ids, "attention_mask": mask}]
+    one = lora_role(tiny_model, {"per_device_train_batch_size": 4})
+    two = lora_role(tiny_model, {"per_device_train_batch_size": 2})
+    two.strategy_args.strategy_config["cpu_threads_per_rank"] = 1
+    with launch_role(one, total_steps=6) as a:
+        single = [a.train_step(micros, loss_fn) for _ in range(2)]
+        single_weights = dict(a.named_weights())
+        single_base = a.batch_logprobs(ids, mask, disable_adapter=True)
+    with launch_role(two, total_steps=6) as b:
+        assert type(b).__name__ == "RayTrainer" and b.world_size == 2
+        double = [b.train_step(micros, loss_fn) for _ in range(2)]
+        for s, d in zip(single, double):
+            assert abs(s["loss"] - d["loss"]) < 1e-5 and abs(s["train/grad_norm"] - d["train/grad_norm"]) < 1e-4
+        weights = dict(b.named_weights(bucket_bytes=1 << 16))  # many buckets, merged on the ranks
+        assert weights.keys() == single_weights.keys()
+        assert max((weights[k] - single_weights[k]).abs().max().item() for k in weights) < 1e-5
+        assert torch.allclose(b.batch_logprobs(ids, mask, disable_adapter=True), single_base, atol=1e-5)
+        b.save(tmp_path / "ckpt")
+        after_save = b.train_step(micros, loss_fn)
+    assert (tmp_path / "ckpt" / "adapter" / "adapter_model.safetensors").is_file()
+    with launch_role(two, total_steps=6, model_path=str(tmp_path / "ckpt")) as c:
+        c.load_state(tmp_path / "ckpt")
+        resumed = c.train_step(micros, loss_fn)
+    assert abs(resumed["loss"] - after_save["loss"]) < 1e-6 and resumed["train/lr"] == after_save["train/lr"]
 
 
 def lora_run(tmp_path, model, data, **over):
@@ -196,3 +238,14 @@ def test_bad_lora_values_are_refused_naming_key_value_and_what_is_allowed(tmp_pa
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "actor_train.model_args.lora_target: 'q_proj,qkv_proj': 'qkv_proj' matches no module" in r.stderr
     assert not (tmp_path / "run").exists()  # nothing started, nothing written
+
+
+def test_the_trainer_memory_estimate_counts_optimiser_state_for_the_adapters_only(tmp_path, tiny_model, data):
+    from vroll.config.memory import count_parameters, plan_train_memory
+
+    cfg = read_config(write_yaml(tmp_path / "c.yaml", lora_run(tmp_path, tiny_model, data))).cfg
+    plan = plan_train_memory(cfg, "cpu")
+    params = count_parameters(Path(tiny_model))
+    assert plan.trained == 4 * 8 * ((256 + 256) + (128 + 256))  # 4 layers x rank 8 x (q: 256->256, v: 256->128)
+    assert plan.sharded_state_bytes == 4 * params + 16 * plan.trained  # frozen fp32 base; adapters with AdamW
+    assert "trained by LoRA (about)" in plan.table()

@@ -61,6 +61,45 @@ def target_problem(value) -> str | None:
     return None
 
 
+def matches(module: str, name: str) -> bool:
+    """peft's rule for one name of a list: the module's full name, or its last dotted parts."""
+    return module == name or module.endswith("." + name)
+
+
+def adapted(module: str, target, output: str | None = None, linear: bool = True) -> bool:
+    """Whether `module` (a full name) gets an adapter under the parsed `target` (`parse_target`):
+    the regex matches it whole, or a name matches it, or all-linear and it is a Linear layer other
+    than the output layer `output`."""
+    if isinstance(target, str):
+        return re.fullmatch(target, module) is not None
+    return any(matches(module, t) for t in target if t != ALL_LINEAR) or \
+        (ALL_LINEAR in target and linear and module != output)
+
+
+def trainable_parameters(shapes: dict[str, list[int]], model_args) -> int:
+    """About how many parameters LoRA trains in a model whose tensors have `shapes` (safetensors
+    names): rank x (in + out) per adapted 2-D weight (all-linear: every one but the embeddings and
+    the output layer), plus the additional_target modules whole."""
+    target = parse_target(model_args.lora_target)
+    whole = split_names(model_args.additional_target) or []
+    total = 0
+    for name, shape in shapes.items():
+        module, _, param = name.rpartition(".")
+        if any(module.endswith(w) for w in whole):
+            total += _numel(shape)
+        elif param == "weight" and len(shape) == 2 and "embed" not in module and \
+                adapted(module, target, output="lm_head"):
+            total += model_args.lora_rank * (shape[0] + shape[1])
+    return total
+
+
+def _numel(shape: list[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
 def names_problem(value, key: str) -> str | None:
     """Why an `additional_target` value cannot be read."""
     for name in split_names(value) or []:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from vroll.config.errors import CheckpointError, ConfigError, Issue
-from vroll.config.lora import ALL_LINEAR, lora_alpha, lora_on, parse_target, split_names
+from vroll.config.lora import ALL_LINEAR, adapted, lora_alpha, lora_on, matches, parse_target, split_names
 from vroll.models.gguf import converted_folder, is_converted, is_gguf
 from vroll.models.paths import cached_snapshot
 
@@ -63,8 +63,7 @@ def target_issues(prefix: str, model_args, model) -> list[Issue]:
     if isinstance(target, str):
         matched = {target: [n for n in modules if re.fullmatch(target, n)]}
     else:
-        matched = {name: [n for n in modules if n == name or n.endswith("." + name)] for name in target
-                   if name != ALL_LINEAR}
+        matched = {name: [n for n in modules if matches(n, name)] for name in target if name != ALL_LINEAR}
     for name, found in matched.items():
         if not found:
             issues.append(Issue(key, f"{value!r}: {name!r} matches no module of the model ({allowed}; or "
@@ -85,15 +84,9 @@ def target_issues(prefix: str, model_args, model) -> list[Issue]:
 def lora_modules(model_args, model) -> set[str]:
     """The full names of the modules the adapters go on (peft's rules for lora_target)."""
     target = parse_target(model_args.lora_target)
-    modules = {n: m for n, m in model.named_modules() if n}
-    if isinstance(target, str):
-        return {n for n in modules if re.fullmatch(target, n)}
-    names = set(target or [])
-    found = {n for n in modules if any(n == t or n.endswith("." + t) for t in names if t != ALL_LINEAR)}
-    if ALL_LINEAR in names:
-        output = output_layer_name(model)
-        found |= {n for n, m in modules.items() if isinstance(m, torch.nn.Linear) and n != output}
-    return found
+    output = output_layer_name(model)
+    return {n for n, m in model.named_modules() if n and target is not None
+            and adapted(n, target, output, isinstance(m, torch.nn.Linear))}
 
 
 def additional_issues(prefix: str, model_args, model, modules: dict, output: str | None, is_tied: bool,
