@@ -192,13 +192,19 @@ def cmd_validate(args) -> int:
 
 
 def check_before_start(cfg, source: str, job: str | None, role: str = "actor_infer", with_vllm: bool = True) -> None:
-    """What can be checked before anything loads: the model folders, and the sampling the job sends
-    against the installed vLLM's own rules (`with_vllm`; imports vLLM when it is installed)."""
+    """What can be checked before anything loads: the model folders, and with `with_vllm` (which
+    imports vLLM when it is installed, and torch) the sampling the job sends against the installed
+    vLLM's own rules and LoRA's target names against the trainer's model (built without weights)."""
     from vroll.config import ConfigError
     from vroll.config.engine_args import installed_vllm_version
+    from vroll.config.lora import lora_enabled
     from vroll.models.folder import model_folder_issues
 
     issues = model_folder_issues(cfg)
+    if with_vllm and lora_enabled(cfg) and not issues:
+        from vroll.models.lora import config_target_issues
+
+        issues += config_target_issues(cfg)
     if with_vllm and installed_vllm_version():
         from vroll.config.sampling import job_sampling
         from vroll.strategy.sampling import vllm_refusals

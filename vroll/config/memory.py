@@ -18,6 +18,7 @@ from vroll.config.dtypes import DTYPES
 from vroll.config.engine_args import engine_defaults
 from vroll.config.errors import Issue
 from vroll.config.layout import engine_count, trainer_ranks
+from vroll.config.lora import lora_on, trainable_parameters
 
 
 
@@ -78,13 +79,18 @@ def _n(x: int | None) -> str:
 
 def tensor_sizes(model_dir: Path) -> dict[str, int]:
     """Element count of every tensor, from the safetensors headers (no weights are read)."""
-    sizes = {}
+    return {k: math.prod(shape) for k, shape in tensor_shapes(model_dir).items()}
+
+
+def tensor_shapes(model_dir: Path) -> dict[str, list[int]]:
+    """The shape of every tensor, from the safetensors headers (no weights are read)."""
+    shapes = {}
     for f in sorted(model_dir.glob("*.safetensors")):
         with open(f, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))
             header = json.loads(fh.read(n))
-        sizes.update({k: math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__"})
-    return sizes
+        shapes.update({k: t["shape"] for k, t in header.items() if k != "__metadata__"})
+    return shapes
 
 
 def local_model_config(role) -> tuple[Path | None, dict]:
@@ -114,6 +120,7 @@ class TrainMemoryPlan:
     activation_bytes: int
     logits_bytes: int
     checkpointing: bool
+    trained: int | None = None  # under LoRA: the adapters' parameters (the rest: fp32 weights only, 4 B/param)
 
     @property
     def total_bytes(self) -> int:
@@ -123,6 +130,7 @@ class TrainMemoryPlan:
         rows = [
             ("trainer ranks", f"{self.ranks}"),
             ("parameters", f"{self.parameters / 1e6:,.2f} M"),
+            *([("trained by LoRA (about)", f"{self.trained / 1e6:,.3f} M")] if self.trained is not None else []),
             ("fp32 weights + grads + AdamW (sharded)", _mib(self.sharded_state_bytes)),
             ("largest layer + root, gathered", _mib(self.gathered_bytes)),
             ("tokens per micro-batch", f"{self.micro_tokens:,}"),
@@ -143,8 +151,12 @@ def plan_train_memory(cfg, platform: str = "cpu") -> TrainMemoryPlan | None:
     model_dir, mc = local_model_config(role)
     if model_dir is None:
         return None
-    sizes = tensor_sizes(model_dir)
+    shapes = tensor_shapes(model_dir)
+    sizes = {k: math.prod(s) for k, s in shapes.items()}
     params = sum(sizes.values())
+    # LoRA: the adapters get gradients and AdamW's moments; the frozen base only its fp32 weights
+    trained = trainable_parameters(shapes, role.model_args) if lora_on(role) else None
+    state = 16 * params if trained is None else 4 * params + 16 * trained
     layers: dict[str, int] = {}
     for name, n in sizes.items():
         parts = name.split(".")
@@ -163,7 +175,7 @@ def plan_train_memory(cfg, platform: str = "cpu") -> TrainMemoryPlan | None:
     checkpointing = not role.model_args.disable_gradient_checkpointing
     activations = (n_layers * h * tokens * compute + per_layer) if checkpointing else n_layers * per_layer
     return TrainMemoryPlan(
-        ranks=ranks, parameters=params, sharded_state_bytes=16 * params // ranks,
+        ranks=ranks, parameters=params, sharded_state_bytes=state // ranks, trained=trained,
         gathered_bytes=(max(layers.values(), default=0) + root) * compute, micro_tokens=tokens,
         activation_bytes=activations, logits_bytes=2 * tokens * mc["vocab_size"] * 4, checkpointing=checkpointing)
 

@@ -98,11 +98,9 @@ MODEL_ARGS = {
     "device_map": "vroll places the weights itself (FSDP2 or one device)",
     "num_labels": "vroll's value head has one output",
     "ulysses_size": "vroll has no sequence parallelism; each rank holds whole sequences",
-    "lora_rank": "LoRA is off unless lora_target is set (as in ROLL)",
-    "lora_alpha": "LoRA is off unless lora_target is set (as in ROLL)",
-    "lora_dropout": "LoRA is off unless lora_target is set (as in ROLL)",
-    "additional_target": "LoRA is off unless lora_target is set (as in ROLL)",
-    "autocast_adapter_dtype": "LoRA is off unless lora_target is set (as in ROLL)",
+    "autocast_adapter_dtype": "vroll's adapters are fp32 always (its master weights are fp32), which is what "
+                              "ROLL's default true gives",
+    "adapter_name_or_path": NEVER_READ + " (its trainer starts a fresh adapter)",
     "flash_attn": NOT_A_FIELD,
 }
 TRAINING_ARGS = {

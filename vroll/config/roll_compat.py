@@ -78,6 +78,19 @@ DIFFERENT = {
                         "contract) or vroll's own template with {question}, {response}, {reference}",
         "judge_api_key": "optional (a local `vllm serve` needs none), else the environment's OPENAI_API_KEY",
     },
+    "model_args": {
+        "lora_target": "actor_train's turns LoRA on with ROLL's meaning (peft's LoRA on the named Linear layers, "
+                       "comma-separated, all-linear or one regular expression; lora_rank, lora_alpha (default 2 x "
+                       "rank), lora_dropout, additional_target as in ROLL; only the adapters train). Differences: the "
+                       "engine receives the merged weights (base + alpha/rank * B A, under the base model's names) "
+                       "through vroll's weight update, where ROLL sends the adapter to vLLM's own LoRA "
+                       "(enable_lora), so actor_infer's lora_* keys are not read; each checkpoint's model is the "
+                       "merged model (a plain Hugging Face folder) with the adapter in its adapter/ folder (peft's "
+                       "format), where ROLL's fsdp2_train saves the adapter; ROLL's rule for the reference holds "
+                       "(the trainer's model with its adapters off, no reference role started). Refused: "
+                       "all-embedding, all-router, a name that matches no Linear layer of the model (checked "
+                       "before anything starts), lm_head of a model whose lm_head is its embedding, the critic's",
+    },
     "data_args": {
         "template": "actor_train's: the template of every row unless global_template is set (ROLL's rule; names as "
                     "global_template); validation's must render as that one (vroll refuses a different one, which "
@@ -121,9 +134,6 @@ UNSUPPORTED: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
                                                   "default true)"),
     },
     "model_args": {
-        "lora_target": (_none, "LoRA is not in vroll: it trains every weight; remove lora_target (and use a full "
-                               "fine-tune's learning rate)"),
-        "adapter_name_or_path": (_none, "LoRA adapters are not in vroll"),
         "model_config_kwargs": (_falsy, "vroll loads the model's config as it is"),
         "freeze_module_prefix": (_none, "vroll trains every weight (no frozen modules)"),
     },
@@ -168,6 +178,7 @@ def adopt_roll_keys(raw: dict[str, Any]) -> tuple[dict[str, str], list[Issue]]:
     _rewards(raw, notes, issues)
     _fsdp2_infer(raw, notes)
     _unread_templates(raw, notes)
+    _lora(raw, notes)
     return notes, issues
 
 
@@ -393,3 +404,35 @@ def _unread_templates(raw, notes) -> None:
         if path != "actor_train" and isinstance(data, dict) and data.get("template") is not None:
             notes[f"{path}.data_args.template"] = (f"{data.pop('template')!r} not read: rows are formatted with "
                                                    "global_template / actor_train.data_args.template, as in ROLL")
+
+
+LORA_KEYS = ("lora_target", "lora_rank", "lora_alpha", "lora_dropout", "additional_target")
+
+
+def _lora(raw, notes) -> None:
+    """Only actor_train's LoRA keys are read (ROLL's vLLM reads actor_infer's, for its own LoRA; vroll's
+    engine gets the merged weights instead): the other roles' are removed with a note (the critic's
+    stay, for `config.lora.lora_issues` to refuse). Under LoRA the reference role is not started
+    (ROLL's rule): the trainer's model with its adapters off is the reference."""
+    train = raw.get("actor_train")
+    args = train.get("model_args") if isinstance(train, dict) else None
+    on = isinstance(args, dict) and args.get("lora_target") is not None
+    for path, role in _roles(raw).items():
+        model_args = role.get("model_args")
+        if path in ("actor_train", "critic") or not isinstance(model_args, dict):
+            continue
+        found = [k for k in LORA_KEYS if k in model_args]
+        if any(model_args.get(k) is not None for k in found) and model_args.get("lora_target") is not None:
+            why = ("the engine receives actor_train's merged weights (ROLL's vLLM loads the adapter with its own "
+                   "LoRA)") if path == "actor_infer" else "a role that does not train has no adapter (as in ROLL)"
+            notes[f"{path}.model_args.lora_target"] = f"not read: {why}"
+        for key in found:
+            del model_args[key]
+    if on:
+        notes["actor_train.model_args.lora_target"] = (
+            f"LoRA on {args['lora_target']!r} (peft): only the adapters train; the engine receives the merged "
+            "weights; checkpoints hold the merged model and the adapter in adapter/")
+    if on and isinstance(raw.get("reference"), dict):
+        del raw["reference"]
+        notes["reference"] = ("not started under LoRA (ROLL's rule): the reference log-probs are actor_train's "
+                              "model with its adapters off")

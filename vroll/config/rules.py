@@ -10,6 +10,7 @@ from vroll.config.errors import Issue
 from vroll.config.schema import GeneratingArgs, PipelineConfig, RoleConfig
 from vroll.config.domains import check_domain_probs
 from vroll.config.engine_args import check_engine_args
+from vroll.config.lora import lora_enabled, lora_issues
 from vroll.config.layout import (colocated, devices_per_engine, local_slots, rollout_rows, rows_per_optimizer_step,
                                  trainer_ranks)
 from vroll.config.numbers import nonfinite_issues
@@ -38,6 +39,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
     issues += check_tracking(cfg)
     issues += check_system_envs("system_envs", cfg.system_envs)
     issues += template_issues(cfg)
+    issues += lora_issues(cfg)
     return issues + [i for req in job_sampling(cfg) for i in greedy_issues(req)]
 
 
@@ -286,7 +288,7 @@ def check_rl_sizes(cfg: PipelineConfig, platform: str = "cpu") -> list[Issue]:
     issues += check_rewards_present(cfg)
     if cfg.actor_infer is not None:
         issues += greedy_issues(job_sampling(cfg, "train")[0])
-    if cfg.reference is None and reference_enabled(cfg):
+    if cfg.reference is None and reference_enabled(cfg) and not lora_enabled(cfg):  # LoRA: the trainer's base
         key, _, value = reference_reason(cfg).partition(": ")
         default = key == "init_kl_coef" and key not in cfg.model_fields_set
         issues.append(Issue(key, f"{value} needs a `reference` role to compute the KL against" +

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from vroll.config.device_mapping import parse_device_mapping
+from vroll.config.lora import names_problem, target_problem
 from vroll.config.options import parse_options, pass_through
 
 
@@ -27,6 +28,49 @@ class ModelArgs(Section):
     trust_remote_code: bool = False
     # ROLL's value-model kinds for the critic: both mean a scalar value head on the last hidden state
     model_type: Literal["trl", "auto_token_classification"] | None = None
+    # ROLL's LoraArguments (config/lora.py): actor_train's lora_target turns LoRA on
+    lora_target: str | list[str] | None = None  # module names (comma-separated), all-linear, or a regex
+    lora_rank: int = 8
+    lora_alpha: int | None = None  # None: 2 x lora_rank (ROLL's default)
+    lora_dropout: float = 0.0
+    additional_target: str | list[str] | None = None  # modules trained whole beside the adapters
+
+    @field_validator("lora_target")
+    @classmethod
+    def _lora_target(cls, v):
+        problem = target_problem(v)
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("additional_target")
+    @classmethod
+    def _additional_target(cls, v):
+        problem = names_problem(v, "module names trained whole beside the adapters")
+        if problem:
+            raise ValueError(problem)
+        return v
+
+    @field_validator("lora_rank")
+    @classmethod
+    def _lora_rank(cls, v):
+        if v < 1:
+            raise ValueError(f"{v!r}: LoRA's rank must be a whole number >= 1 (ROLL's default 8)")
+        return v
+
+    @field_validator("lora_alpha")
+    @classmethod
+    def _lora_alpha(cls, v):
+        if v is not None and v < 1:
+            raise ValueError(f"{v!r}: LoRA's alpha must be a whole number >= 1, or null for 2 x lora_rank")
+        return v
+
+    @field_validator("lora_dropout")
+    @classmethod
+    def _lora_dropout(cls, v):
+        if not 0.0 <= v < 1.0:
+            raise ValueError(f"{v!r}: LoRA's dropout must be a probability in [0, 1)")
+        return v
 
 
 class GeneratingArgs(Section):

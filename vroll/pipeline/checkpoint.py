@@ -3,7 +3,10 @@
 JSON: `strategy/train_state.py`) and `vroll_state.json` (step, data order, weight version); a critic
 (gae) is a folder of the same kind inside it, `critic/`. Nothing in a checkpoint is unpickled. A save
 is written aside and renamed into place, and an interrupted save leaves nothing behind; a resume
-checks the checkpoint before anything starts and falls back to the newest one that loads."""
+checks the checkpoint before anything starts and falls back to the newest one that loads. Under LoRA
+the trainer's folder holds the merged model and, in `adapter/`, the adapter in peft's format
+(`models/lora.py`); a LoRA run resumes only from such a checkpoint, and a full fine-tune only from one
+without."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vroll.config.errors import CheckpointError, ConfigError, Issue
+from vroll.models.lora import ADAPTER_DIR, check_adapter
 from vroll.strategy.train_state import EARLIER_TENSORS, LEGACY, TENSORS, check_train_state
 
 log = logging.getLogger(__name__)
@@ -92,30 +96,32 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
     return old
 
 
-def find_checkpoint(resume: str | bool, output_dir: str | Path, inner: tuple[str, ...] = ()
-                    ) -> tuple[Path | None, dict]:
+def find_checkpoint(resume: str | bool, output_dir: str | Path, inner: tuple[str, ...] = (),
+                    lora: bool | None = None) -> tuple[Path | None, dict]:
     """`resume_from_checkpoint`: false (start fresh), true (the newest checkpoint in output_dir that
     loads, if any) or a checkpoint folder; with its checked `vroll_state.json` ({"step": 0} when none).
-    `inner`: the folders of other training roles the run needs in it (the critic's)."""
+    `inner`: the folders of other training roles the run needs in it (the critic's); `lora`: whether the
+    run trains LoRA adapters (the trainer's folder must then hold one, else must not)."""
     if resume is False or resume in ("", None):
         return None, {"step": 0}
     if resume is True:
-        return newest_loadable(output_dir, inner)
+        return newest_loadable(output_dir, inner, lora)
     path = Path(str(resume)).expanduser()
     if not (path / STATE_JSON).is_file():
         raise ConfigError([Issue("resume_from_checkpoint", f"{str(resume)!r} is not a vroll checkpoint folder "
                                                            f"(no {STATE_JSON}); use true for the latest in output_dir")])
-    return path, check_checkpoint(path, inner)
+    return path, check_checkpoint(path, inner, lora)
 
 
-def newest_loadable(output_dir: str | Path, inner: tuple[str, ...] = ()) -> tuple[Path | None, dict]:
+def newest_loadable(output_dir: str | Path, inner: tuple[str, ...] = (), lora: bool | None = None
+                    ) -> tuple[Path | None, dict]:
     """The newest checkpoint that passes `check_checkpoint`; each newer one is skipped with a warning."""
     root = Path(output_dir) / "checkpoints"
     found = newest_first(output_dir)
     reasons = []
     for path in found:
         try:
-            return path, check_checkpoint(path, inner)
+            return path, check_checkpoint(path, inner, lora)
         except CheckpointError as e:
             log.warning("resume: skipping checkpoint %s: %s", path.name, e)
             reasons.append(f"{path.name}: {e}")
@@ -125,13 +131,19 @@ def newest_loadable(output_dir: str | Path, inner: tuple[str, ...] = ()) -> tupl
     return None, {"step": 0}
 
 
-def check_checkpoint(path: Path, inner: tuple[str, ...] = ()) -> dict:
+def check_checkpoint(path: Path, inner: tuple[str, ...] = (), lora: bool | None = None) -> dict:
     """Its `vroll_state.json`, after checking every file a resume reads (weights by their headers), in
     it and in its `inner` folders; raises CheckpointError naming a file that is missing, truncated,
-    malformed or unsafe."""
+    malformed or unsafe, or a trainer folder with (`lora` False) or without (`lora` True) an adapter."""
     path = Path(path)
     state = read_state(path)
     check_trainer_folder(path)
+    has_adapter = (path / ADAPTER_DIR).is_dir()
+    if lora is not None and lora != has_adapter:
+        raise CheckpointError(f"{path}: saved by a run {'without' if lora else 'with'} LoRA (it has "
+                              f"{'no ' if lora else ''}{ADAPTER_DIR}/ folder), and this run "
+                              f"{'trains LoRA adapters' if lora else 'trains every weight'}: resume it with the "
+                              "lora_target it was saved with, or start afresh")
     for name in inner:
         if not (path / name).is_dir():
             raise CheckpointError(f"{path / name}: missing (this run needs the {name}'s checkpoint, and this one was "
@@ -153,6 +165,8 @@ def check_trainer_folder(path: Path) -> None:
     for w in weights:
         check_safetensors(w)
     check_train_state(path)
+    if (path / ADAPTER_DIR).is_dir():
+        check_adapter(path / ADAPTER_DIR)
 
 
 def read_state(path: Path) -> dict:

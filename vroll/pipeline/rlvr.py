@@ -16,6 +16,7 @@ import torch
 from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import ConfigError, Issue
 from vroll.config.layout import optimizer_steps_per_rollout, rows_per_optimizer_step, trainer_ranks
+from vroll.config.lora import lora_enabled
 from vroll.config.no_effect import no_effect_line
 from vroll.config.passes import critic_enabled, old_logprobs_needed, old_logprobs_recomputed
 from vroll.config.sampling import rollout_args
@@ -34,7 +35,7 @@ from vroll.pipeline.health import skipped
 from vroll.pipeline.output_dir import own_output_dir
 from vroll.pipeline.tracking import MetricsLog, PhaseTimer, open_tracker, plot_curves, process_rss_bytes
 from vroll.rewards.workers import RewardRouter, missing_fields, routes, unrouted_tags
-from vroll.roles.launcher import Roles, launch_rlvr_roles
+from vroll.roles.launcher import AdaptersOff, Roles, launch_rlvr_roles
 from vroll.strategy.results import PromptResult, to_padded_batch
 from vroll.strategy.vllm_compat import current_platform_name
 
@@ -116,6 +117,14 @@ def forward_logprobs(model, batch: dict) -> torch.Tensor:
     for i, (lp, start) in enumerate(zip(model.sequence_logprobs(seqs), starts)):
         out[i, start:start + len(lp)] = torch.tensor(lp)
     return out
+
+
+def reference_logprobs(reference, batch: dict) -> torch.Tensor:
+    """The reference's per-token log-probs [B, L-1]; under LoRA (ROLL's rule) the trainer's model with
+    its adapters off scores the padded batch as it is."""
+    if isinstance(reference, AdaptersOff):
+        return reference.batch_logprobs(batch["input_ids"], batch["attention_mask"])
+    return forward_logprobs(reference, batch)
 
 
 def rollout_logprobs(batch: dict) -> torch.Tensor:
@@ -375,7 +384,7 @@ def train_step(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records
     metrics = {"train/kept_frac": float(keep.mean()), **dynamic_metrics}
     if roles.reference is not None:  # started only when a KL term or enable_reference asks for it
         with timer("reference"):
-            batch["ref_logp"] = forward_logprobs(roles.reference, padded)
+            batch["ref_logp"] = reference_logprobs(roles.reference, padded)
     metrics.update(old_logprobs(cfg, roles, batch, padded, step, lagging=ahead is not None, timer=timer))
     kl = None
     if "ref_logp" in batch:  # the rollout policy (recomputed, else the engine's own log-probs) against the reference
@@ -429,7 +438,8 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.actor_train.model_args.model_name_or_path, model_key))
     train_records, val_records = load_data(cfg, tokenizer, source)
     inner = (CRITIC_DIR,) if critic_enabled(cfg) else ()
-    ckpt, state = find_checkpoint(cfg.resume_from_checkpoint, out_dir, inner)  # checked; falls back past broken ones
+    ckpt, state = find_checkpoint(cfg.resume_from_checkpoint, out_dir, inner,  # checked; falls back past broken ones
+                                  lora=lora_enabled(cfg))
     sampler = prompt_sampler(train_records, cfg.seed, cfg.actor_train.data_args, cfg.rollout_batch_size,
                              cfg.rewards)
     algorithm = alg.AlgorithmState.start(cfg)

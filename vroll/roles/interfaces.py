@@ -88,9 +88,11 @@ class Trainer(Protocol):
     tokenizer: Any
 
     def batch_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
-                       batch_size: int | None = None, prompt_width: int | None = None) -> torch.Tensor:
+                       batch_size: int | None = None, prompt_width: int | None = None,
+                       disable_adapter: bool = False) -> torch.Tensor:
         """Per-token log-probabilities [B, L-1] of padded sequences; `prompt_width`: the columns before
-        every row's response, so that rows repeating a prompt share its pass."""
+        every row's response, so that rows repeating a prompt share its pass; `disable_adapter`: the
+        base model's, LoRA's adapters off (a LoRA trainer only)."""
 
     def train_step(self, micro_batches: list[dict], loss_fn: Callable, temperature: float = 1.0) -> dict:
         """Gradient accumulation over the micro-batches, one optimiser step; returns metrics."""

@@ -19,9 +19,11 @@ from dataclasses import dataclass, field
 
 from vroll.cluster.pinning import affinity
 from vroll.config.layout import colocated, devices_per_engine, trainer_ranks
+from vroll.config.lora import lora_enabled
 from vroll.config.passes import critic_enabled, reference_enabled
 from vroll.config.schema import PipelineConfig, RewardConfig, RoleConfig
 from vroll.config.strategies import require_runnable
+from vroll.models.padding import left_pad
 from vroll.roles.interfaces import Critic, ForwardModel, GenerationEngine, ScoringModel, Trainer
 from vroll.roles.ray_engines import RayEngines
 from vroll.roles.ray_trainer import RayTrainer
@@ -108,9 +110,13 @@ def launch_rlvr_roles(cfg: PipelineConfig, total_steps: int, model_path: str | N
         if driver_pinned_to(cfg.actor_train, own_devices=not shared):
             stack.enter_context(affinity(cfg.actor_train.device_mapping))
         train = stack.enter_context(launch(cfg, cfg.actor_train, total_steps=total_steps, model_path=model_path))
-        # ROLL's rule: the reference runs only when a KL term (or enable_reference) asks for it
-        wanted = cfg.reference is not None and reference_enabled(cfg)
-        reference = stack.enter_context(launch(cfg, cfg.reference)) if wanted else None
+        # ROLL's rule: the reference runs only when a KL term (or enable_reference) asks for it; under
+        # LoRA it is the trainer's model with its adapters off (no model of its own)
+        reference = None
+        if reference_enabled(cfg) and lora_enabled(cfg):
+            reference = AdaptersOff(train)
+        elif reference_enabled(cfg) and cfg.reference is not None:
+            reference = stack.enter_context(launch(cfg, cfg.reference))
         value = None
         if critic_enabled(cfg):
             value = stack.enter_context(launch(cfg, cfg.critic, total_steps=critic[0], model_path=critic[1],
@@ -171,3 +177,21 @@ class AsleepBetweenCalls:
             return self.engine.generate(prompts, generating_args, **kwargs)
         finally:
             self.engine.sleep(1)
+
+
+class AdaptersOff:
+    """ROLL's reference under LoRA: the trainer's own model with its LoRA adapters off, that is, the
+    base model (`Trainer.batch_logprobs(disable_adapter=True)`); a `ForwardModel`, at temperature 1 as
+    every reference."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+
+    def batch_logprobs(self, input_ids, attention_mask):
+        """Per-token log-probs [B, L-1] of padded rows."""
+        return self.trainer.batch_logprobs(input_ids, attention_mask, 1.0, disable_adapter=True)
+
+    def sequence_logprobs(self, sequences, temperature: float = 1.0) -> list[list[float]]:
+        ids, mask = left_pad([list(s) for s in sequences], self.trainer.tokenizer.pad_token_id or 0)
+        logp = self.trainer.batch_logprobs(ids, mask, temperature, disable_adapter=True)
+        return [logp[i, logp.shape[1] - len(s) + 1:].tolist() for i, s in enumerate(sequences)]

@@ -72,12 +72,14 @@ class RayTrainer(RayRole):
 
     # -- the trainer's interface -----------------------------------------------------------------
     def batch_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
-                       batch_size: int | None = None, prompt_width: int | None = None) -> torch.Tensor:
+                       batch_size: int | None = None, prompt_width: int | None = None,
+                       disable_adapter: bool = False) -> torch.Tensor:
         input_ids, attention_mask, n = self._even_rows(input_ids, attention_mask)
         shares = self._shares(input_ids.shape[0])
         parts = self.group.on_each("batch_logprobs", lambda m: (input_ids[shares[m.placement.rank]],
                                                                 attention_mask[shares[m.placement.rank]],
-                                                                temperature, batch_size, prompt_width))
+                                                                temperature, batch_size, prompt_width,
+                                                                disable_adapter))
         return torch.cat(parts)[:n]
 
     def batch_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

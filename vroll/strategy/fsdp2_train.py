@@ -7,6 +7,13 @@ ranks are Ray actors, one process each, driven by `vroll.roles.ray_trainer.RayTr
 decides which, from `config.layout.trainer_ranks`). Every rank runs this same class on its share of
 each batch. One rank with nothing for FSDP2 to do (`shards`) trains the plain module: the same
 arithmetic, names and files, without the per-layer hooks.
+
+With LoRA (`actor_train.model_args.lora_target`, ROLL's keys: `config/lora.py`) the model is wrapped
+with peft's adapters before it is sharded and only they train (the optimiser holds nothing else);
+the weights it hands out are the merged ones (base + alpha/rank * B A) under the base model's names,
+so the engine and checkpoints see a plain model; `batch_logprobs(disable_adapter=True)` is the base
+model's (ROLL's reference under LoRA). A checkpoint holds the merged model and the adapter in
+`adapter/` (peft's format); resuming loads the base from the model the run started from.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -21,9 +29,11 @@ import torch
 
 from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import CheckpointError
+from vroll.config.lora import lora_on
 from vroll.config.options import Fsdp2Options
 from vroll.config.schema import RoleConfig, TrainingArgs
 from vroll.models.logprobs import token_logprobs
+from vroll.models.lora import ADAPTER_DIR, export_plan, load_adapter, merged, save_adapter, with_adapters
 from vroll.models.padding import prompt_width
 from vroll.models.paths import resolve_model_path
 from vroll.models.values import load_value_model, token_values
@@ -108,6 +118,11 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return [m for m in model.modules() if type(m).__name__ in names]
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) tensor gathered whole; a plain one as it is."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 class Fsdp2TrainStrategy:
     def __init__(self, role: RoleConfig, seed: int | None = None, total_steps: int = 1,
                  model_path: str | None = None, rank: int = 0, world_size: int = 1, init_method: str | None = None,
@@ -118,8 +133,15 @@ class Fsdp2TrainStrategy:
 
         self.role, self.name = role, role.name or "actor_train"
         self.args: TrainingArgs = role.training_args or TrainingArgs()
-        path = model_path or resolve_model_path(role.model_args.model_name_or_path,
-                                                f"{self.name}.model_args.model_name_or_path")
+        base = resolve_model_path(role.model_args.model_name_or_path, f"{self.name}.model_args.model_name_or_path")
+        path = model_path or base
+        self.lora = lora_on(role) and not value_model
+        # LoRA resuming from a checkpoint: its weights are merged, so the base comes from the model the
+        # run started from and the adapter from the checkpoint's adapter/ folder
+        adapter = Path(path) / ADAPTER_DIR if self.lora and Path(path).resolve() != Path(base).resolve() else None
+        if adapter is not None and not adapter.is_dir():
+            raise CheckpointError(f"{path}: no LoRA adapter ({ADAPTER_DIR}/): this checkpoint was saved by a run "
+                                  "without LoRA; resume it without lora_target, or start this run afresh")
         self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
         self.rank, self.world_size = rank, world_size
         self.value_model = value_model
@@ -134,7 +156,17 @@ class Fsdp2TrainStrategy:
         if value_model:  # FSDP2 warns that the value head's output is a view; token_values only slices it
             warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
         model = load_value_model(path, torch.float32, trust) if value_model else \
-            AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, trust_remote_code=trust)
+            AutoModelForCausalLM.from_pretrained(base if self.lora else path, dtype=torch.float32,
+                                                 trust_remote_code=trust)
+        self.plan = None
+        if self.lora:  # before sharding: fully_shard then shards the adapters with their layers
+            base_names = list(model.state_dict())
+            if not role.model_args.disable_gradient_checkpointing:
+                model.enable_input_require_grads()  # as ROLL: checkpointed blocks see inputs that need grad
+            model = with_adapters(model, role.model_args, f"{self.name}.model_args")
+            if adapter is not None:
+                load_adapter(adapter, model)
+            self.plan = export_plan(model, base_names)
         model.to(self.device)
         # taken after the load, so a failed load holds nothing
         if world_size == 1:
@@ -158,7 +190,8 @@ class Fsdp2TrainStrategy:
         self.model = model
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=role.model_args.trust_remote_code)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=self.args.learning_rate,
+        # under LoRA only the adapters (and additional_target) require grad: the optimiser holds only them
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=self.args.learning_rate,
                                            weight_decay=self.args.weight_decay,
                                            betas=(self.args.adam_beta1, self.args.adam_beta2))
         # transformers' "constant" ignores warmup_steps; the file's warmup_steps must still apply.
@@ -167,22 +200,29 @@ class Fsdp2TrainStrategy:
             schedule = "constant_with_warmup"
         self.scheduler = get_scheduler(schedule, self.optimizer,
                                        num_warmup_steps=self.args.warmup_steps, num_training_steps=max(total_steps, 1))
-        log.info("%s: fsdp2_train ready (%s, %.2fM parameters, compute %s, %s, %s)", self.name, path,
-                 sum(p.numel() for p in model.parameters()) / 1e6, role.model_args.dtype, self.device,
+        trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        log.info("%s: fsdp2_train ready (%s, %.2fM parameters%s, compute %s, %s, %s)", self.name, path,
+                 sum(p.numel() for p in model.parameters()) / 1e6,
+                 f", LoRA: {trained / 1e6:.3f}M trained" if self.lora else "", role.model_args.dtype, self.device,
                  f"FSDP2 over {world_size} rank(s)" if self.sharded else "one rank, plain module")
 
     # -- forward ----------------------------------------------------------------------------
     @torch.no_grad()
     def batch_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float = 1.0,
-                       batch_size: int | None = None, prompt_width: int | None = None) -> torch.Tensor:
+                       batch_size: int | None = None, prompt_width: int | None = None,
+                       disable_adapter: bool = False) -> torch.Tensor:
         """Per-token log-probabilities [B, L-1] of given padded sequences, in micro-batches (rows that
-        repeat a prompt within one share its pass when `prompt_width` is given)."""
+        repeat a prompt within one share its pass when `prompt_width` is given). `disable_adapter`: the
+        base model's, with the LoRA adapters off (ROLL's reference under LoRA)."""
+        if disable_adapter and not self.lora:
+            raise ValueError(f"{self.name}: disable_adapter needs LoRA (model_args.lora_target)")
         self.model.eval()
         bs = batch_size or self.args.per_device_train_batch_size
-        parts = [token_logprobs(self.model, input_ids[i:i + bs].to(self.device),
-                                attention_mask[i:i + bs].to(self.device), temperature,
-                                prompt_width=prompt_width).cpu()
-                 for i in range(0, input_ids.shape[0], bs)]
+        with self.model.disable_adapter() if disable_adapter else nullcontext():
+            parts = [token_logprobs(self.model, input_ids[i:i + bs].to(self.device),
+                                    attention_mask[i:i + bs].to(self.device), temperature,
+                                    prompt_width=prompt_width).cpu()
+                     for i in range(0, input_ids.shape[0], bs)]
         self._reshard()
         return torch.cat(parts)
 
@@ -262,17 +302,28 @@ class Fsdp2TrainStrategy:
                       ) -> Iterator[tuple[str, torch.Tensor]]:
         """Full (unsharded) weights in Hugging Face naming (all, or `names`), one tensor at a time, for
         the engine or a checkpoint; cast to `dtype` when given (the engine's: bf16 halves the bytes
-        moved, and the engine would round the same way). A tied lm_head is left out: it is the embedding."""
+        moved, and the engine would round the same way). A tied lm_head is left out: it is the embedding.
+        Under LoRA: the base model's names, each adapted weight merged with its adapter."""
         wanted = set(names) if names is not None else None
-        for name, t in self.model.state_dict().items():
+        state = self.model.state_dict()
+        for name, key, a, b, scaling in self._exports(state):
             if (self.tied and name == "lm_head.weight") or (wanted is not None and name not in wanted):
                 continue
-            full = t.full_tensor() if hasattr(t, "full_tensor") else t
+            full = _full(state[key])
+            if a is not None:
+                full = merged(full, _full(state[a]), _full(state[b]), scaling)
             yield name, full.detach().to(dtype or full.dtype).to("cpu")
+
+    def _exports(self, state: dict) -> list[tuple[str, str, str | None, str | None, float]]:
+        """(name handed out, its state-dict key, the adapter's A and B keys or None, scale)."""
+        if self.plan is None:
+            return [(n, n, None, None, 0.0) for n in state]
+        return [(e.name, e.key, e.a, e.b, e.scaling) for e in self.plan]
 
     def weight_sizes(self) -> list[tuple[str, int]]:
         """(name, bytes) of every weight `named_weights` yields, in its order; nothing is gathered."""
-        return [(n, t.numel() * t.element_size()) for n, t in self.model.state_dict().items()
+        state = self.model.state_dict()
+        return [(n, state[k].numel() * state[k].element_size()) for n, k, *_ in self._exports(state)
                 if not (self.tied and n == "lm_head.weight")]
 
     def full_weights(self, names: list[str] | None = None, dtype: torch.dtype | None = None
@@ -284,12 +335,17 @@ class Fsdp2TrainStrategy:
 
     def save(self, folder: str | Path, with_state: bool = True) -> None:
         """A standard Hugging Face folder (config, safetensors, tokenizer), plus optimiser, scheduler
-        and RNG state when `with_state`. Every rank calls it (it gathers); rank 0 writes. The caller
+        and RNG state when `with_state`; under LoRA the weights are the merged ones and peft's adapter
+        folder is `adapter/` inside it. Every rank calls it (it gathers); rank 0 writes. The caller
         makes it atomic (write aside, then rename)."""
         from safetensors.torch import save_file
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
         weights = {n: t.contiguous() for n, t in self.named_weights()}
+        adapter = None
+        if self.lora:  # the adapters' full tensors (every rank gathers)
+            adapter = {k: _full(v).detach().cpu() for k, v in self.model.state_dict().items()
+                       if ".lora_A." in k or ".lora_B." in k or ".modules_to_save." in k}
         optim = None
         if with_state:  # cpu_offload: only rank 0 receives the full state
             optim = get_optimizer_state_dict(self.model, self.optimizer,
@@ -303,6 +359,8 @@ class Fsdp2TrainStrategy:
         if getattr(self.model, "generation_config", None) is not None:
             self.model.generation_config.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
+        if adapter is not None:  # merged model above, peft's adapter folder beside it
+            save_adapter(folder / ADAPTER_DIR, self.model, adapter)
         if with_state:  # safetensors + JSON: loading a checkpoint never unpickles (train_state.py)
             save_train_state(folder, {"optimizer": optim, "scheduler": self.scheduler.state_dict(),
                                       "torch_rng": torch.get_rng_state()})
