@@ -5,6 +5,7 @@ Each workaround says which versions need it and why, so it can go when vLLM fixe
 
 from __future__ import annotations
 
+import functools
 import os
 
 from vroll.config.engine_args import installed_vllm_version
@@ -220,8 +221,55 @@ def _worker_transfer_receipt(worker):
 
 def worker_kv_cache_bytes(worker) -> int:
     """Bytes held by the engine's KV cache (one buffer, viewed per layer)."""
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in worker.model_runner.kv_caches}
-    return sum(storages.values())
+    return sum(n for _, n in _kv_buffers(worker.model_runner))
+
+
+def worker_kv_cache_resident_bytes(worker) -> int:
+    """Bytes of the KV cache in memory now (CPU): after a level-1 sleep only the pages generation
+    touched since come back, so this, not the buffer's size, is what the next sleep releases."""
+    import ctypes
+
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for start, end in _whole_pages(_kv_buffers(worker.model_runner), page):
+        pages = (end - start) // page
+        vec = (ctypes.c_ubyte * pages)()
+        if _libc().mincore(ctypes.c_void_p(start), ctypes.c_size_t(end - start), vec) != 0:
+            return worker_kv_cache_bytes(worker)  # cannot tell: count all of it
+        total += sum(b & 1 for b in bytes(vec)) * page
+    return total
+
+
+def _kv_buffers(runner) -> list[tuple[int, int]]:
+    """(address, bytes) of each distinct storage behind the runner's KV cache tensors."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in runner.kv_caches}
+    return sorted(storages.items())
+
+
+def _whole_pages(buffers, page: int) -> list[tuple[int, int]]:
+    """The page-aligned [start, end) inside each buffer (the pages no other allocation shares)."""
+    spans = [(-(-ptr // page) * page, (ptr + n) // page * page) for ptr, n in buffers]
+    return [(a, b) for a, b in spans if b > a]
+
+
+@functools.cache
+def _libc():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _release_kv_pages(runner) -> None:
+    """Give the KV cache's pages back to the OS, keeping the buffer and its bindings: with
+    MADV_DONTNEED a private anonymous page reads as zeros when next touched, which is what a freshly
+    allocated `torch.zeros` KV cache holds, so waking needs no allocation and only the blocks the next
+    generation writes come back (it was a free, a heap trim and a zeroed 128 MiB buffer per step)."""
+    import ctypes
+
+    madv_dontneed = 4
+    for start, end in _whole_pages(_kv_buffers(runner), os.sysconf("SC_PAGE_SIZE")):
+        if _libc().madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), madv_dontneed) != 0:
+            raise OSError(ctypes.get_errno(), "madvise(MADV_DONTNEED) of the KV cache failed")
 
 
 def _released(*args, **kwargs):
@@ -231,20 +279,18 @@ def _released(*args, **kwargs):
 def worker_cpu_sleep(worker, level: int) -> None:
     """vLLM 0.32 ignores sleep on CPU (CPUWorker.sleep is a no-op), so release memory here.
 
-    Level 1 drops the KV cache: its one buffer is referenced only by `model_runner.kv_caches` and by
-    each attention layer's `kv_cache` (bound at start-up). Level 2 also empties every parameter and
-    drops the packed oneDNN handles; their shapes are kept to re-allocate on wake.
+    Level 1 releases the KV cache's pages (`_release_kv_pages`; the prefix cache was reset first, so
+    no block is reused for its content). Level 2 also empties every parameter and drops the packed
+    oneDNN handles; their shapes are kept to re-allocate on wake.
     """
     import gc
 
     import torch
-    from vllm.v1.worker.utils import clear_layer_kv_caches
 
     runner = worker.model_runner
     state = getattr(worker, "_vroll_sleep", None) or {"kv": False, "weights": None}
     if not state["kv"]:
-        runner.kv_caches.clear()
-        clear_layer_kv_caches(runner.compilation_config.static_forward_context.values())
+        _release_kv_pages(runner)
         state["kv"] = True
     if level >= 2 and state["weights"] is None:
         shapes = {}
@@ -256,14 +302,14 @@ def worker_cpu_sleep(worker, level: int) -> None:
             if hasattr(module, "cpu_linear"):
                 module.cpu_linear = _released
         state["weights"] = shapes
+        gc.collect()
+        trim_host_memory()
     worker._vroll_sleep = state
-    gc.collect()
-    trim_host_memory()
 
 
 def worker_cpu_wake(worker, tags: list[str]) -> None:
     """Undo `worker_cpu_sleep` for the given parts ("weights": zero-filled, awaiting an update;
-    "kv_cache": a fresh buffer bound where the old one was)."""
+    "kv_cache": nothing to allocate, its released pages return as zeros when generation writes them)."""
     import torch
 
     runner = worker.model_runner
@@ -277,7 +323,6 @@ def worker_cpu_wake(worker, tags: list[str]) -> None:
                 p.data = torch.zeros(shape, dtype=dtype)
         state["weights"] = None
     if "kv_cache" in tags and state["kv"]:
-        runner.initialize_kv_cache_tensors(runner.kv_cache_config, runner._kernel_block_sizes)
         state["kv"] = False
     if not state["kv"] and state["weights"] is None:
         worker._vroll_sleep = None

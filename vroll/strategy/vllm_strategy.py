@@ -411,7 +411,8 @@ class VllmStrategy:
                 return {}
             if not self.llm.reset_prefix_cache():
                 raise EngineStateError(f"{self.name}: cannot sleep while requests hold KV blocks")
-            expected = (self.kv_cache_bytes() if self.state.kv_cache else 0) + (self.weight_bytes() if level == 2 else 0)
+            expected = (self.kv_cache_resident_bytes() if self.state.kv_cache else 0) + (
+                self.weight_bytes() if level == 2 else 0)
             before, started = self._memory_in_use(), time.perf_counter()
             if self.platform == "cpu":
                 self.llm.collective_rpc(vllm_compat.worker_cpu_sleep, args=(level,))
@@ -454,6 +455,13 @@ class VllmStrategy:
 
     def kv_cache_bytes(self) -> int:
         return self.llm.collective_rpc(vllm_compat.worker_kv_cache_bytes)[0]
+
+    def kv_cache_resident_bytes(self) -> int:
+        """What a sleep can release of the KV cache: on CPU its pages in memory now (`kv_cache_bytes`
+        after a wake-up only once generation has touched them all)."""
+        if self.platform != "cpu":
+            return self.kv_cache_bytes()
+        return self.llm.collective_rpc(vllm_compat.worker_kv_cache_resident_bytes)[0]
 
     def weight_bytes(self) -> int:
         """Size of the model's weights in the engine's dtype (on CPU the kernels hold packed copies,
