@@ -77,6 +77,15 @@ DIFFERENT = {
         "judge_prompt": "ROLL's prompt name (its one prompt, in vroll's wording: same placeholders and YES / NO "
                         "contract) or vroll's own template with {question}, {response}, {reference}",
         "judge_api_key": "optional (a local `vllm serve` needs none), else the environment's OPENAI_API_KEY",
+        "tag_included": "ROLL's routing: a row goes to the one worker its domain names (its `domain` field, else the "
+                        "worker whose tag_included lists its tag, else the worker named math_rule), and the batch's "
+                        "statistics are per domain; vroll adds a sum where a file asks for more than ROLL gives, each "
+                        "named by a `# note:` of vroll validate: a tag listed under several workers is scored by each "
+                        "and their weighted scores (vroll's `weight`) are summed (ROLL scores it with the last), and a "
+                        "worker with no tag_included takes every row without a `domain` field (ROLL only rows whose "
+                        "domain names it). A row no worker scores is refused before anything starts (ROLL fails on it "
+                        "when it scores it); a training row of a domain domain_interleave_probs does not list is never "
+                        "drawn, as in ROLL (config/domains.py)",
     },
     "model_args": {
         "lora_target": "actor_train's turns LoRA on with ROLL's meaning (peft's LoRA on the named Linear layers, "

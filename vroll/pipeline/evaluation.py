@@ -12,7 +12,7 @@ from pathlib import Path
 from vroll.config.errors import ConfigError
 from vroll.config.schema import PipelineConfig
 from vroll.pipeline.dataset import PromptRecord, describe_first_prompt, load_prompts, row_templates
-from vroll.rewards.workers import RewardItem, RewardRouter, missing_fields, unrouted_tags
+from vroll.rewards.workers import RewardItem, RewardRouter, missing_fields, unrouted_rows
 from vroll.roles.interfaces import GenerationEngine
 from vroll.roles.launcher import launch, launch_reward_models
 from vroll.strategy.results import PromptResult
@@ -63,8 +63,8 @@ def evaluate_model(cfg: PipelineConfig, model_dir: str, tokenizer, out_dir: Path
     records = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args",
                            templates=templates)
     log.info(describe_first_prompt(records, "validation.data_args", templates))
-    issues = unrouted_tags(cfg.rewards, {r.tag for r in records}) + missing_fields(cfg.rewards, records,
-                                                                                   "validation.data_args")
+    issues = unrouted_rows(cfg.rewards, records, "validation.data_args") + missing_fields(cfg.rewards, records,
+                                                                                         "validation.data_args")
     if issues:
         raise ConfigError(issues, source)
     role = cfg.actor_infer.model_copy(deep=True)

@@ -1,7 +1,9 @@
-"""Reward workers and their combination: each prompt goes to the workers whose `tag_included`
-matches its tag (all workers when a worker lists no tags), and its reward is the weighted sum of their
-scores (a measuring worker, `reward_free`, adds none: its score only counts for accuracy). A worker
-that raises on a sample scores that sample 0 and the step goes on."""
+"""Reward workers and their combination: each prompt goes to the workers `config.domains.reward_routes`
+names (ROLL's one worker per domain; several where the file lists a tag under several workers, or
+leaves a worker's `tag_included` empty), and its reward is the weighted sum of their scores (a
+measuring worker, `reward_free`, adds none: its score only counts for accuracy). A worker that raises
+on a sample, or reports it failed, scores that sample 0, counted in `reward/<name>/errors`, and the
+step goes on."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from vroll.config.domains import reward_routes
 from vroll.config.errors import Issue
 from vroll.config.schema import RewardConfig
 from vroll.rewards.choice_rule import ChoiceMeasureWorker, ChoiceRuleWorker
@@ -83,18 +86,29 @@ class ModelRewardWorker:
 
 
 
-def routes(configs: dict[str, RewardConfig], tag: str | None) -> list[str]:
-    """The workers a prompt with this tag goes to."""
-    return [n for n, c in configs.items() if not c.tag_included or (tag is not None and tag in c.tag_included)]
+def routes(configs: dict[str, RewardConfig], tag: str | None, domain: Any = None) -> list[str]:
+    """The workers a prompt with this tag (and `domain` field) goes to."""
+    return reward_routes(configs, tag, domain)
 
 
-def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> list[Issue]:
-    """Data tags no worker takes: those prompts would get no reward at all."""
-    lost = sorted(str(t) for t in tags if not routes(configs, t))
+def row_routes(configs: dict[str, RewardConfig], record) -> list[str]:
+    """The workers a data row (a PromptRecord or a RewardItem) goes to."""
+    return routes(configs, record.tag, (getattr(record, "extra", None) or {}).get("domain"))
+
+
+def unrouted_rows(configs: dict[str, RewardConfig], records, key: str, drawn=None) -> list[Issue]:
+    """Rows no worker would score (among those `drawn` says are ever drawn): refused before anything
+    starts (ROLL fails on such a row when it scores it)."""
+    lost = [r for r in records if (drawn is None or drawn(r)) and not row_routes(configs, r)]
     if not lost:
         return []
-    return [Issue("rewards", f"no reward worker takes the data tag(s) {lost}: add them to a worker's "
-                             "tag_included, or leave a worker's tag_included empty to take every tag")]
+    tags = sorted({str(r.tag) for r in lost if (getattr(r, "extra", None) or {}).get("domain") is None})
+    domains = sorted({str(r.extra["domain"]) for r in lost if (getattr(r, "extra", None) or {}).get("domain") is not None})
+    first = ", ".join(getattr(r, "source", "") or "?" for r in lost[:3]) + (", ..." if len(lost) > 3 else "")
+    what = ([f"tag(s) {tags}"] if tags else []) + ([f"domain(s) {domains}"] if domains else [])
+    return [Issue(key, f"{len(lost)} row(s) have no reward worker ({' and '.join(what)}; {first}): list the tag in a "
+                       "worker's tag_included, or give the row a `domain` field naming a worker, or add a worker "
+                       f"named math_rule (ROLL's domain of a row whose tag no worker lists); workers: {sorted(configs)}")]
 
 
 # The data field each reward_type needs on a prompt's row to score it.
@@ -113,7 +127,7 @@ def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[
     issues = []
     for name, c in configs.items():
         needed = NEEDED_FIELDS.get(c.reward_type)
-        rows = [r for r in records if needed and not _has(r, needed) and name in routes(configs, r.tag)]
+        rows = [r for r in records if needed and not _has(r, needed) and name in row_routes(configs, r)]
         if rows:
             first = ", ".join(r.source for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
             issues.append(Issue(f"{key}.file_name", f"{len(rows)} row(s) have no {needed!r}, which reward worker "
@@ -159,7 +173,7 @@ class RewardRouter:
         correct: list[float | None] = [None] * len(items)
         metrics: dict[str, float] = {}
         for name, worker in self.workers.items():
-            idx = [i for i, it in enumerate(items) if name in routes(self.configs, it.tag)]
+            idx = [i for i, it in enumerate(items) if name in row_routes(self.configs, it)]
             if not idx:
                 continue
             scores, errors = self._score_safely(name, worker, [items[i] for i in idx])
