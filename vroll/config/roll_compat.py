@@ -165,7 +165,17 @@ REWARD_WORKERS = {
     "MultipleChoiceBoxedRuleRewardWorker": "choice_boxed",
     "GeneralValRuleRewardWorker": "choice_val",
     "DetectionRewardWorker": None,
+    "VideoR1RewardWorker": None,
     "RemoteRewardSystemWorker": None,
+}
+VISION_LANGUAGE = ("scores vision-language rows (run by ROLL's start_rlvr_vl_pipeline.py), which vroll does not "
+                   "train: vroll's models, data rows and reward workers are text only")
+# why a ROLL worker vroll refuses is not in vroll (by class name)
+REFUSED_WORKERS = {
+    "DetectionRewardWorker": "ROLL's DetectionRewardWorker (object detection: the boxes in the response against "
+                             "the row's reward_model ground truth, on the image's grid, with COCO's metrics) "
+                             + VISION_LANGUAGE,
+    "VideoR1RewardWorker": "ROLL's VideoR1RewardWorker (answers about a video) " + VISION_LANGUAGE,
 }
 VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa", "choice_boxed",
                       "choice_val", "ifeval", "format", "model")
@@ -366,9 +376,10 @@ def _rewards(raw, notes, issues) -> None:
         if kind == "llm_judge":
             _judge_on_vllm(worker, path, notes)
         if kind is None:
-            issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} is not in vroll yet; remove the worker "
-                                                      f"(`{path}=null`: its tags then get no reward) or route its "
-                                                      "tags to a vroll worker"))
+            why = f"{REFUSED_WORKERS[short]}; it is not in vroll" if short in REFUSED_WORKERS else \
+                f"ROLL's {short} is not in vroll yet"
+            issues.append(Issue(f"{path}.worker_cls", f"{why}; remove the worker (`{path}=null`: its tags then get no "
+                                                      "reward) or route its tags to a vroll worker"))
             worker.pop("reward_type", None)
             continue
         rtype = worker.pop("reward_type", None)
