@@ -137,7 +137,6 @@ REWARD = {
     "response_length_penalty_coef": "only ROLL's crossthinkqa worker reads it (on the padded length of the "
                                     "batch's responses); vroll's workers, its crossthinkqa included, have no length "
                                     "penalty",
-    "reward_manager_config": "ROLL's remote reward-system plug-in; not in vroll",
     "code_url": "ROLL's HTTP code sandbox; vroll's code_sandbox always runs the tests in its local sandbox",
     "use_local": "vroll's code_sandbox is always local (ROLL's use_local: true)",
     "format_pattern": "read only by ROLL's format-checking workers; vroll's format worker reads `pattern`",

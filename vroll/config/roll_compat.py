@@ -62,12 +62,14 @@ DIFFERENT = {
                       "IFEval checks named by the row's ground_truth func_name, 1 or 0, plus ROLL's repetition "
                       "penalty), "
                       "LLMJudgeRewardWorker its llm_judge (judge_model_type api or inference; cluster is "
-                      "refused by name); a vroll reward_type set beside it wins where it is one of its alternatives "
+                      "refused by name), RemoteRewardSystemWorker its reward_system (ROLL's HTTP protocol to a reward "
+                      "service at reward_system_config's submit_url and get_result_url); DetectionRewardWorker and "
+                      "VideoR1RewardWorker are refused (vision-language); a vroll reward_type set beside it wins where it is one of its alternatives "
                       "(math_rule for the math worker); workers vroll does not have yet are refused by name",
         "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
                        "reads it: loose / soft / strict, vroll's grading there; the others never read it, so it is "
                        "dropped); without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
-                       "llm_judge, crossthinkqa, choice_boxed, choice_val, ifeval, format, model)",
+                       "llm_judge, crossthinkqa, choice_boxed, choice_val, ifeval, format, model, reward_system)",
         "judge_model_type": "api (an OpenAI-compatible endpoint) or inference: the judge model (model_args) on "
                             "vroll's vllm strategy, in engine processes of its own on its device_mapping (asleep at "
                             "level 1 between scorings where its devices are another role's, as ROLL's judge), each "
@@ -77,6 +79,9 @@ DIFFERENT = {
         "judge_prompt": "ROLL's prompt name (its one prompt, in vroll's wording: same placeholders and YES / NO "
                         "contract) or vroll's own template with {question}, {response}, {reference}",
         "judge_api_key": "optional (a local `vllm serve` needs none), else the environment's OPENAI_API_KEY",
+        "reward_manager_config": "read by RemoteRewardSystemWorker (vroll's reward_system) only, as in ROLL: sent with "
+                                 "each sample as `reward_manager`; a plug-in whose plugin_name holds 'code' sends the "
+                                 "row's test cases as its reward_info",
         "tag_included": "ROLL's routing: a row goes to the one worker its domain names (its `domain` field, else the "
                         "worker whose tag_included lists its tag, else the worker named math_rule), and the batch's "
                         "statistics are per domain; vroll adds a sum where a file asks for more than ROLL gives, each "
@@ -166,7 +171,7 @@ REWARD_WORKERS = {
     "GeneralValRuleRewardWorker": "choice_val",
     "DetectionRewardWorker": None,
     "VideoR1RewardWorker": None,
-    "RemoteRewardSystemWorker": None,
+    "RemoteRewardSystemWorker": "reward_system",
 }
 VISION_LANGUAGE = ("scores vision-language rows (run by ROLL's start_rlvr_vl_pipeline.py), which vroll does not "
                    "train: vroll's models, data rows and reward workers are text only")
@@ -178,7 +183,7 @@ REFUSED_WORKERS = {
     "VideoR1RewardWorker": "ROLL's VideoR1RewardWorker (answers about a video) " + VISION_LANGUAGE,
 }
 VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa", "choice_boxed",
-                      "choice_val", "ifeval", "format", "model")
+                      "choice_val", "ifeval", "format", "model", "reward_system")
 # ROLL's judge prompt names (roll/utils/prompt.py); vroll's wording of each is in rewards/llm_judge.py
 ROLL_JUDGE_PROMPTS = ("Qwen2.5-7B-Instruct-RLVR-prompt",)
 # a vroll reward_type that may stand in for a ROLL worker when set beside its worker_cls

@@ -51,6 +51,8 @@ def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]
         issues += check_format_pattern(path, role.pattern)
     if path.startswith("rewards.") and getattr(role, "reward_type", None) == "llm_judge":
         issues += check_judge(path, role)
+    if path.startswith("rewards.") and getattr(role, "reward_type", None) == "reward_system":
+        issues += check_reward_system(path, role)
     if role.strategy_args is None:
         if not reward_rule:
             issues.append(Issue(f"{path}.strategy_args.strategy_name", "is required (e.g. vllm, hf_infer)"))
@@ -109,6 +111,17 @@ def check_judge(path: str, role) -> list[Issue]:
                             f"({', '.join(ROLL_JUDGE_PROMPTS)}) nor a template with {{question}}, {{response}} "
                             "and {reference}"))
     return issues
+
+
+def check_reward_system(path: str, role) -> list[Issue]:
+    """ROLL's remote reward system needs the service's two addresses (ROLL's own defaults are an
+    internal service of its authors')."""
+    sc = role.reward_system_config
+    missing = [k for k in ("submit_url", "get_result_url") if sc is None or not getattr(sc, k)]
+    return [Issue(f"{path}.reward_system_config.{k}", "is required with ROLL's RemoteRewardSystemWorker (reward_type "
+                                                      "reward_system): the reward service's address (ROLL calls its "
+                                                      "authors' internal service, which vroll does not)")
+            for k in missing]
 
 
 def check_format_pattern(path: str, pattern: str | None) -> list[Issue]:

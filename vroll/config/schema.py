@@ -190,11 +190,33 @@ class RewardFilterConfig(Section):
         return v
 
 
+class RewardSystemConfig(Section):
+    """reward_system (ROLL's RemoteRewardSystemWorker): the reward service and ROLL's protocol values,
+    with ROLL's names and defaults (rewards/reward_system.py). ROLL reads these keys from a dict its
+    RLVR pipeline never fills, so ROLL always calls its built-in internal service; vroll needs the two
+    addresses."""
+
+    submit_url: str | None = None
+    get_result_url: str | None = None
+    xrl_authorization: str | None = None  # else the environment's XRL_AUTHORIZATION; none: no header
+    reward_system_type: Literal["online", "pre"] = "online"  # the BusinessType header
+    project_id: str = "roll_default_experiment_id"  # ROLL's defaults, as its worker sends them
+    experiment_id: str = "roll_default_task_id"
+    priority: int = 1
+    task_timeout_s: int = Field(300, ge=1)  # ROLL's reward_server_task_timeout: sent, and the polling's limit
+    request_timeout_s: float = Field(20.0, gt=0)  # each HTTP request
+    submit_tries: int = Field(5, ge=1)
+    retry_delay_s: float = Field(1.0, ge=0)
+    poll_interval_s: float = Field(2.0, gt=0)
+    attempts: int = Field(5, ge=1)  # rounds of submit + poll for one sample
+    max_workers: int = Field(32, ge=1)  # samples in flight at once
+
+
 class RewardConfig(RoleConfig):
     """A reward worker. `tag_included` routes each prompt to the workers matching its tag."""
 
     reward_type: Literal["math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa",
-                         "choice_boxed", "choice_val", "ifeval", "format", "model"] = "math_rule"
+                         "choice_boxed", "choice_val", "ifeval", "format", "model", "reward_system"] = "math_rule"
     # math_rule: where the final answer is looked for, in this order
     extractors: list[Literal["boxed", "answer_tag", "last_number"]] = Field(
         default_factory=lambda: ["boxed", "answer_tag", "last_number"])
@@ -217,6 +239,10 @@ class RewardConfig(RoleConfig):
     judge_api_key: str | None = None  # else the environment's OPENAI_API_KEY, if any
     # format: 1 when the whole response (stripped) matches this regular expression, else 0
     pattern: str | None = None
+    # reward_system (ROLL's RemoteRewardSystemWorker): the service, and ROLL's plug-in list sent with
+    # each sample as `reward_manager`
+    reward_system_config: RewardSystemConfig | None = None
+    reward_manager_config: list[dict[str, Any]] = Field(default_factory=list)
     tag_included: list[str] = Field(default_factory=list)
     weight: float = 1.0
     world_size: int = Field(1, ge=1)

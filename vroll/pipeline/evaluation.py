@@ -28,10 +28,10 @@ def generate(engine: GenerationEngine, records: list[PromptRecord], g, call: int
                            prompt_overflow="error")
 
 
-def score(rewards: RewardRouter, records: list[PromptRecord], results: list[PromptResult]):
+def score(rewards: RewardRouter, records: list[PromptRecord], results: list[PromptResult], step: int | None = None):
     items = [RewardItem(rec.prompt_text, s.text, rec.ground_truth, rec.tag, rec.extra)
              for rec, res in zip(records, results) for s in res.samples]
-    return rewards.score(items)
+    return rewards.score(items, step)
 
 
 def validate(cfg: PipelineConfig, engine: GenerationEngine, rewards: RewardRouter, records: list[PromptRecord],
@@ -39,7 +39,7 @@ def validate(cfg: PipelineConfig, engine: GenerationEngine, rewards: RewardRoute
     """Held-out prompts with `validation.generating_args`; samples go to validation/step_N.jsonl."""
     g = cfg.validation.generating_args
     results = generate(engine, records, g, call=VALIDATION_CALL + step)
-    scores, correct, _ = score(rewards, records, results)
+    scores, correct, _ = score(rewards, records, results, step)
     rule = [c for c in correct if c is not None]
     folder = out_dir / "validation"
     folder.mkdir(parents=True, exist_ok=True)

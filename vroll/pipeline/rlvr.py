@@ -299,7 +299,7 @@ def rollout(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: l
     with timer("generate"):
         results = generate(roles.infer, records, g, call=step)
     with timer("reward"):
-        scores, correct, reward_metrics = score(rewards, records, results)
+        scores, correct, reward_metrics = score(rewards, records, results, step)
     first = Rollout(records, results, scores, correct)
     if not any(query_filters(cfg, r) for r in records):
         return first, reward_metrics, {}
@@ -321,7 +321,7 @@ def rollout(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: l
             more = draw(min(want, bound - drawn))
             drawn, rounds = drawn + len(more), rounds + 1
             got = generate(roles.infer, more, g, call=EXTRA_CALL + step * 1000 + rounds)
-            sort(Rollout(more, got, *score(rewards, more, got)[:2]))
+            sort(Rollout(more, got, *score(rewards, more, got, step)[:2]))
     chosen = kept[:size] + dropped[:max(size - len(kept), 0)]
     metrics = {"dynamic/kept_frac_first": kept_first / size, "dynamic/drawn_prompts": float(drawn),
                "dynamic/filled_with_dropped": float(max(size - len(kept), 0))}
@@ -361,7 +361,7 @@ def rollout_ahead(rewards: RewardRouter, ahead: RolloutsAhead, step: int, versio
     with timer("wait_rollout"):  # the trainer waiting for the engine
         records, results, ahead_metrics = ahead.take(step, version)
     with timer("reward"):
-        scores, correct, reward_metrics = score(rewards, records, results)
+        scores, correct, reward_metrics = score(rewards, records, results, step)
     return Rollout(records, results, scores, correct), reward_metrics, ahead_metrics
 
 
