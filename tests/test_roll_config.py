@@ -220,9 +220,11 @@ def test_reward_workers_by_rolls_class(tmp_path):
                       if False else ["rewards.ifeval=null", "rewards.judge.strategy_args={strategy_name: vllm}"],
                       vroll_strategies=True)
     assert cfg.rewards["judge"].judge_model_type == "inference" and cfg.rewards["judge"].model_args.model_name_or_path
-    data["rewards"]["judge"]["judge_model_type"] = "cluster"
-    assert "judge_model_type 'cluster' is not in vroll yet" in issues_of(
-        write_yaml(tmp_path / "c.yaml", data), ["rewards.ifeval=null"], vroll_strategies=True)[0]
+    data["rewards"]["judge"]["judge_model_type"] = "cluster"  # without ROLL's reward_model: said so
+    assert issues_of(write_yaml(tmp_path / "c.yaml", data), ["rewards.ifeval=null"], vroll_strategies=True) == [
+        "rewards.judge.judge_model_type: 'cluster' asks the judge model of the top-level reward_model section (ROLL's "
+        "shared judge server), which the file does not have: add reward_model (model_args, strategy_args vllm, "
+        "device_mapping), or use judge_model_type inference (the worker's own model on vllm) or api (an endpoint)"]
     data["rewards"]["judge"]["judge_model_type"] = "inference"
     path = write_yaml(tmp_path / "c.yaml", data)
     overrides = ["rewards.ifeval=null", "rewards.judge.judge_model_type=api",

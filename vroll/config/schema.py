@@ -233,7 +233,7 @@ class RewardConfig(RoleConfig):
     # the judge behind an OpenAI-compatible endpoint (judge_model_type: api) or the worker's own model on
     # vroll's vllm strategy (inference)
     judge_prompt: str | None = None
-    judge_model_type: str | None = None  # ROLL's api / inference / cluster; vroll runs api and inference (rules.check_judge)
+    judge_model_type: str | None = None  # ROLL's api / inference / cluster (the top-level reward_model's engine)
     judge_model_name: str | None = None
     judge_api_url: str | None = None
     judge_api_key: str | None = None  # else the environment's OPENAI_API_KEY, if any
@@ -389,6 +389,8 @@ class PipelineConfig(Section):
     reference: RoleConfig | None = None
     critic: RoleConfig | None = None  # the value model of adv_estimator: gae
     rewards: dict[str, RewardConfig] = Field(default_factory=dict)
+    # ROLL's shared judge server: the model every `judge_model_type: cluster` judge asks (on vllm)
+    reward_model: RoleConfig | None = None
     # filled by the loader: ROLL keys set with no effect here, and ROLL keys adopted with a difference
     _no_effect: dict[str, str] = PrivateAttr(default_factory=dict)
     _differences: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -397,4 +399,5 @@ class PipelineConfig(Section):
         """Every configured role by its dotted key path (rewards as `rewards.<name>`)."""
         out = {k: getattr(self, k) for k in ("actor_infer", "actor_train", "reference", "critic")}
         out.update({f"rewards.{k}": v for k, v in self.rewards.items()})
+        out["reward_model"] = self.reward_model
         return {k: v for k, v in out.items() if v is not None}

@@ -1,6 +1,7 @@
 """ROLL's LLM judge (`LLMJudgeRewardWorker`, vroll's `llm_judge`): a judge model behind an
 OpenAI-compatible endpoint (`judge_model_type: api`: `vllm serve`, ...) or served by vroll's own vllm
-strategy (`inference`) is asked whether the response's final answer matches the reference; 1 when its
+strategy (`inference`: the worker's own model; `cluster`: the top-level `reward_model`, one engine the
+cluster judges share) is asked whether the response's final answer matches the reference; 1 when its
 reply says yes, else 0 (ROLL's reading of the reply)."""
 
 from __future__ import annotations

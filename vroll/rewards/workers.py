@@ -149,10 +149,10 @@ RULE_WORKERS = {"math_rule": MathRuleWorker, "math_verify": MathVerifyWorker, "c
 
 
 def build_worker(name: str, cfg: RewardConfig, models: dict):
-    if cfg.reward_type == "llm_judge" and cfg.judge_model_type == "inference":
+    if cfg.reward_type == "llm_judge" and cfg.judge_model_type in ("inference", "cluster"):
         if name not in models:
-            raise ValueError(f"rewards.{name}: judge_model_type: inference needs its judge engine started "
-                             "(vroll.roles.launcher.launch_reward_models)")
+            raise ValueError(f"rewards.{name}: judge_model_type: {cfg.judge_model_type} needs its judge engine "
+                             "started (vroll.roles.launcher.launch_reward_models)")
         return LlmJudgeWorker(cfg, engine=models[name])
     if cfg.reward_type in RULE_WORKERS:
         return RULE_WORKERS[cfg.reward_type](cfg)
