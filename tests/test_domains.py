@@ -218,6 +218,56 @@ def test_train_reads_the_rows_domains_before_anything_starts(tmp_path, tiny_mode
     assert [r.tag for r in s.next_batch(4)] == ["math"] * 3 + ["code"]
 
 
+def test_rows_no_worker_scores_are_refused_where_they_would_be_scored(tmp_path, tiny_model):
+    """ROLL fails on a row whose domain names no worker when it scores it: vroll refuses such a
+    validation row before anything starts; a training row of a domain the shares do not list is
+    never drawn (as in ROLL), so it is only counted in the log."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from vroll.pipeline.rlvr import load_data
+
+    train = [{"prompt": f"{i}+1?", "ground_truth": str(i + 1), "tag": "math"} for i in range(4)] + \
+            [{"prompt": "x", "ground_truth": "1", "domain": "judge"}]  # no worker named judge: never drawn
+    val = [{"prompt": "1+1?", "ground_truth": "2", "tag": "math"}, {"prompt": "y", "ground_truth": "1",
+                                                                     "domain": "judge"}]
+    for name, rows_ in (("train", train), ("val", val)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_))
+    data = train_file({"math_rule": 1.0}, pretrain=tiny_model, rollout_batch_size=2, prompt_length=64,
+                      validation={"data_args": {"file_name": str(tmp_path / "val.jsonl")}})
+    data["actor_train"]["data_args"]["file_name"] = str(tmp_path / "train.jsonl")
+    data["rewards"] = {"math_rule": {"tag_included": ["math"]}}
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", data))
+    with pytest.raises(ConfigError) as e:
+        load_data(cfg, AutoTokenizer.from_pretrained(tiny_model), "c.yaml")
+    assert [str(i) for i in e.value.issues] == [
+        f"validation.data_args: 1 row(s) have no reward worker (domain(s) ['judge']; {tmp_path / 'val.jsonl'}:2): "
+        "list the tag in a worker's tag_included, or give the row a `domain` field naming a worker, or add a worker "
+        "named math_rule (ROLL's domain of a row whose tag no worker lists); workers: ['math_rule']"]
+
+
+def test_advantages_are_computed_per_rolls_domain_not_per_tag():
+    """Two tags one worker scores are one domain (ROLL groups its batch by `domain`): their batch
+    statistics (here the running reward moments of each domain) are shared."""
+    import torch
+
+    from vroll.config.schema import PipelineConfig
+    from vroll.pipeline.algorithms import AlgorithmState
+    from vroll.pipeline.rlvr import advantages_by_domain
+
+    cfg = PipelineConfig(adv_estimator="reinforce", num_return_sequences_in_group=2, norm_mean_type="running",
+                         norm_std_type="running", rewards={"math_rule": RewardConfig(tag_included=["aime", "gsm8k"]),
+                                                           "llm_judge": RewardConfig(reward_type="llm_judge",
+                                                                                     tag_included=["RLVR"])})
+    records = [PromptRecord(0, [1], "a", tag="aime"), PromptRecord(1, [1], "b", tag="gsm8k"),
+               PromptRecord(2, [1], "c", tag="RLVR"), PromptRecord(3, [1], "d", extra={"domain": "llm_judge"})]
+    state = AlgorithmState.start(cfg)
+    advantages_by_domain(cfg, records, torch.arange(8.0), torch.ones(8, 3), None, state)
+    assert sorted(state.running) == ["llm_judge", "math_rule"]
+    assert state.running["math_rule"].count == 4 and state.running["llm_judge"].count == 4
+
+
 def test_the_loop_draws_each_domains_share_and_resumes_exactly(tmp_path, tiny_model, capsys):
     """The real loop (engine, trainer, reference, rewards on the tiny model): half the rows carry
     `domain: rm`, the rest are the `math` worker's by their tag; 2 steps straight equal 1 step and a

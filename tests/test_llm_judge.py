@@ -102,8 +102,8 @@ def test_the_judge_config_is_checked():
         "folder"]
     assert found(judge_model_type="inference", model_args={"model_name_or_path": "m"},
                  strategy_args={"strategy_name": "vllm"}) == []
-    assert found(judge_model_type="cluster")[0].startswith("rewards.j.judge_model_type: 'cluster': vroll's judge runs "
-                                                            "`api`")
+    assert found(judge_model_type="cluster") == []  # the top-level reward_model serves it (a file-level check)
+    assert found(judge_model_type="server")[0].startswith("rewards.j.judge_model_type: 'server': a judge runs `api`")
     assert found(judge_model_type="api", judge_api_url="u", judge_prompt="my-prompt")[0].startswith(
         "rewards.j.judge_prompt: 'my-prompt' is neither one of ROLL's prompt names")
 
@@ -198,3 +198,89 @@ def test_an_inference_judge_on_a_real_engine_replies_as_transformers_does(tmp_pa
         hf_greedy(model, encode_prompt(0, c, tok).token_ids, 6) for c in conversations]
     assert replies == [r.samples[0].text.strip() for r in results]
     assert rewards == [yes_no_score(r) for r in replies] and metrics["reward/judge/errors"] == 0.0
+
+
+def cluster_judge(prompt, **kw):
+    return RewardConfig(reward_type="llm_judge", judge_model_type="cluster", judge_prompt=prompt, **kw)
+
+
+def test_cluster_judges_ask_the_one_reward_model_engine_each_with_its_own_prompt_and_sampling():
+    engine = FakeEngine(lambda text: "YES" if text.startswith("A:") else "no")
+    configs = {"a": cluster_judge("A: {response}", generating_args={"max_new_tokens": 3}, tag_included=["x"]),
+               "b": cluster_judge("B: {response}", generating_args={"max_new_tokens": 4}, tag_included=["y"])}
+    router = RewardRouter(configs, models={"a": engine, "b": engine})  # the launcher's one engine for both
+    rewards, correct, metrics = router.score([RewardItem("q", "r1", "1", "x"), RewardItem("q", "r2", "2", "y")])
+    assert rewards == [1.0, 0.0] and correct == [1.0, 0.0] and metrics["reward/b/errors"] == 0.0
+    assert [(c[1][0][0]["content"], c[2].max_new_tokens) for c in engine.calls] == [("A: r1", 3), ("B: r2", 4)]
+    with pytest.raises(ValueError, match="judge_model_type: cluster needs its judge engine started"):
+        RewardRouter({"a": configs["a"]}, models={})
+
+
+JUDGE_CLS = "roll.pipeline.rlvr.rewards.llm_judge_reward_worker.LLMJudgeRewardWorker"
+
+
+def test_rolls_reward_model_is_the_cluster_judges_server_and_is_not_started_without_one(tmp_path):
+    from conftest import write_yaml
+    from vroll.config import load_config
+
+    data = {"pretrain": "m", "rewards": {"llm_judge": {
+        "worker_cls": JUDGE_CLS, "judge_model_type": "cluster", "tag_included": ["RLVR"], "world_size": 32,
+        "judge_prompt": "Qwen2.5-7B-Instruct-RLVR-prompt", "generating_args": {"max_new_tokens": 512},
+        "data_args": {"template": "native"}}},
+        "reward_model": {"name": "reward_llm", "worker_cls": "roll.pipeline.base_worker.InferWorker",
+                         "model_args": {"model_name_or_path": "judge", "attn_implementation": "fa2"},
+                         "generating_args": {"max_new_tokens": 512, "temperature": 0.3},
+                         "data_args": {"template": "native"}, "device_mapping": "[6, 7]",
+                         "strategy_args": {"strategy_name": "hf_infer"}}}
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", data))
+    assert cfg.rewards["llm_judge"].judge_model_type == "cluster" and cfg.reward_model.device_mapping == [6, 7]
+    assert cfg.reward_model.strategy_args.strategy_name == "vllm"  # hf_infer does not generate in vroll
+    assert cfg.reward_model.model_args.model_name_or_path == "judge" and "reward_model" in cfg.roles()
+    assert cfg._differences["reward_model"].startswith("the judge engine of rewards.llm_judge")
+    assert "each cluster judge generates with its own" in cfg._differences["reward_model.generating_args"]
+    assert "judge model's own chat template" in cfg._differences["reward_model.data_args.template"]
+    assert "judge model's own chat template" in cfg._differences["rewards.llm_judge.data_args.template"]
+    data["rewards"]["llm_judge"]["judge_model_type"] = "api"
+    data["rewards"]["llm_judge"]["judge_api_url"] = "http://127.0.0.1:1/v1"
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", data))
+    assert cfg.reward_model is None and cfg._differences["reward_model"].startswith("not started: no judge_model_type")
+
+
+def test_cluster_judges_share_the_reward_models_real_engine(tmp_path, tiny_model):
+    """Two cluster judges, one reward_model engine (on Ray, asleep between scorings since its device
+    is actor_train's): each judge's greedy replies are transformers'."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import hf_greedy, write_yaml
+    from vroll.config import load_config
+    from vroll.roles.launcher import AsleepBetweenCalls, launch_reward_models
+    from vroll.strategy.prompts import encode_prompt
+
+    judge = {"reward_type": "llm_judge", "judge_model_type": "cluster",
+             "generating_args": {"max_new_tokens": 6, "temperature": 0.0}}
+    data = {"seed": 3, "pretrain": tiny_model,
+            "actor_train": {"strategy_args": {"strategy_name": "fsdp2_train"}, "device_mapping": [0]},
+            "rewards": {"a": {**judge, "judge_prompt": "Q={question} A={response}", "tag_included": ["a"]},
+                        "b": {**judge, "judge_prompt": "Is {response} right?", "tag_included": ["b"]}},
+            "reward_model": {"model_args": {"model_name_or_path": tiny_model, "dtype": "fp32"},
+                             "strategy_args": {"strategy_name": "vllm", "strategy_config": {
+                                 "block_size": 32, "max_model_len": 256, "kv_cache_memory_bytes": 64 << 20,
+                                 "enforce_eager": True}},
+                             "device_mapping": [0]}}
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", data), platform="cpu")
+    items = [RewardItem("What is 2+2?", "4", "4", "a"), RewardItem("hello", "yes", "no", "b")]
+    with ExitStack() as stack:
+        models = launch_reward_models(cfg, stack)
+        assert models["a"] is models["b"] and isinstance(models["a"], AsleepBetweenCalls)
+        router = RewardRouter(cfg.rewards, models)
+        conversations = [router.workers["a"].messages(items[0]), router.workers["b"].messages(items[1])]
+        replies = [router.workers[n].generate([c])[0] for n, c in zip("ab", conversations)]
+        results = models["a"].generate(conversations, cfg.rewards["a"].generating_args)
+        rewards, _, metrics = router.score(items)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
+    assert [r.samples[0].token_ids for r in results] == [
+        hf_greedy(model, encode_prompt(0, c, tok).token_ids, 6) for c in conversations]
+    assert replies == [r.samples[0].text.strip() for r in results]
+    assert rewards == [yes_no_score(r) for r in replies] and metrics["reward/a/errors"] == 0.0

@@ -3,7 +3,8 @@
 import logging
 
 from vroll.config.schema import RewardConfig
-from vroll.rewards.workers import MathRuleWorker, RewardItem, RewardRouter, unrouted_tags
+from vroll.config.domains import routing_notes
+from vroll.rewards.workers import MathRuleWorker, RewardItem, RewardRouter, routes, unrouted_rows
 
 
 class Echo:
@@ -59,10 +60,47 @@ def test_rule_without_ground_truth_scores_zero_not_crash():
     assert combined == [0.0] and metrics["reward/math/errors"] == 1
 
 
-def test_tags_no_worker_takes_are_reported():
-    issues = unrouted_tags(configs(), {"arithmetic", "poetry"})
-    assert len(issues) == 1 and "['poetry']" in issues[0].message
-    assert unrouted_tags({"all": RewardConfig()}, {"poetry", None}) == []
+def test_rows_no_worker_takes_are_reported():
+    rows = [RewardItem("q", "", None, "arithmetic"), RewardItem("q", "", None, "poetry"),
+            RewardItem("q", "", None, "chat", {"domain": "judge"})]
+    issues = unrouted_rows(configs(), rows, "validation.data_args")
+    assert len(issues) == 1 and issues[0].path == "validation.data_args"
+    assert "2 row(s) have no reward worker (tag(s) ['poetry'] and domain(s) ['judge']" in issues[0].message
+    assert unrouted_rows(configs(), rows, "k", drawn=lambda r: r.tag == "arithmetic") == []  # never drawn: fine
+    assert unrouted_rows({"all": RewardConfig()}, [RewardItem("q", "", None, None)], "k") == []
+
+
+def rolls_file():
+    """ROLL's shape: each tag under one worker, each worker with its tags."""
+    return {"math_rule": RewardConfig(tag_included=["deepmath", "aime"]),
+            "code_sandbox": RewardConfig(reward_type="code_sandbox", tag_included=["KodCode"]),
+            "llm_judge": RewardConfig(reward_type="llm_judge", tag_included=["RLVR"])}
+
+
+def test_rolls_rule_one_worker_per_row_by_its_domain_then_its_tag_then_math_rule():
+    rewards = rolls_file()
+    assert routes(rewards, "aime") == ["math_rule"] and routes(rewards, "KodCode") == ["code_sandbox"]
+    assert routes(rewards, "KodCode", domain="llm_judge") == ["llm_judge"]  # the row's domain field wins
+    assert routes(rewards, "poetry") == ["math_rule"] and routes(rewards, None) == ["math_rule"]  # ROLL's default
+    assert routes(rewards, "aime", domain="nowhere") == []
+    del rewards["math_rule"]
+    assert routes(rewards, "poetry") == []
+    assert routing_notes(rolls_file()) == {}  # nothing differs from ROLL
+
+
+def test_vrolls_sum_where_the_file_asks_for_it_each_named_by_a_note():
+    rewards = {"math": RewardConfig(tag_included=["arithmetic"]),
+               "format": RewardConfig(reward_type="format", tag_included=["arithmetic"]),
+               "length": RewardConfig(reward_type="format")}
+    assert routes(rewards, "arithmetic") == ["math", "format", "length"]  # a shared tag, and the untagged worker
+    assert routes(rewards, "chat") == ["length"]
+    assert routes(rewards, "arithmetic", domain="math") == ["math"]  # a domain field: that worker only
+    notes = routing_notes(rewards)
+    assert notes["rewards.*.tag_included.arithmetic"].startswith(
+        "tag 'arithmetic' is listed under math, format: vroll scores its rows with each and sums their weighted "
+        "scores (ROLL scores them with the last, format, only")
+    assert notes["rewards.length.tag_included"].startswith("empty: vroll gives length every row without a `domain`")
+    assert routing_notes({"math": RewardConfig()}) == {}  # one worker: every row is its
 
 
 def test_format_reward_needs_the_whole_response_to_match_and_does_not_count_as_accuracy():

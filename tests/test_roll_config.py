@@ -207,9 +207,12 @@ def test_reward_workers_by_rolls_class(tmp_path):
     data["rewards"]["ifeval"]["worker_cls"] = "roll.pipeline.rlvr.rewards.detection_reward_worker.DetectionRewardWorker"
     path = write_yaml(tmp_path / "c.yaml", data)
     found = issues_of(path, vroll_strategies=True)
-    assert sorted(found)[0] == ("rewards.ifeval.worker_cls: ROLL's DetectionRewardWorker is not in vroll yet; remove the "
-                        "worker (`rewards.ifeval=null`: its tags then get no reward) or route its tags to a vroll "
-                        "worker") and len(found) == 2  # and the judge's, below: inference needs its strategy
+    assert sorted(found)[0] == (  # a vision-language worker: said so
+        "rewards.ifeval.worker_cls: ROLL's DetectionRewardWorker (object detection: the boxes in the response against "
+        "the row's reward_model ground truth, on the image's grid, with COCO's metrics) scores vision-language rows "
+        "(run by ROLL's start_rlvr_vl_pipeline.py), which vroll does not train: vroll's models, data rows and reward "
+        "workers are text only; it is not in vroll; remove the worker (`rewards.ifeval=null`: its tags then get no "
+        "reward) or route its tags to a vroll worker") and len(found) == 2  # and the judge's, below
     found = issues_of(path, ["rewards.ifeval=null"], vroll_strategies=True)
     assert found == ["rewards.judge.strategy_args.strategy_name: None: judge_model_type: inference serves the judge "
                      "model on vroll's vllm strategy (as ROLL's judge examples do); set vllm"]
@@ -217,9 +220,11 @@ def test_reward_workers_by_rolls_class(tmp_path):
                       if False else ["rewards.ifeval=null", "rewards.judge.strategy_args={strategy_name: vllm}"],
                       vroll_strategies=True)
     assert cfg.rewards["judge"].judge_model_type == "inference" and cfg.rewards["judge"].model_args.model_name_or_path
-    data["rewards"]["judge"]["judge_model_type"] = "cluster"
-    assert "judge_model_type 'cluster' is not in vroll yet" in issues_of(
-        write_yaml(tmp_path / "c.yaml", data), ["rewards.ifeval=null"], vroll_strategies=True)[0]
+    data["rewards"]["judge"]["judge_model_type"] = "cluster"  # without ROLL's reward_model: said so
+    assert issues_of(write_yaml(tmp_path / "c.yaml", data), ["rewards.ifeval=null"], vroll_strategies=True) == [
+        "rewards.judge.judge_model_type: 'cluster' asks the judge model of the top-level reward_model section (ROLL's "
+        "shared judge server), which the file does not have: add reward_model (model_args, strategy_args vllm, "
+        "device_mapping), or use judge_model_type inference (the worker's own model on vllm) or api (an endpoint)"]
     data["rewards"]["judge"]["judge_model_type"] = "inference"
     path = write_yaml(tmp_path / "c.yaml", data)
     overrides = ["rewards.ifeval=null", "rewards.judge.judge_model_type=api",

@@ -26,6 +26,7 @@ SKIP = re.compile(r"vl|video|omni|qwen3\.5|distill")
 # an error -> its kind, by the first pattern its message matches
 KINDS = [("is not available in vroll", "strategy not in vroll"), ("not in vroll yet; remove the worker",
                                                                   "reward worker not in vroll yet"),
+         ("which vroll does not train", "vision-language reward worker"),
          ("LoRA", "LoRA"), ("asynchronous generation", "async_generation_ratio"), ("rl_loss_coef", "rl_loss_coef"),
          ("unknown vLLM engine argument", "vLLM engine argument of another vLLM version"),
          ("cannot resolve", "an interpolation into a removed worker")]
@@ -71,7 +72,7 @@ def examples_markdown() -> str:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(git("show", f"{ROLL_COMMIT}:{name}"))
             with_flag = problems(str(path), True)
-            drop = [m.split(".worker_cls:")[0] + "=null" for m in with_flag if "not in vroll yet; remove" in m]
+            drop = [m.split(".worker_cls:")[0] + "=null" for m in with_flag if "; remove the worker (`" in m]
             lines.append(f"| `{name}` | {summary(problems(str(path), False))} | {summary(with_flag)} | "
                          f"{summary(problems(str(path), True, drop)) if drop else ''} |")
     return "\n".join(lines) + "\n"

@@ -5,7 +5,21 @@ batch (ROLL's rounding), and what the file may say.
 A domain is named like a reward worker (`rewards.<name>`). A row's domain is its `domain` field, else
 the worker whose `tag_included` lists its `tag` (the last such worker, as ROLL builds its map), else
 `math_rule`: ROLL's `update_dataset_domain`. Rows of a domain the key does not list are never drawn,
-as in ROLL."""
+as in ROLL.
+
+The reward workers that score a row (`reward_routes`) follow from the same rule: ROLL sends each row
+to the one worker its domain names (rlvr_pipeline.py: one reward cluster per domain). vroll keeps that
+wherever a file can mean it, and keeps its own sum of weighted scores where a file asks for more than
+ROLL can give, each such place named by `routing_notes` (a `# note:` of `vroll validate`):
+- a row with a `domain` field goes to that worker only;
+- else the workers whose `tag_included` lists its tag: one worker, ROLL's rule; a tag listed under
+  several workers goes to each of them and their weighted scores are summed (ROLL scores it with the
+  last one only), as vroll's `format` worker beside `math` does;
+- a worker with no `tag_included` takes every row without a `domain` field besides (vroll's; ROLL gives
+  it only rows whose `domain` names it);
+- a row whose tag no worker lists goes to the `math_rule` worker when there is one (ROLL's default
+  domain); with none it has no worker, which is refused before anything starts where the row would be
+  scored."""
 
 from __future__ import annotations
 
@@ -28,6 +42,42 @@ def row_domain(domain: Any, tag: str | None, tags: Mapping[str, str]) -> str:
     if domain is not None:
         return str(domain)
     return tags.get(tag, DEFAULT_DOMAIN) if tag is not None else DEFAULT_DOMAIN
+
+
+def reward_routes(rewards: Mapping[str, Any], tag: str | None, domain: Any = None) -> list[str]:
+    """The reward workers that score a row with this tag and `domain` field, in the file's order (see
+    the module's rule); [] when none does."""
+    if domain is not None:
+        return [str(domain)] if str(domain) in rewards else []
+    everything = [n for n, w in rewards.items() if not (getattr(w, "tag_included", None) or [])]
+    listed = [n for n, w in rewards.items() if tag is not None and tag in (getattr(w, "tag_included", None) or [])]
+    if not listed and DEFAULT_DOMAIN in rewards:
+        listed = [DEFAULT_DOMAIN]
+    return [n for n in rewards if n in listed or n in everything]
+
+
+def routing_notes(rewards: Mapping[str, Any]) -> dict[str, str]:
+    """Where vroll's routing gives a row more workers than ROLL would (path -> what vroll does)."""
+    notes = {}
+    listing: dict[str, list[str]] = {}
+    for name, worker in rewards.items():
+        for tag in dict.fromkeys(getattr(worker, "tag_included", None) or []):
+            listing.setdefault(tag, []).append(name)
+    for tag, names in listing.items():
+        if len(names) > 1:
+            notes[f"rewards.*.tag_included.{tag}"] = (
+                f"tag {tag!r} is listed under {', '.join(names)}: vroll scores its rows with each and sums their "
+                f"weighted scores (ROLL scores them with the last, {names[-1]}, only; list the tag under one worker "
+                "for ROLL's meaning)")
+    if len(rewards) > 1:
+        for name, worker in rewards.items():
+            if not (getattr(worker, "tag_included", None) or []):
+                notes[f"rewards.{name}.tag_included"] = (
+                    f"empty: vroll gives {name} every row without a `domain` field, beside the row's own worker "
+                    f"(ROLL gives it only rows whose `domain` is {name!r}"
+                    + (", and rows whose tag no worker lists" if name == DEFAULT_DOMAIN else "")
+                    + "; list its tags for ROLL's meaning)")
+    return notes
 
 
 def domain_batch_sizes(probs: Mapping[str, float], batch_size: int) -> dict[str, int]:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ValidationError
 
-from vroll.config.domains import domain_warnings
+from vroll.config.domains import domain_warnings, routing_notes
 from vroll.config.errors import ConfigError, Issue
 from vroll.config.no_effect import SECTIONS, record_no_effect
 from vroll.config.numbers import range_warnings
@@ -63,7 +63,7 @@ def read_config(path: str | Path, overrides: list[str] | None = None, platform: 
     reported = {i.path for i in type_issues}
     issues = [i for i in issues if i.path not in reported] + type_issues
     if cfg is not None:  # rules still run on what parsed, so every problem is reported at once
-        cfg._no_effect, cfg._differences = no_effect, notes
+        cfg._no_effect, cfg._differences = no_effect, {**notes, **routing_notes(cfg.rewards)}
         reported |= {i.path for i in issues}
         issues += [i for i in check_config(cfg, platform) if i.path not in reported]
     if cfg is not None and not issues:

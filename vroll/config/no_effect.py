@@ -56,7 +56,6 @@ TOP = {
     "transfer_backend": "weights travel by vroll's own transport (docs/architecture.md)",
     "rollout_mock": "vroll has no rollout dump / mock mechanism",
     "reward": "ROLL's RLVR pipeline builds its reward workers from `rewards`",
-    "reward_model": "the model server of ROLL's LLM-judge worker, which vroll does not have yet",
     "teacher": NO_OPD, "student_train": NO_OPD, "student_infer": NO_OPD, "pure_opd_pipeline_type": NO_OPD,
     "hydra": "Hydra's own settings (run directory); vroll does not run through Hydra",
     # set by ROLL's example files although ROLL's classes have no such field
@@ -137,7 +136,6 @@ REWARD = {
     "response_length_penalty_coef": "only ROLL's crossthinkqa worker reads it (on the padded length of the "
                                     "batch's responses); vroll's workers, its crossthinkqa included, have no length "
                                     "penalty",
-    "reward_manager_config": "ROLL's remote reward-system plug-in; not in vroll",
     "code_url": "ROLL's HTTP code sandbox; vroll's code_sandbox always runs the tests in its local sandbox",
     "use_local": "vroll's code_sandbox is always local (ROLL's use_local: true)",
     "format_pattern": "read only by ROLL's format-checking workers; vroll's format worker reads `pattern`",
@@ -165,7 +163,7 @@ FSDP2_TRAIN = {
 SECTIONS = {"": TOP, "role": ROLE, "reward_role": {k: v for k, v in ROLE.items() if k != "tag_included"}, "model_args": MODEL_ARGS, "training_args": TRAINING_ARGS,
             "generating_args": GENERATING_ARGS, "data_args": DATA_ARGS, "reward": REWARD, "validation": VALIDATION,
             "strategy_config.fsdp2_train": FSDP2_TRAIN}
-ROLES = ("actor_train", "actor_infer", "reference", "critic")
+ROLES = ("actor_train", "actor_infer", "reference", "critic", "reward_model")
 
 
 def sections(raw: dict[str, Any]) -> Iterator[tuple[str, str, dict]]:

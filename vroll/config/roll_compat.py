@@ -41,6 +41,12 @@ DIFFERENT = {
                            "global_template; a tag no row has is refused",
         "system_envs": "set in vroll's process before any role starts, so in-process roles and the Ray actors "
                        "the run starts inherit them; workers of a joined cluster (ray_address) do not",
+        "reward_model": "ROLL's shared judge server (a generating role, ROLL's InferWorker on vLLM): started, on "
+                        "vroll's vllm strategy on its device_mapping (hf_infer generates on vllm), only when a "
+                        "judge_model_type: cluster judge asks it, as one engine those judges share; its "
+                        "generating_args and data_args.template are not read (each judge sends its own generating_args; "
+                        "prompts take the judge model's own chat template); without such a judge it is not started "
+                        "(ROLL starts it and nothing asks it), with a note",
     },
     "role": {
         "system_envs": "set in each of the role's Ray actors (over the top-level system_envs, as in ROLL); a role "
@@ -61,22 +67,40 @@ DIFFERENT = {
                       "choice_val (reward 0, accuracy only, as ROLL's), GeneralRuleRewardWorker its ifeval (ROLL's "
                       "IFEval checks named by the row's ground_truth func_name, 1 or 0, plus ROLL's repetition "
                       "penalty), "
-                      "LLMJudgeRewardWorker its llm_judge (judge_model_type api or inference; cluster is "
-                      "refused by name); a vroll reward_type set beside it wins where it is one of its alternatives "
-                      "(math_rule for the math worker); workers vroll does not have yet are refused by name",
+                      "LLMJudgeRewardWorker its llm_judge (judge_model_type api, inference or cluster), "
+                      "RemoteRewardSystemWorker its reward_system (ROLL's HTTP protocol to a reward "
+                      "service at reward_system_config's submit_url and get_result_url); DetectionRewardWorker and "
+                      "VideoR1RewardWorker are refused (vision-language); a vroll reward_type set beside it wins where it is one of its alternatives "
+                      "(math_rule for the math worker); other classes are refused by name",
         "reward_type": "with worker_cls, ROLL's meaning: the worker's own option (only ROLL's crossthinkqa worker "
                        "reads it: loose / soft / strict, vroll's grading there; the others never read it, so it is "
                        "dropped); without worker_cls it is vroll's worker kind (math_rule, math_verify, code_sandbox, "
-                       "llm_judge, crossthinkqa, choice_boxed, choice_val, ifeval, format, model)",
+                       "llm_judge, crossthinkqa, choice_boxed, choice_val, ifeval, format, model, reward_system)",
         "judge_model_type": "api (an OpenAI-compatible endpoint) or inference: the judge model (model_args) on "
                             "vroll's vllm strategy, in engine processes of its own on its device_mapping (asleep at "
                             "level 1 between scorings where its devices are another role's, as ROLL's judge), each "
                             "judge prompt formatted with the judge model's own chat template (ROLL's data_args."
                             "template names one of its own), all of a step's samples in one generate call; "
-                            "ROLL's cluster is refused",
+                            "cluster: the same, on the top-level reward_model's engine, one for every cluster "
+                            "judge, each judge with its own judge_prompt and generating_args. ROLL at this commit "
+                            "refuses cluster when the worker starts (its v0.3.0 removed the worker's cluster mode "
+                            "and kept reward_model, its example and its server); vroll gives it the meaning of the "
+                            "commit that added them (bd17364f)",
         "judge_prompt": "ROLL's prompt name (its one prompt, in vroll's wording: same placeholders and YES / NO "
                         "contract) or vroll's own template with {question}, {response}, {reference}",
         "judge_api_key": "optional (a local `vllm serve` needs none), else the environment's OPENAI_API_KEY",
+        "reward_manager_config": "read by RemoteRewardSystemWorker (vroll's reward_system) only, as in ROLL: sent with "
+                                 "each sample as `reward_manager`; a plug-in whose plugin_name holds 'code' sends the "
+                                 "row's test cases as its reward_info",
+        "tag_included": "ROLL's routing: a row goes to the one worker its domain names (its `domain` field, else the "
+                        "worker whose tag_included lists its tag, else the worker named math_rule), and the batch's "
+                        "statistics are per domain; vroll adds a sum where a file asks for more than ROLL gives, each "
+                        "named by a `# note:` of vroll validate: a tag listed under several workers is scored by each "
+                        "and their weighted scores (vroll's `weight`) are summed (ROLL scores it with the last), and a "
+                        "worker with no tag_included takes every row without a `domain` field (ROLL only rows whose "
+                        "domain names it). A row no worker scores is refused before anything starts (ROLL fails on it "
+                        "when it scores it); a training row of a domain domain_interleave_probs does not list is never "
+                        "drawn, as in ROLL (config/domains.py)",
     },
     "model_args": {
         "lora_target": "actor_train's turns LoRA on with ROLL's meaning (peft's LoRA on the named Linear layers, "
@@ -156,10 +180,20 @@ REWARD_WORKERS = {
     "MultipleChoiceBoxedRuleRewardWorker": "choice_boxed",
     "GeneralValRuleRewardWorker": "choice_val",
     "DetectionRewardWorker": None,
-    "RemoteRewardSystemWorker": None,
+    "VideoR1RewardWorker": None,
+    "RemoteRewardSystemWorker": "reward_system",
+}
+VISION_LANGUAGE = ("scores vision-language rows (run by ROLL's start_rlvr_vl_pipeline.py), which vroll does not "
+                   "train: vroll's models, data rows and reward workers are text only")
+# why a ROLL worker vroll refuses is not in vroll (by class name)
+REFUSED_WORKERS = {
+    "DetectionRewardWorker": "ROLL's DetectionRewardWorker (object detection: the boxes in the response against "
+                             "the row's reward_model ground truth, on the image's grid, with COCO's metrics) "
+                             + VISION_LANGUAGE,
+    "VideoR1RewardWorker": "ROLL's VideoR1RewardWorker (answers about a video) " + VISION_LANGUAGE,
 }
 VROLL_REWARD_TYPES = ("math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa", "choice_boxed",
-                      "choice_val", "ifeval", "format", "model")
+                      "choice_val", "ifeval", "format", "model", "reward_system")
 # ROLL's judge prompt names (roll/utils/prompt.py); vroll's wording of each is in rewards/llm_judge.py
 ROLL_JUDGE_PROMPTS = ("Qwen2.5-7B-Instruct-RLVR-prompt",)
 # a vroll reward_type that may stand in for a ROLL worker when set beside its worker_cls
@@ -176,6 +210,7 @@ def adopt_roll_keys(raw: dict[str, Any]) -> tuple[dict[str, str], list[Issue]]:
     _trainer_keys(raw, notes, issues)
     _generating(raw, notes)
     _rewards(raw, notes, issues)
+    _judge_server(raw, notes, issues)
     _fsdp2_infer(raw, notes)
     _unread_templates(raw, notes)
     _lora(raw, notes)
@@ -345,21 +380,21 @@ def _rewards(raw, notes, issues) -> None:
                                                       f"({', '.join(REWARD_WORKERS)})"))
             continue
         kind = REWARD_WORKERS[short]
-        if kind == "llm_judge" and worker.get("judge_model_type") not in ("api", "inference"):
+        if kind == "llm_judge" and worker.get("judge_model_type") not in ("api", "inference", "cluster"):
             issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} with judge_model_type "
-                                f"{worker.get('judge_model_type')!r} is not in vroll yet; remove the worker "
-                                f"(`{path}=null`: its tags then get no reward) or route its tags to a vroll worker; "
-                                "vroll's judge is judge_model_type: api with judge_api_url (an OpenAI-compatible "
-                                "server, e.g. `vllm serve MODEL`) or inference (the judge model on vroll's vllm "
-                                "strategy)"))
+                                f"{worker.get('judge_model_type')!r} is not one of ROLL's (api, inference, "
+                                "cluster): api with judge_api_url (an OpenAI-compatible server, e.g. `vllm serve "
+                                "MODEL`), inference (the worker's judge model on vroll's vllm strategy) or cluster "
+                                "(the top-level reward_model's engine)"))
             worker.pop("reward_type", None)
             continue
         if kind == "llm_judge":
             _judge_on_vllm(worker, path, notes)
         if kind is None:
-            issues.append(Issue(f"{path}.worker_cls", f"ROLL's {short} is not in vroll yet; remove the worker "
-                                                      f"(`{path}=null`: its tags then get no reward) or route its "
-                                                      "tags to a vroll worker"))
+            why = f"{REFUSED_WORKERS[short]}; it is not in vroll" if short in REFUSED_WORKERS else \
+                f"ROLL's {short} is not in vroll yet"
+            issues.append(Issue(f"{path}.worker_cls", f"{why}; remove the worker (`{path}=null`: its tags then get no "
+                                                      "reward) or route its tags to a vroll worker"))
             worker.pop("reward_type", None)
             continue
         rtype = worker.pop("reward_type", None)
@@ -385,6 +420,40 @@ def _rewards(raw, notes, issues) -> None:
         notes[f"{path}.worker_cls"] = f"{short}: vroll's {kind}{why}"
 
 
+def _judge_server(raw, notes, issues) -> None:
+    """ROLL's `reward_model` (the shared judge server of `judge_model_type: cluster` judges): kept for
+    vroll's launcher when a cluster judge asks it; otherwise not started (ROLL starts it, and nothing
+    asks it), with a note. Its hf_infer generates on vllm, as a judge's does; its generating_args are
+    not read (each judge sends its own, as ROLL's cluster judge did)."""
+    rewards = raw.get("rewards") if isinstance(raw.get("rewards"), dict) else {}
+    judges = [n for n, w in rewards.items() if isinstance(w, dict) and w.get("judge_model_type") == "cluster"]
+    server = raw.get("reward_model")
+    if server is None:
+        raw.pop("reward_model", None)
+        for name in judges:
+            issues.append(Issue(f"rewards.{name}.judge_model_type", "'cluster' asks the judge model of the top-level "
+                                "reward_model section (ROLL's shared judge server), which the file does not have: add "
+                                "reward_model (model_args, strategy_args vllm, device_mapping), or use judge_model_type "
+                                "inference (the worker's own model on vllm) or api (an endpoint)"))
+        return
+    if not judges:
+        del raw["reward_model"]
+        notes["reward_model"] = ("not started: no judge_model_type: cluster worker asks it (ROLL starts it even so, "
+                                 "and nothing asks it)")
+        return
+    if isinstance(server, dict):
+        strategy = server.get("strategy_args")
+        if isinstance(strategy, dict) and strategy.get("strategy_name") == "hf_infer":
+            strategy["strategy_name"], strategy["strategy_config"] = "vllm", {}
+            notes["reward_model.strategy_args.strategy_name"] = "hf_infer: the judge generates on vllm (vroll's " \
+                                                                "hf_infer scores, it does not generate)"
+        if server.pop("generating_args", None) is not None:
+            notes["reward_model.generating_args"] = ("not read: each cluster judge generates with its own "
+                                                     "generating_args, as ROLL's cluster judge sends them")
+    notes["reward_model"] = (f"the judge engine of {', '.join(f'rewards.{n}' for n in judges)} (judge_model_type: "
+                             "cluster): one vllm engine on its device_mapping, shared by those judges")
+
+
 def _fsdp2_infer(raw, notes) -> None:
     for path, role in _roles(raw).items():
         strategy = role.get("strategy_args")
@@ -402,8 +471,11 @@ def _unread_templates(raw, notes) -> None:
     for path, role in _roles(raw).items():
         data = role.get("data_args")
         if path != "actor_train" and isinstance(data, dict) and data.get("template") is not None:
-            notes[f"{path}.data_args.template"] = (f"{data.pop('template')!r} not read: rows are formatted with "
-                                                   "global_template / actor_train.data_args.template, as in ROLL")
+            judge = path == "reward_model" or role.get("judge_model_type") in ("inference", "cluster")
+            notes[f"{path}.data_args.template"] = f"{data.pop('template')!r} not read: " + (
+                "the judge's prompts are formatted with the judge model's own chat template (ROLL names one of its "
+                "templates)" if judge else "rows are formatted with global_template / actor_train.data_args.template, "
+                                           "as in ROLL")
 
 
 LORA_KEYS = ("lora_target", "lora_rank", "lora_alpha", "lora_dropout", "additional_target")

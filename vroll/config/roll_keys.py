@@ -9,7 +9,7 @@ import sys
 from vroll.config.loader import TYPED
 from vroll.config.no_effect import NOT_A_FIELD, SECTIONS
 from vroll.config.options import own_keys
-from vroll.config.roll_compat import DIFFERENT, REWARD_WORKERS, UNSUPPORTED
+from vroll.config.roll_compat import DIFFERENT, REFUSED_WORKERS, REWARD_WORKERS, UNSUPPORTED
 from vroll.config.strategies import STRATEGIES, VROLL_STRATEGY
 
 ROLL_COMMIT = "8eb27cc2dc34c4d1310b169d9b86d339004d811a"
@@ -136,7 +136,8 @@ def markdown() -> str:
               "| section | key | status |", "|---|---|---|"]
     lines += [f"| {s or 'top level'} | `{k}` | {NO_EFFECT}{why[len(NOT_A_FIELD):]} |" for s, k, why in extra]
     lines += ["", "### ROLL's reward workers (`rewards.<name>.worker_cls`)", "", "| ROLL class | vroll |", "|---|---|"]
-    lines += [f"| `{cls}` | {kind or 'not in vroll yet (an error naming it)'} |" for cls, kind in REWARD_WORKERS.items()]
+    lines += [f"| `{cls}` | {kind or ('refused: ' + REFUSED_WORKERS[cls] if cls in REFUSED_WORKERS else 'not in vroll yet (an error naming it)')} |"
+              for cls, kind in REWARD_WORKERS.items()]
     return "\n".join(lines) + "\n"
 
 

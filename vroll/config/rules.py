@@ -37,6 +37,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
         issues += check_domain_probs(cfg.actor_train.data_args.domain_interleave_probs, cfg.rewards,
                                      cfg.rollout_batch_size)
     issues += check_tracking(cfg)
+    issues += check_judge_server(cfg)
     issues += check_system_envs("system_envs", cfg.system_envs)
     issues += template_issues(cfg)
     issues += lora_issues(cfg)
@@ -51,6 +52,8 @@ def check_role(path: str, role: RoleConfig, platform: str | None) -> list[Issue]
         issues += check_format_pattern(path, role.pattern)
     if path.startswith("rewards.") and getattr(role, "reward_type", None) == "llm_judge":
         issues += check_judge(path, role)
+    if path.startswith("rewards.") and getattr(role, "reward_type", None) == "reward_system":
+        issues += check_reward_system(path, role)
     if role.strategy_args is None:
         if not reward_rule:
             issues.append(Issue(f"{path}.strategy_args.strategy_name", "is required (e.g. vllm, hf_infer)"))
@@ -95,11 +98,13 @@ def check_judge(path: str, role) -> list[Issue]:
         if not role.model_args.model_name_or_path:
             issues.append(Issue(f"{path}.model_args.model_name_or_path", "is required with judge_model_type: "
                                                                          "inference: the judge model's folder"))
+    elif role.judge_model_type == "cluster":
+        pass  # the top-level reward_model serves it (check_judge_server)
     elif role.judge_model_type != "api":
-        issues.append(Issue(f"{path}.judge_model_type", f"{role.judge_model_type!r}: vroll's judge runs `api` (an "
-                            "OpenAI-compatible endpoint: judge_api_url, e.g. `vllm serve MODEL`) or `inference` (the "
-                            "judge model on vroll's vllm strategy: model_args, strategy_args, device_mapping); ROLL's "
-                            "`cluster` is not in vroll"))
+        issues.append(Issue(f"{path}.judge_model_type", f"{role.judge_model_type!r}: a judge runs `api` (an "
+                            "OpenAI-compatible endpoint: judge_api_url, e.g. `vllm serve MODEL`), `inference` (the "
+                            "judge model on vroll's vllm strategy: model_args, strategy_args, device_mapping) or "
+                            "`cluster` (the top-level reward_model's engine, shared by such judges)"))
     elif not role.judge_api_url:
         issues.append(Issue(f"{path}.judge_api_url", "is required with judge_model_type: api (e.g. "
                                                      "http://localhost:8000/v1)"))
@@ -109,6 +114,34 @@ def check_judge(path: str, role) -> list[Issue]:
                             f"({', '.join(ROLL_JUDGE_PROMPTS)}) nor a template with {{question}}, {{response}} "
                             "and {reference}"))
     return issues
+
+
+def check_judge_server(cfg: PipelineConfig) -> list[Issue]:
+    """The top-level reward_model, which `judge_model_type: cluster` judges ask: there, on vllm, with a
+    model (the loader removes it when no such judge asks it)."""
+    judges = [n for n, w in cfg.rewards.items() if w.reward_type == "llm_judge" and w.judge_model_type == "cluster"]
+    if not judges:
+        return []
+    server = cfg.reward_model
+    if server is None:
+        return [Issue(f"rewards.{judges[0]}.judge_model_type", "'cluster' asks the judge model of the top-level "
+                                                               "reward_model section, which the file does not have")]
+    name = server.strategy_args.strategy_name if server.strategy_args else None
+    if name in STRATEGIES and STRATEGIES[name].implemented and name != "vllm":  # (others are named elsewhere)
+        return [Issue("reward_model.strategy_args.strategy_name", f"{name!r}: the judge server of judge_model_type: "
+                                                                  "cluster runs on vroll's vllm strategy; set vllm")]
+    return []
+
+
+def check_reward_system(path: str, role) -> list[Issue]:
+    """ROLL's remote reward system needs the service's two addresses (ROLL's own defaults are an
+    internal service of its authors')."""
+    sc = role.reward_system_config
+    missing = [k for k in ("submit_url", "get_result_url") if sc is None or not getattr(sc, k)]
+    return [Issue(f"{path}.reward_system_config.{k}", "is required with ROLL's RemoteRewardSystemWorker (reward_type "
+                                                      "reward_system): the reward service's address (ROLL calls its "
+                                                      "authors' internal service, which vroll does not)")
+            for k in missing]
 
 
 def check_format_pattern(path: str, pattern: str | None) -> list[Issue]:

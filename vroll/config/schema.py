@@ -190,11 +190,33 @@ class RewardFilterConfig(Section):
         return v
 
 
+class RewardSystemConfig(Section):
+    """reward_system (ROLL's RemoteRewardSystemWorker): the reward service and ROLL's protocol values,
+    with ROLL's names and defaults (rewards/reward_system.py). ROLL reads these keys from a dict its
+    RLVR pipeline never fills, so ROLL always calls its built-in internal service; vroll needs the two
+    addresses."""
+
+    submit_url: str | None = None
+    get_result_url: str | None = None
+    xrl_authorization: str | None = None  # else the environment's XRL_AUTHORIZATION; none: no header
+    reward_system_type: Literal["online", "pre"] = "online"  # the BusinessType header
+    project_id: str = "roll_default_experiment_id"  # ROLL's defaults, as its worker sends them
+    experiment_id: str = "roll_default_task_id"
+    priority: int = 1
+    task_timeout_s: int = Field(300, ge=1)  # ROLL's reward_server_task_timeout: sent, and the polling's limit
+    request_timeout_s: float = Field(20.0, gt=0)  # each HTTP request
+    submit_tries: int = Field(5, ge=1)
+    retry_delay_s: float = Field(1.0, ge=0)
+    poll_interval_s: float = Field(2.0, gt=0)
+    attempts: int = Field(5, ge=1)  # rounds of submit + poll for one sample
+    max_workers: int = Field(32, ge=1)  # samples in flight at once
+
+
 class RewardConfig(RoleConfig):
     """A reward worker. `tag_included` routes each prompt to the workers matching its tag."""
 
     reward_type: Literal["math_rule", "math_verify", "code_sandbox", "llm_judge", "crossthinkqa",
-                         "choice_boxed", "choice_val", "ifeval", "format", "model"] = "math_rule"
+                         "choice_boxed", "choice_val", "ifeval", "format", "model", "reward_system"] = "math_rule"
     # math_rule: where the final answer is looked for, in this order
     extractors: list[Literal["boxed", "answer_tag", "last_number"]] = Field(
         default_factory=lambda: ["boxed", "answer_tag", "last_number"])
@@ -211,12 +233,16 @@ class RewardConfig(RoleConfig):
     # the judge behind an OpenAI-compatible endpoint (judge_model_type: api) or the worker's own model on
     # vroll's vllm strategy (inference)
     judge_prompt: str | None = None
-    judge_model_type: str | None = None  # ROLL's api / inference / cluster; vroll runs api and inference (rules.check_judge)
+    judge_model_type: str | None = None  # ROLL's api / inference / cluster (the top-level reward_model's engine)
     judge_model_name: str | None = None
     judge_api_url: str | None = None
     judge_api_key: str | None = None  # else the environment's OPENAI_API_KEY, if any
     # format: 1 when the whole response (stripped) matches this regular expression, else 0
     pattern: str | None = None
+    # reward_system (ROLL's RemoteRewardSystemWorker): the service, and ROLL's plug-in list sent with
+    # each sample as `reward_manager`
+    reward_system_config: RewardSystemConfig | None = None
+    reward_manager_config: list[dict[str, Any]] = Field(default_factory=list)
     tag_included: list[str] = Field(default_factory=list)
     weight: float = 1.0
     world_size: int = Field(1, ge=1)
@@ -363,6 +389,8 @@ class PipelineConfig(Section):
     reference: RoleConfig | None = None
     critic: RoleConfig | None = None  # the value model of adv_estimator: gae
     rewards: dict[str, RewardConfig] = Field(default_factory=dict)
+    # ROLL's shared judge server: the model every `judge_model_type: cluster` judge asks (on vllm)
+    reward_model: RoleConfig | None = None
     # filled by the loader: ROLL keys set with no effect here, and ROLL keys adopted with a difference
     _no_effect: dict[str, str] = PrivateAttr(default_factory=dict)
     _differences: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -371,4 +399,5 @@ class PipelineConfig(Section):
         """Every configured role by its dotted key path (rewards as `rewards.<name>`)."""
         out = {k: getattr(self, k) for k in ("actor_infer", "actor_train", "reference", "critic")}
         out.update({f"rewards.{k}": v for k, v in self.rewards.items()})
+        out["reward_model"] = self.reward_model
         return {k: v for k, v in out.items() if v is not None}

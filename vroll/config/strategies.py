@@ -44,7 +44,8 @@ SGLANG_TO_VLLM = {"mem_fraction_static": "gpu_memory_utilization", "tp_size": "t
 FLAG = "--use-vroll-strategies"
 
 # What each role needs from its strategy, by the role's key (rewards share "rewards").
-ROLE_NEEDS = {"actor_infer": "generate", "actor_train": "train", "critic": "train", "reference": "forward", "rewards": "forward"}
+ROLE_NEEDS = {"actor_infer": "generate", "actor_train": "train", "critic": "train", "reference": "forward", "rewards": "forward",
+              "reward_model": "generate"}
 
 
 class StrategyNotAvailable(UserError, RuntimeError):
@@ -75,7 +76,8 @@ def use_vroll_strategies(raw: dict[str, Any]) -> list[str]:
     """Run every role whose strategy vroll lacks on vroll's (in `raw`, in place): the changes, one line each.
     strategy_config keys the new strategy does not read are dropped (sglang's memory fraction, parallel
     size and context length are renamed for vllm)."""
-    roles = {k: raw[k] for k in ("actor_train", "actor_infer", "reference", "critic") if isinstance(raw.get(k), dict)}
+    roles = {k: raw[k] for k in ("actor_train", "actor_infer", "reference", "critic", "reward_model")
+             if isinstance(raw.get(k), dict)}
     if isinstance(raw.get("rewards"), dict):
         roles.update({f"rewards.{k}": v for k, v in raw["rewards"].items() if isinstance(v, dict)})
     changes = []

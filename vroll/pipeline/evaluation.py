@@ -12,7 +12,7 @@ from pathlib import Path
 from vroll.config.errors import ConfigError
 from vroll.config.schema import PipelineConfig
 from vroll.pipeline.dataset import PromptRecord, describe_first_prompt, load_prompts, row_templates
-from vroll.rewards.workers import RewardItem, RewardRouter, missing_fields, unrouted_tags
+from vroll.rewards.workers import RewardItem, RewardRouter, missing_fields, unrouted_rows
 from vroll.roles.interfaces import GenerationEngine
 from vroll.roles.launcher import launch, launch_reward_models
 from vroll.strategy.results import PromptResult
@@ -28,10 +28,10 @@ def generate(engine: GenerationEngine, records: list[PromptRecord], g, call: int
                            prompt_overflow="error")
 
 
-def score(rewards: RewardRouter, records: list[PromptRecord], results: list[PromptResult]):
+def score(rewards: RewardRouter, records: list[PromptRecord], results: list[PromptResult], step: int | None = None):
     items = [RewardItem(rec.prompt_text, s.text, rec.ground_truth, rec.tag, rec.extra)
              for rec, res in zip(records, results) for s in res.samples]
-    return rewards.score(items)
+    return rewards.score(items, step)
 
 
 def validate(cfg: PipelineConfig, engine: GenerationEngine, rewards: RewardRouter, records: list[PromptRecord],
@@ -39,7 +39,7 @@ def validate(cfg: PipelineConfig, engine: GenerationEngine, rewards: RewardRoute
     """Held-out prompts with `validation.generating_args`; samples go to validation/step_N.jsonl."""
     g = cfg.validation.generating_args
     results = generate(engine, records, g, call=VALIDATION_CALL + step)
-    scores, correct, _ = score(rewards, records, results)
+    scores, correct, _ = score(rewards, records, results, step)
     rule = [c for c in correct if c is not None]
     folder = out_dir / "validation"
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,8 +63,8 @@ def evaluate_model(cfg: PipelineConfig, model_dir: str, tokenizer, out_dir: Path
     records = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args",
                            templates=templates)
     log.info(describe_first_prompt(records, "validation.data_args", templates))
-    issues = unrouted_tags(cfg.rewards, {r.tag for r in records}) + missing_fields(cfg.rewards, records,
-                                                                                   "validation.data_args")
+    issues = unrouted_rows(cfg.rewards, records, "validation.data_args") + missing_fields(cfg.rewards, records,
+                                                                                         "validation.data_args")
     if issues:
         raise ConfigError(issues, source)
     role = cfg.actor_infer.model_copy(deep=True)

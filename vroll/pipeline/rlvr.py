@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from vroll.config.domains import tag_domains
 from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import ConfigError, Issue
 from vroll.config.layout import optimizer_steps_per_rollout, rows_per_optimizer_step, trainer_ranks
@@ -29,12 +30,12 @@ from vroll.pipeline.async_rollout import RolloutsAhead
 from vroll.pipeline.checkpoint import (CRITIC_DIR, find_checkpoint, partial_saves_discarded, prune_checkpoints,
                                       save_checkpoint)
 from vroll.pipeline.dataset import (DomainSampler, PromptRecord, PromptSampler, describe_first_prompt, domain_issues,
-                                    load_prompts, plain_rows_warning, prompt_sampler, row_templates)
+                                    load_prompts, plain_rows_warning, prompt_sampler, record_domain, row_templates)
 from vroll.pipeline.evaluation import generate, score, validate
 from vroll.pipeline.health import skipped
 from vroll.pipeline.output_dir import own_output_dir
 from vroll.pipeline.tracking import MetricsLog, PhaseTimer, open_tracker, plot_curves, process_rss_bytes
-from vroll.rewards.workers import RewardRouter, missing_fields, routes, unrouted_tags
+from vroll.rewards.workers import RewardRouter, missing_fields, row_routes, unrouted_rows
 from vroll.roles.launcher import AdaptersOff, Roles, launch_rlvr_roles
 from vroll.strategy.results import PromptResult, to_padded_batch
 from vroll.strategy.vllm_compat import current_platform_name
@@ -55,7 +56,8 @@ def load_data(cfg: PipelineConfig, tokenizer, source: str | None):
     if cfg.validation is not None and cfg.validation.data_args is not None:
         val = load_prompts(cfg.validation.data_args, tokenizer, cfg.prompt_length, "validation.data_args",
                            templates=templates)
-    issues = unrouted_tags(cfg.rewards, {r.tag for r in train + val})
+    issues = unrouted_rows(cfg.rewards, train, "actor_train.data_args", drawn_rows(cfg))
+    issues += unrouted_rows(cfg.rewards, val, "validation.data_args")
     issues += unknown_tag_issues(templates, {r.tag for r in train + val})
     if cfg.difficulty_loss_weight:
         issues += missing_difficulty(train)
@@ -75,6 +77,16 @@ def load_data(cfg: PipelineConfig, tokenizer, source: str | None):
             log.warning(warning)
     log.info(describe_first_prompt(train, "actor_train.data_args", templates))
     return train, val
+
+
+def drawn_rows(cfg: PipelineConfig):
+    """Which training rows are ever drawn: with domain_interleave_probs, those of the listed domains
+    (ROLL's rule); else all (None)."""
+    probs = cfg.actor_train.data_args.domain_interleave_probs if cfg.actor_train.data_args else None
+    if not probs:
+        return None
+    tags = tag_domains(cfg.rewards)
+    return lambda record: record_domain(record, tags) in probs
 
 
 def missing_difficulty(records: list[PromptRecord]) -> list[Issue]:
@@ -226,10 +238,13 @@ def critic_update(cfg: PipelineConfig, roles: Roles, batch: dict, step: int) -> 
 def advantages_by_domain(cfg: PipelineConfig, records: list[PromptRecord], scores: torch.Tensor,
                          mask: torch.Tensor, kl: torch.Tensor | None, state: alg.AlgorithmState,
                          values: torch.Tensor | None = None):
-    """Advantages and returns [B, T-1], computed for each domain (data tag) on its own, as ROLL does:
-    batch statistics never mix domains."""
+    """Advantages and returns [B, T-1], computed for each domain on its own, as ROLL does (its batch
+    grouped by `domain`): batch statistics never mix domains. A row's domain is ROLL's (its `domain`
+    field, else the reward worker its tag names, else math_rule: `config.domains.row_domain`), so two
+    tags one worker scores are one domain, as in ROLL."""
     n = cfg.num_return_sequences_in_group
-    domain_of_row = [str(r.tag) for r in records for _ in range(n)]
+    tags = tag_domains(cfg.rewards)
+    domain_of_row = [record_domain(r, tags) for r in records for _ in range(n)]
     adv, returns = torch.zeros(mask.shape), torch.zeros(mask.shape)
     metrics: dict[str, float] = {}
     for domain in dict.fromkeys(domain_of_row):
@@ -272,7 +287,7 @@ class Rollout:
 
 def query_filters(cfg: PipelineConfig, record: PromptRecord) -> list:
     """The query filters of the reward workers that score this prompt (its tag's workers)."""
-    return [cfg.rewards[name].query_filter_config for name in routes(cfg.rewards, record.tag)
+    return [cfg.rewards[name].query_filter_config for name in row_routes(cfg.rewards, record)
             if cfg.rewards[name].query_filter_config.type != "no_filter"]
 
 
@@ -284,7 +299,7 @@ def rollout(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: l
     with timer("generate"):
         results = generate(roles.infer, records, g, call=step)
     with timer("reward"):
-        scores, correct, reward_metrics = score(rewards, records, results)
+        scores, correct, reward_metrics = score(rewards, records, results, step)
     first = Rollout(records, results, scores, correct)
     if not any(query_filters(cfg, r) for r in records):
         return first, reward_metrics, {}
@@ -306,7 +321,7 @@ def rollout(cfg: PipelineConfig, roles: Roles, rewards: RewardRouter, records: l
             more = draw(min(want, bound - drawn))
             drawn, rounds = drawn + len(more), rounds + 1
             got = generate(roles.infer, more, g, call=EXTRA_CALL + step * 1000 + rounds)
-            sort(Rollout(more, got, *score(rewards, more, got)[:2]))
+            sort(Rollout(more, got, *score(rewards, more, got, step)[:2]))
     chosen = kept[:size] + dropped[:max(size - len(kept), 0)]
     metrics = {"dynamic/kept_frac_first": kept_first / size, "dynamic/drawn_prompts": float(drawn),
                "dynamic/filled_with_dropped": float(max(size - len(kept), 0))}
@@ -346,7 +361,7 @@ def rollout_ahead(rewards: RewardRouter, ahead: RolloutsAhead, step: int, versio
     with timer("wait_rollout"):  # the trainer waiting for the engine
         records, results, ahead_metrics = ahead.take(step, version)
     with timer("reward"):
-        scores, correct, reward_metrics = score(rewards, records, results)
+        scores, correct, reward_metrics = score(rewards, records, results, step)
     return Rollout(records, results, scores, correct), reward_metrics, ahead_metrics
 
 

@@ -1,6 +1,7 @@
 """ROLL's LLM judge (`LLMJudgeRewardWorker`, vroll's `llm_judge`): a judge model behind an
 OpenAI-compatible endpoint (`judge_model_type: api`: `vllm serve`, ...) or served by vroll's own vllm
-strategy (`inference`) is asked whether the response's final answer matches the reference; 1 when its
+strategy (`inference`: the worker's own model; `cluster`: the top-level `reward_model`, one engine the
+cluster judges share) is asked whether the response's final answer matches the reference; 1 when its
 reply says yes, else 0 (ROLL's reading of the reply)."""
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class LlmJudgeWorker:
     def __init__(self, cfg, tries: int = 3, timeout_s: float = 60.0, engine=None):
         self.template = judge_template(cfg.judge_prompt)
         self.engine, self.generating_args = engine, cfg.generating_args
+        # the endpoint's samples each succeed or fail on their own (`score_or_errors`): the router
+        # does not ask the judge again about the ones that succeeded
+        self.per_sample_errors = engine is None
         if engine is not None:
             return
         self.url = cfg.judge_api_url.rstrip("/") + "/chat/completions"
@@ -101,6 +105,17 @@ class LlmJudgeWorker:
             return [yes_no_score(reply) for reply in self.generate([self.messages(i) for i in items])]
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(self.score_one, items))
+
+    def score_or_errors(self, items) -> list[float | Exception]:
+        """The endpoint's verdict on each sample (in parallel), or the exception that left it without one."""
+        def one(item):
+            try:
+                return self.score_one(item)
+            except Exception as e:  # noqa: BLE001 - scored 0 and counted by the router
+                return e
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(one, items))
 
     def score_one(self, item) -> float:
         if self.engine is not None:

@@ -1,7 +1,9 @@
-"""Reward workers and their combination: each prompt goes to the workers whose `tag_included`
-matches its tag (all workers when a worker lists no tags), and its reward is the weighted sum of their
-scores (a measuring worker, `reward_free`, adds none: its score only counts for accuracy). A worker
-that raises on a sample scores that sample 0 and the step goes on."""
+"""Reward workers and their combination: each prompt goes to the workers `config.domains.reward_routes`
+names (ROLL's one worker per domain; several where the file lists a tag under several workers, or
+leaves a worker's `tag_included` empty), and its reward is the weighted sum of their scores (a
+measuring worker, `reward_free`, adds none: its score only counts for accuracy). A worker that raises
+on a sample, or reports it failed, scores that sample 0, counted in `reward/<name>/errors`, and the
+step goes on."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from vroll.config.domains import reward_routes
 from vroll.config.errors import Issue
 from vroll.config.schema import RewardConfig
 from vroll.rewards.choice_rule import ChoiceMeasureWorker, ChoiceRuleWorker
@@ -17,6 +20,7 @@ from vroll.rewards.ifeval_rule import IfevalRuleWorker
 from vroll.rewards.llm_judge import LlmJudgeWorker
 from vroll.rewards.math_rule import MathRuleReward
 from vroll.rewards.math_verify import MathVerifyWorker
+from vroll.rewards.reward_system import RewardSystemWorker
 
 log = logging.getLogger(__name__)
 
@@ -83,24 +87,36 @@ class ModelRewardWorker:
 
 
 
-def routes(configs: dict[str, RewardConfig], tag: str | None) -> list[str]:
-    """The workers a prompt with this tag goes to."""
-    return [n for n, c in configs.items() if not c.tag_included or (tag is not None and tag in c.tag_included)]
+def routes(configs: dict[str, RewardConfig], tag: str | None, domain: Any = None) -> list[str]:
+    """The workers a prompt with this tag (and `domain` field) goes to."""
+    return reward_routes(configs, tag, domain)
 
 
-def unrouted_tags(configs: dict[str, RewardConfig], tags: set[str | None]) -> list[Issue]:
-    """Data tags no worker takes: those prompts would get no reward at all."""
-    lost = sorted(str(t) for t in tags if not routes(configs, t))
+def row_routes(configs: dict[str, RewardConfig], record) -> list[str]:
+    """The workers a data row (a PromptRecord or a RewardItem) goes to."""
+    return routes(configs, record.tag, (getattr(record, "extra", None) or {}).get("domain"))
+
+
+def unrouted_rows(configs: dict[str, RewardConfig], records, key: str, drawn=None) -> list[Issue]:
+    """Rows no worker would score (among those `drawn` says are ever drawn): refused before anything
+    starts (ROLL fails on such a row when it scores it)."""
+    lost = [r for r in records if (drawn is None or drawn(r)) and not row_routes(configs, r)]
     if not lost:
         return []
-    return [Issue("rewards", f"no reward worker takes the data tag(s) {lost}: add them to a worker's "
-                             "tag_included, or leave a worker's tag_included empty to take every tag")]
+    tags = sorted({str(r.tag) for r in lost if (getattr(r, "extra", None) or {}).get("domain") is None})
+    domains = sorted({str(r.extra["domain"]) for r in lost if (getattr(r, "extra", None) or {}).get("domain") is not None})
+    first = ", ".join(getattr(r, "source", "") or "?" for r in lost[:3]) + (", ..." if len(lost) > 3 else "")
+    what = ([f"tag(s) {tags}"] if tags else []) + ([f"domain(s) {domains}"] if domains else [])
+    return [Issue(key, f"{len(lost)} row(s) have no reward worker ({' and '.join(what)}; {first}): list the tag in a "
+                       "worker's tag_included, or give the row a `domain` field naming a worker, or add a worker "
+                       f"named math_rule (ROLL's domain of a row whose tag no worker lists); workers: {sorted(configs)}")]
 
 
-# The data field each reward_type needs on a prompt's row to score it.
+# The data field each reward_type needs on a prompt's row to score it (a tuple: any one of them).
 NEEDED_FIELDS = {"math_rule": "ground_truth", "math_verify": "ground_truth", "code_sandbox": "test_cases",
                  "llm_judge": "ground_truth", "crossthinkqa": "ground_truth", "choice_boxed": "ground_truth",
-                 "choice_val": "ground_truth", "ifeval": "ground_truth"}
+                 "choice_val": "ground_truth", "ifeval": "ground_truth",
+                 "reward_system": ("reward_ref_info", "test_cases", "ground_truth")}
 
 
 def _has(record, name: str) -> bool:
@@ -113,12 +129,15 @@ def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[
     issues = []
     for name, c in configs.items():
         needed = NEEDED_FIELDS.get(c.reward_type)
-        rows = [r for r in records if needed and not _has(r, needed) and name in routes(configs, r.tag)]
+        names = needed if isinstance(needed, tuple) else (needed,)
+        rows = [r for r in records if needed and not any(_has(r, n) for n in names)
+                and name in row_routes(configs, r)]
         if rows:
             first = ", ".join(r.source for r in rows[:3]) + (", ..." if len(rows) > 3 else "")
-            issues.append(Issue(f"{key}.file_name", f"{len(rows)} row(s) have no {needed!r}, which reward worker "
+            field = " or ".join(repr(n) for n in names)
+            issues.append(Issue(f"{key}.file_name", f"{len(rows)} row(s) have no {field}, which reward worker "
                                                     f"{name!r} ({c.reward_type}) needs to score them ({first}): add "
-                                                    f"{needed!r} to each, or tag them for other workers"))
+                                                    f"{field} to each, or tag them for other workers"))
     return issues
 
 
@@ -126,14 +145,14 @@ def missing_fields(configs: dict[str, RewardConfig], records, key: str) -> list[
 RULE_WORKERS = {"math_rule": MathRuleWorker, "math_verify": MathVerifyWorker, "code_sandbox": CodeSandboxWorker,
                 "crossthinkqa": ChoiceRuleWorker, "choice_boxed": ChoiceMeasureWorker,
                 "choice_val": ChoiceMeasureWorker, "ifeval": IfevalRuleWorker, "llm_judge": LlmJudgeWorker,
-                "format": FormatWorker}
+                "format": FormatWorker, "reward_system": RewardSystemWorker}
 
 
 def build_worker(name: str, cfg: RewardConfig, models: dict):
-    if cfg.reward_type == "llm_judge" and cfg.judge_model_type == "inference":
+    if cfg.reward_type == "llm_judge" and cfg.judge_model_type in ("inference", "cluster"):
         if name not in models:
-            raise ValueError(f"rewards.{name}: judge_model_type: inference needs its judge engine started "
-                             "(vroll.roles.launcher.launch_reward_models)")
+            raise ValueError(f"rewards.{name}: judge_model_type: {cfg.judge_model_type} needs its judge engine "
+                             "started (vroll.roles.launcher.launch_reward_models)")
         return LlmJudgeWorker(cfg, engine=models[name])
     if cfg.reward_type in RULE_WORKERS:
         return RULE_WORKERS[cfg.reward_type](cfg)
@@ -152,16 +171,19 @@ class RewardRouter:
         self.workers = workers if workers is not None else {n: build_worker(n, c, models or {})
                                                             for n, c in configs.items()}
 
-    def score(self, items: list[RewardItem]) -> tuple[list[float], list[float | None], dict[str, float]]:
+    def score(self, items: list[RewardItem], step: int | None = None
+              ) -> tuple[list[float], list[float | None], dict[str, float]]:
         """(combined reward per item, correctness per item (None without an answer-checking worker),
-        metrics per worker)."""
+        metrics per worker). `step`: the step being scored, for workers that send it (ROLL's global_step)."""
         combined = [0.0] * len(items)
         correct: list[float | None] = [None] * len(items)
         metrics: dict[str, float] = {}
         for name, worker in self.workers.items():
-            idx = [i for i, it in enumerate(items) if name in routes(self.configs, it.tag)]
+            idx = [i for i, it in enumerate(items) if name in row_routes(self.configs, it)]
             if not idx:
                 continue
+            if step is not None and hasattr(worker, "step"):
+                worker.step = step
             scores, errors = self._score_safely(name, worker, [items[i] for i in idx])
             weight = self.configs[name].weight
             adds = not getattr(worker, "reward_free", False)  # a measuring worker adds no reward
@@ -174,6 +196,14 @@ class RewardRouter:
         return combined, correct, metrics
 
     def _score_safely(self, name: str, worker, items: list[RewardItem]) -> tuple[list[float], int]:
+        if getattr(worker, "per_sample_errors", False):  # each sample's score or error in one pass
+            try:
+                results = list(worker.score_or_errors(items))
+                if len(results) != len(items):
+                    raise ValueError(f"returned {len(results)} results for {len(items)} samples")
+            except Exception as e:  # noqa: BLE001 - the step goes on, every sample of the batch scored 0
+                results = [e] * len(items)
+            return self._count_errors(name, results)
         try:
             scores = [float(s) for s in worker.score(items)]
             if len(scores) == len(items):
@@ -181,13 +211,24 @@ class RewardRouter:
             raise ValueError(f"returned {len(scores)} scores for {len(items)} samples")
         except Exception as batch_error:  # noqa: BLE001 - find the failing samples one by one
             log.debug("rewards.%s: batch scoring failed (%s); scoring samples one by one", name, batch_error)
-        scores, errors = [], 0
-        for k, item in enumerate(items):
+        results = []
+        for item in items:
             try:
-                scores.append(float(worker.score_one(item)))
+                results.append(float(worker.score_one(item)))
             except Exception as e:  # noqa: BLE001 - one bad sample must not stop the step
+                results.append(e)
+        return self._count_errors(name, results)
+
+    @staticmethod
+    def _count_errors(name: str, results: list) -> tuple[list[float], int]:
+        """Each exception among `results` scores its sample 0, with a warning, and is counted."""
+        scores, errors = [], 0
+        for k, r in enumerate(results):
+            if isinstance(r, Exception):
                 errors += 1
                 scores.append(0.0)
                 log.warning("rewards.%s: sample %d scored 0 because the worker raised: %s: %s", name, k,
-                            type(e).__name__, e)
+                            type(r).__name__, r)
+            else:
+                scores.append(float(r))
         return scores, errors

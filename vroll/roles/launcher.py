@@ -138,8 +138,11 @@ def sleep_level(cfg: PipelineConfig) -> int | None:
 
 def launch_reward_models(cfg: PipelineConfig, stack: ExitStack) -> dict[str, ScoringModel | GenerationEngine]:
     """The model behind each `reward_type: model` worker and each LLM judge with `judge_model_type:
-    inference` (rule workers need none: they score in this process, which takes their system_envs)."""
+    inference`, and the top-level `reward_model` (ROLL's shared judge server) once for every judge with
+    `judge_model_type: cluster` (rule workers need none: they score in this process, which takes
+    their system_envs; so do cluster judges, which only ask the shared engine)."""
     models: dict[str, ScoringModel | GenerationEngine] = {}
+    server = None
     for name, worker in cfg.rewards.items():
         if worker.reward_type == "model":
             models[name] = stack.enter_context(launch(cfg, worker))
@@ -147,6 +150,12 @@ def launch_reward_models(cfg: PipelineConfig, stack: ExitStack) -> dict[str, Sco
             models[name] = launch_judge(cfg, worker, stack)
         else:
             set_role_envs_here(worker)
+            if cluster_judge(worker):
+                if cfg.reward_model is None:
+                    raise ValueError(f"rewards.{name}: judge_model_type: cluster needs the top-level reward_model")
+                if server is None:
+                    server = launch_judge(cfg, cfg.reward_model, stack)
+                models[name] = server
     return models
 
 
@@ -154,9 +163,14 @@ def judge_engine(worker: RewardConfig) -> bool:
     return worker.reward_type == "llm_judge" and worker.judge_model_type == "inference"
 
 
-def launch_judge(cfg: PipelineConfig, worker: RewardConfig, stack: ExitStack) -> GenerationEngine:
-    """An LLM judge's model on vllm, always in engine processes of its own (on Ray, pinned to its
-    device_mapping); where those devices are another role's, it sleeps between scorings."""
+def cluster_judge(worker: RewardConfig) -> bool:
+    return worker.reward_type == "llm_judge" and worker.judge_model_type == "cluster"
+
+
+def launch_judge(cfg: PipelineConfig, worker: RoleConfig, stack: ExitStack) -> GenerationEngine:
+    """An LLM judge's model (an inference judge's own, or the reward_model cluster judges share) on
+    vllm, always in engine processes of its own (on Ray, pinned to its device_mapping); where those
+    devices are another role's, it sleeps between scorings."""
     engine = stack.enter_context(launch(cfg, worker, own_devices=True))
     others = {d for key in ("actor_infer", "actor_train", "reference", "critic") if getattr(cfg, key) is not None
               for d in getattr(cfg, key).device_mapping}
