@@ -178,13 +178,14 @@ def cmd_validate(args) -> int:
 
 
 def check_before_start(cfg, source: str, job: str | None, role: str = "actor_infer", with_vllm: bool = True) -> None:
-    """What can be checked before anything loads: the model folders, and the sampling the job sends
-    against the installed vLLM's own rules (`with_vllm`; imports vLLM when it is installed)."""
+    """What can be checked before anything loads: the model folders (with `with_vllm`, also read by
+    transformers), and the sampling the job sends against the installed vLLM's own rules (`with_vllm`;
+    imports vLLM when it is installed)."""
     from vroll.config import ConfigError
     from vroll.config.engine_args import installed_vllm_version
     from vroll.models.folder import model_folder_issues
 
-    issues = model_folder_issues(cfg)
+    issues = model_folder_issues(cfg, load=with_vllm)
     if with_vllm and installed_vllm_version():
         from vroll.config.sampling import job_sampling
         from vroll.strategy.sampling import vllm_refusals
