@@ -99,6 +99,31 @@ def test_a_broken_model_folder_is_named_by_validate(tmp_path, model_copy, damage
     assert "actor_infer.model_args.model_name_or_path: " in r.stderr and expected in r.stderr, r.stderr
 
 
+@pytest.mark.parametrize("damage, expected", [
+    ("model_type", "transformers cannot read its config (ValueError: The checkpoint you are trying to load has model "
+                   "type `qwen9` but Transformers does not recognize this architecture)"),
+    ("tokenizer", "transformers cannot read its tokenizer (KeyError: 'added_tokens')"),
+])
+def test_a_model_folder_transformers_cannot_read_is_named_before_start(tmp_path, model_copy, damage, expected):
+    """Files that are whole JSON but that transformers refuses (an unknown architecture, a tokenizer.json
+    that is not a tokenizer's) were a traceback once the engine or trainer started, and validated."""
+    from vroll.cli.main import main
+
+    if damage == "model_type":
+        config = json.loads((model_copy / "config.json").read_text())
+        (model_copy / "config.json").write_text(json.dumps({**config, "model_type": "qwen9"}))
+    else:
+        (model_copy / "tokenizer.json").write_text("{}")
+    data = engine_config(str(model_copy))
+    r = validate(tmp_path, data, platform="cpu")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"actor_infer.model_args.model_name_or_path: {model_copy}: {expected}" in r.stderr, r.stderr
+    (tmp_path / "p.jsonl").write_text('{"prompt": "What is 1+1?"}\n')
+    assert main(["generate", write_yaml(tmp_path / "c.yaml", data), "--input", str(tmp_path / "p.jsonl"),
+                 "--output", str(tmp_path / "out.jsonl")]) == 2  # the same check, before its engine
+    assert not (tmp_path / "out.jsonl").exists()
+
+
 def test_a_context_longer_than_the_models_positions_is_named_by_validate(tmp_path, tiny_model):
     # vLLM refuses it only when its engine starts (found training ROLL's example_ppo.yaml: max_model_len 8000)
     data = engine_config(tiny_model)

@@ -1,6 +1,7 @@
 """Checkpoints hold nothing that runs: the trainer state is safetensors + JSON, an earlier vroll's
 `trainer_state.pt` is read without unpickling code, a hostile one is refused with its file named, a
-broken latest checkpoint is skipped for the newest one that loads, and interrupted saves leave nothing."""
+broken latest checkpoint or one of another model is skipped for the newest one that loads and fits, and
+interrupted saves leave nothing."""
 
 import json
 import logging
@@ -34,11 +35,30 @@ def fake_state():
             "scheduler": {"last_epoch": 3, "_last_lr": [1e-3]}, "torch_rng": torch.get_rng_state()}
 
 
-def make_checkpoint(root, step, model):
-    """A checkpoint folder as vroll writes it (the model's files, a small trainer state, vroll_state.json)."""
+def fitting_state(model):
+    """`fake_state` with its optimiser state on a parameter the model has (model.norm.weight), shaped as there."""
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(model, "model.safetensors"), "pt") as f:
+        shape = f.get_slice("model.norm.weight").get_shape()
+    state = fake_state()
+    state["optimizer"] = {"state": {"model.norm.weight": {"step": torch.tensor(3.0), "exp_avg": torch.zeros(shape),
+                                                          "exp_avg_sq": torch.zeros(shape)}},
+                          "param_groups": [{"lr": 1e-3, "params": ["model.norm.weight"]}]}
+    return state
+
+
+def make_checkpoint(root, step, model, critic=None):
+    """A checkpoint folder as vroll writes it (the model's files, a small trainer state, vroll_state.json),
+    with a critic's folder (a value model on `critic`'s config) when given."""
     path = root / "checkpoints" / f"step_{step}"
     shutil.copytree(model, path)
-    save_train_state(path, fake_state())
+    save_train_state(path, fitting_state(model))
+    if critic is not None:
+        from vroll.models.values import load_value_model
+
+        load_value_model(critic, torch.float32).save_pretrained(path / "critic")
+        save_train_state(path / "critic", fitting_state(critic))
     (path / "vroll_state.json").write_text(json.dumps({"step": step, "data": {"epoch": 0, "position": 4 * step},
                                                        "weight_version": step}))
     return path
@@ -178,3 +198,106 @@ def test_an_interrupted_save_leaves_nothing_behind(tmp_path):
         assert not left.exists()
         left.mkdir()  # a trainer rank still writing after the driver was interrupted
     assert not left.exists()
+
+
+# -- a checkpoint of another model ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def narrow_model(tiny_model, tmp_path_factory):
+    """The tiny model at half its width (vroll's builder, the tiny model's tokenizer): another model,
+    whose tensors have the same names and other shapes."""
+    from transformers import AutoTokenizer
+
+    from vroll.models.tiny import TinySpec, build_model
+
+    out = tmp_path_factory.mktemp("models") / "narrow"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    spec = TinySpec(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1)
+    build_model(spec, tokenizer).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return str(out)
+
+
+def test_tensors_that_do_not_fit_the_model_are_named_from_headers(tmp_path, tiny_model, narrow_model):
+    from safetensors.torch import load_file, save_file
+
+    from vroll.models.shapes import model_tensors
+
+    tiny, narrow = {"": model_tensors(tiny_model)}, {"": model_tensors(narrow_model)}
+    path = make_checkpoint(tmp_path, 1, tiny_model)
+    assert find_checkpoint(str(path), tmp_path, (), tiny)[1]["step"] == 1  # the tied lm_head may be left out
+    weights = path / "model.safetensors"
+    with pytest.raises(CheckpointError, match=rf"{weights}: does not fit the model \({narrow_model}/config.json\): "
+                                              r"tensor 'model.embed_tokens.weight' is \[277, 256\] in the checkpoint, "
+                                              r"\[277, 128\] in the model"):
+        find_checkpoint(str(path), tmp_path, (), narrow)
+
+    tensors = load_file(weights)
+    save_file({**tensors, "model.norm.weight": tensors["model.norm.weight"].to(torch.int8)}, weights)
+    with pytest.raises(CheckpointError, match="tensor 'model.norm.weight' is I8 in the checkpoint, floating point"):
+        find_checkpoint(str(path), tmp_path, (), tiny)
+    save_file({k: v for k, v in tensors.items() if k != "model.layers.0.self_attn.q_proj.bias"}, weights)
+    with pytest.raises(CheckpointError, match="'model.layers.0.self_attn.q_proj.bias' is missing from the checkpoint"):
+        find_checkpoint(str(path), tmp_path, (), tiny)
+    save_file({**tensors, "model.layers.9.mlp.up_proj.weight": torch.zeros(2)}, weights)
+    with pytest.raises(CheckpointError, match=r"'model.layers.9.mlp.up_proj.weight' \(\[2\]\) is in the checkpoint, "
+                                              "and the model has no tensor"):
+        find_checkpoint(str(path), tmp_path, (), tiny)
+
+    save_file(tensors, weights)  # the weights fit again; the optimiser state is another model's
+    save_train_state(path, fitting_state(narrow_model))
+    with pytest.raises(CheckpointError, match=r"trainer_state.tensors: the optimiser state does not fit the model .*"
+                                              r"'exp_avg' of 'model.norm.weight' is \[128\], the parameter is \[256\]"):
+        find_checkpoint(str(path), tmp_path, (), tiny)
+
+
+def test_a_checkpoint_of_another_model_is_skipped_or_named_before_any_engine_starts(
+        tmp_path, tiny_model, narrow_model, monkeypatch, caplog, capsys):
+    """resume_from_checkpoint: true skips a checkpoint whose tensors do not fit (the step, the file, the
+    tensor and both shapes in a warning) for the newest that fits; a named one, or none fitting, is exit 2."""
+    from test_rlvr import rl_config
+    from vroll.cli.main import main
+    from vroll.data.arithmetic import write_dataset
+
+    started = []
+
+    def launcher(cfg, total, model_path, *rest):
+        started.append(model_path)
+        raise KeyboardInterrupt  # ends the run where its engines would start
+
+    monkeypatch.setattr("vroll.pipeline.rlvr.launch_rlvr_roles", launcher)
+    data = write_dataset(tmp_path / "data", n_train=8, n_eval=4, seed=1, max_operand=9)
+    out = tmp_path / "run"
+    make_checkpoint(out, 1, narrow_model)
+    newest = make_checkpoint(out, 2, tiny_model)  # e.g. a run of another model into the same output_dir
+    cfg = rl_config(tmp_path, narrow_model, data, resume_from_checkpoint=True, max_steps=3)
+    mismatch = (f"{newest / 'model.safetensors'}: does not fit the model ({narrow_model}/config.json): tensor "
+                "'model.embed_tokens.weight' is [277, 256] in the checkpoint, [277, 128] in the model")
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", write_yaml(tmp_path / "c.yaml", cfg)]) == 130
+    assert started == [str(out / "checkpoints" / "step_1")]
+    assert f"resume: skipping checkpoint step_2: {mismatch}" in caplog.text
+
+    capsys.readouterr()
+    cfg["resume_from_checkpoint"] = str(newest)  # named: no fallback
+    assert main(["train", write_yaml(tmp_path / "c.yaml", cfg)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {mismatch}" in err and "Traceback" not in err
+    shutil.rmtree(out / "checkpoints" / "step_1")  # none fits
+    cfg["resume_from_checkpoint"] = True
+    assert main(["train", write_yaml(tmp_path / "c.yaml", cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint in" in err and "loads and fits" in err and f"step_2: {mismatch}" in err and "Traceback" not in err
+
+    # with a critic (gae): its folder is checked against the critic's value model
+    shutil.rmtree(out / "checkpoints")
+    ckpt = make_checkpoint(out, 1, narrow_model, critic=tiny_model)
+    cfg.update(adv_estimator="gae", num_return_sequences_in_group=2, rollout_batch_size=8, use_kl_loss=False,
+               reference=None, resume_from_checkpoint=str(ckpt), reward_pretrain=narrow_model, rewards={
+                   "math": {"reward_type": "math_rule", "tag_included": ["arithmetic"]}},
+               critic={"model_args": {"dtype": "fp32"}, "training_args": {"per_device_train_batch_size": 8},
+                       "strategy_args": {"strategy_name": "fsdp2_train"}, "device_mapping": [0, 1]})
+    assert main(["train", write_yaml(tmp_path / "c.yaml", cfg)]) == 2
+    err = capsys.readouterr().err
+    assert (f"error: {ckpt / 'critic' / 'model.safetensors'}: does not fit the model ({narrow_model}/config.json): "
+            "tensor 'model.embed_tokens.weight' is [277, 256]") in err
+    assert started == [str(out / "checkpoints" / "step_1")]  # no engine started after the first case

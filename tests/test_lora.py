@@ -108,6 +108,43 @@ def test_a_resumed_lora_trainer_continues_exactly(tiny_model, tmp_path, monkeypa
                                        model_path=str(tmp_path / "mid"))
 
 
+def test_a_lora_checkpoint_fits_on_resume_its_optimiser_state_against_the_adapters(tiny_model, tmp_path, data):
+    """The resume fit check (`models_to_fit`) under LoRA: the merged weights against the base model, the
+    AdamW state against the adapters' (and additional_target's) parameters, as peft names them on the
+    meta model; checked against the base model's parameters every LoRA checkpoint would be refused."""
+    from vroll.config.errors import CheckpointError
+    from vroll.models.shapes import model_tensors
+    from vroll.pipeline.checkpoint import find_checkpoint, models_to_fit
+    from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
+    from vroll.strategy.train_state import optimizer_shapes
+
+    ids, mask = padded(SEQS)
+    with Fsdp2TrainStrategy(lora_role(tiny_model, additional_target="gate_proj"), total_steps=6) as t:
+        t.train_step([{"input_ids": ids, "attention_mask": mask}], nll)
+        t.save(tmp_path / "ckpt")
+        held = {n: tuple(p.shape) for n, p in t.model.named_parameters() if p.requires_grad}
+    (tmp_path / "ckpt" / "vroll_state.json").write_text(json.dumps({"step": 1, "data": {"epoch": 0, "position": 4},
+                                                                    "weight_version": 1}))
+    cfg = rl_config(tmp_path, tiny_model, data)
+    cfg["actor_train"]["model_args"].update(lora_target="q_proj,v_proj", lora_rank=4, additional_target="gate_proj")
+    fit = models_to_fit(read_config(write_yaml(tmp_path / "c.yaml", cfg)).cfg)
+    assert fit[""].trained == held  # the trainer's own names and shapes, derived without weights
+    assert {n: s["exp_avg"] for n, s in optimizer_shapes(tmp_path / "ckpt").items()} == held
+    assert find_checkpoint(str(tmp_path / "ckpt"), tmp_path, (), fit, lora=True)[1]["step"] == 1
+
+    with pytest.raises(CheckpointError, match=r"optimiser state for 'base_model\.model\..*', and the model has no "
+                                              "parameter of that name"):  # why the base model's would not do
+        find_checkpoint(str(tmp_path / "ckpt"), tmp_path, (), {"": model_tensors(tiny_model)}, lora=True)
+    other = lora_role(tiny_model, lora_rank=8, additional_target="gate_proj").model_args
+    with pytest.raises(CheckpointError, match=r"the optimiser state does not fit .*'exp_avg' of 'base_model\.model\."
+                                              r"model\.layers\.0\.self_attn\.q_proj\.lora_A\.default\.weight' is "
+                                              r"\[4, 256\], the parameter is \[8, 256\]"):
+        find_checkpoint(str(tmp_path / "ckpt"), tmp_path, (), {"": model_tensors(tiny_model, lora_args=other)},
+                        lora=True)
+    with pytest.raises(CheckpointError, match="saved by a run with LoRA .* this run trains every weight"):
+        find_checkpoint(str(tmp_path / "ckpt"), tmp_path, (), {"": model_tensors(tiny_model)}, lora=False)
+
+
 def test_lora_on_two_ray_ranks_trains_like_one_rank_and_resumes(tiny_model, tmp_path):
     """Two rank actors (FSDP2 shards base and adapters) take the same steps as one in-process rank,
     hand out the same merged weights and base log-probs, and save a checkpoint they resume from."""
@@ -156,7 +193,7 @@ def lora_run(tmp_path, model, data, **over):
     return cfg
 
 
-def test_a_lora_run_serves_the_merged_weights_and_resumes_exactly(tmp_path, tiny_model, data):
+def test_a_lora_run_serves_the_merged_weights_and_resumes_exactly(tmp_path, tiny_model, data, monkeypatch):
     """ROLL's rule for the reference (the trainer's base, no reference role started), the engine's
     greedy answers after each push equal transformers' on the merged checkpoint, and a resumed run
     equals an uninterrupted one."""
@@ -187,7 +224,13 @@ def test_a_lora_run_serves_the_merged_weights_and_resumes_exactly(tmp_path, tiny
     first = json.loads(json.dumps(straight))
     first["output_dir"], first["max_steps"] = str(tmp_path / "b"), 1
     run(tmp_path, first, "b1.yaml")
+    from vroll.pipeline import checkpoint
+
+    fitted, check_fit = [], checkpoint.check_fit
+    monkeypatch.setattr(checkpoint, "check_fit", lambda path, weights, model: (
+        fitted.append(model.trained), check_fit(path, weights, model))[1])
     run(tmp_path, {**first, "max_steps": 2, "resume_from_checkpoint": True}, "b2.yaml")
+    assert len(fitted) == 1 and fitted[0]  # the resume's fit check ran, against the adapters' parameters
     b = read_metrics(tmp_path / "b" / "metrics.jsonl")
     strip = [{k: v for k, v in r.items() if not k.startswith(TIMING)} for r in (a + b)]
     assert [r["step"] for r in b] == [0, 1, 2] and strip[:3] == strip[3:]

@@ -193,14 +193,15 @@ def cmd_validate(args) -> int:
 
 def check_before_start(cfg, source: str, job: str | None, role: str = "actor_infer", with_vllm: bool = True) -> None:
     """What can be checked before anything loads: the model folders, and with `with_vllm` (which
-    imports vLLM when it is installed, and torch) the sampling the job sends against the installed
-    vLLM's own rules and LoRA's target names against the trainer's model (built without weights)."""
+    imports vLLM when it is installed, and torch) the folders read by transformers, the sampling the
+    job sends against the installed vLLM's own rules and LoRA's target names against the trainer's
+    model (built without weights)."""
     from vroll.config import ConfigError
     from vroll.config.engine_args import installed_vllm_version
     from vroll.config.lora import lora_enabled
     from vroll.models.folder import model_folder_issues
 
-    issues = model_folder_issues(cfg)
+    issues = model_folder_issues(cfg, load=with_vllm)
     if with_vllm and lora_enabled(cfg) and not issues:
         from vroll.models.lora import config_target_issues
 

@@ -1,5 +1,6 @@
 """A local model folder checked before anything loads it: readable JSON files, a tokenizer, weights
-whose headers match their sizes. Cheap (no weights are read) and free of torch."""
+whose headers match their sizes. Cheap (no weights are read) and free of torch; where a job imports
+transformers anyway, also whether transformers can read the config and the tokenizer (`load`)."""
 
 from __future__ import annotations
 
@@ -73,8 +74,27 @@ def safetensors_problem(path: Path) -> str | None:
         return f"{path} is truncated or corrupt ({e}): re-download or re-save the model"
 
 
-def model_folder_issues(cfg) -> list[Issue]:
-    """One issue per problem of every local model folder the file's roles name (each folder checked once)."""
+def transformers_problems(folder: Path, trust_remote_code: bool = False) -> list[str]:
+    """What transformers refuses in a folder whose files look whole: a config of an architecture it
+    does not know, a tokenizer file that is JSON but not a tokenizer (the engine and the trainer would
+    fail with a traceback once started). Imports transformers."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    problems = []
+    for what, load in (("config", AutoConfig), ("tokenizer", AutoTokenizer)):
+        try:
+            load.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
+        except Exception as e:  # transformers raises many kinds (ValueError, KeyError, OSError, ...)
+            why = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+            problems.append(f"{folder}: transformers cannot read its {what} ({type(e).__name__}: {why}): "
+                            "re-download or re-save the model, or update transformers if the model is newer")
+            break  # the tokenizer is read with the config: one message is enough
+    return problems
+
+
+def model_folder_issues(cfg, load: bool = False) -> list[Issue]:
+    """One issue per problem of every local model folder the file's roles name (each folder checked once);
+    `load`: also `transformers_problems` (imports transformers)."""
     issues, seen = [], set()
     for path, role in cfg.roles().items():
         name = role.model_args.model_name_or_path
@@ -94,6 +114,8 @@ def model_folder_issues(cfg) -> list[Issue]:
             continue
         seen.add((folder, dummy))
         problems = folder_problems(folder, not dummy)
+        if load and not problems:
+            problems = transformers_problems(folder, role.model_args.trust_remote_code)
         issues += [Issue(f"{path}.model_args.model_name_or_path", p) for p in problems]
         if not problems and role.strategy_args is not None and role.strategy_args.strategy_name == "vllm":
             issues += context_issues(path, role, folder)

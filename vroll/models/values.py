@@ -13,12 +13,19 @@ def load_value_model(path: str, dtype: torch.dtype, trust_remote_code: bool = Fa
     head that is new (initialised as the config says) unless the folder has one. No dropout before
     the head (transformers' default is 0.1): a regression target needs none, and without it the
     ranks of a sharded critic and a resumed run compute the same values."""
-    from transformers import AutoConfig, AutoModelForTokenClassification
+    from transformers import AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification.from_pretrained(path, config=value_config(path, trust_remote_code),
+                                                           dtype=dtype, trust_remote_code=trust_remote_code)
+
+
+def value_config(path: str, trust_remote_code: bool = False):
+    """The folder's config as a value model's: one label, no dropout before the head."""
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(path, num_labels=1, trust_remote_code=trust_remote_code)
     config.classifier_dropout = 0.0
-    return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype,
-                                                           trust_remote_code=trust_remote_code)
+    return config
 
 
 def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

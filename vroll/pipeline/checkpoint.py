@@ -3,10 +3,10 @@
 JSON: `strategy/train_state.py`) and `vroll_state.json` (step, data order, weight version); a critic
 (gae) is a folder of the same kind inside it, `critic/`. Nothing in a checkpoint is unpickled. A save
 is written aside and renamed into place, and an interrupted save leaves nothing behind; a resume
-checks the checkpoint before anything starts and falls back to the newest one that loads. Under LoRA
-the trainer's folder holds the merged model and, in `adapter/`, the adapter in peft's format
-(`models/lora.py`); a LoRA run resumes only from such a checkpoint, and a full fine-tune only from one
-without."""
+checks the checkpoint before anything starts (its files, and that its tensors fit the configured
+models) and falls back to the newest one that loads. Under LoRA the trainer's folder holds the merged
+model and, in `adapter/`, the adapter in peft's format (`models/lora.py`); a LoRA run resumes only
+from such a checkpoint, and a full fine-tune only from one without."""
 
 from __future__ import annotations
 
@@ -19,8 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vroll.config.errors import CheckpointError, ConfigError, Issue
+from vroll.config.lora import lora_on
+from vroll.config.passes import critic_enabled
+from vroll.config.schema import PipelineConfig
 from vroll.models.lora import ADAPTER_DIR, check_adapter
-from vroll.strategy.train_state import EARLIER_TENSORS, LEGACY, TENSORS, check_train_state
+from vroll.models.paths import resolve_model_path
+from vroll.models.shapes import ModelTensors, file_tensors, model_tensors
+from vroll.strategy.train_state import (EARLIER_TENSORS, LEGACY, TENSORS, check_train_state, optimizer_shapes,
+                                       tensors_file)
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +103,48 @@ def prune_checkpoints(output_dir: str | Path, keep: int) -> list[Path]:
 
 
 def find_checkpoint(resume: str | bool, output_dir: str | Path, inner: tuple[str, ...] = (),
-                    lora: bool | None = None) -> tuple[Path | None, dict]:
+                    models: dict[str, ModelTensors] | None = None, *, lora: bool | None = None
+                    ) -> tuple[Path | None, dict]:
     """`resume_from_checkpoint`: false (start fresh), true (the newest checkpoint in output_dir that
     loads, if any) or a checkpoint folder; with its checked `vroll_state.json` ({"step": 0} when none).
-    `inner`: the folders of other training roles the run needs in it (the critic's); `lora`: whether the
-    run trains LoRA adapters (the trainer's folder must then hold one, else must not)."""
+    `inner`: the folders of other training roles the run needs in it (the critic's). `models`: the
+    tensors each folder's weights must fit ("" the trainer's folder, then `inner` names), when known
+    (`models_to_fit`). `lora`: whether the run trains LoRA adapters (the trainer's folder must then
+    hold one, else must not)."""
     if resume is False or resume in ("", None):
         return None, {"step": 0}
     if resume is True:
-        return newest_loadable(output_dir, inner, lora)
+        return newest_loadable(output_dir, inner, models, lora=lora)
     path = Path(str(resume)).expanduser()
     if not (path / STATE_JSON).is_file():
         raise ConfigError([Issue("resume_from_checkpoint", f"{str(resume)!r} is not a vroll checkpoint folder "
                                                            f"(no {STATE_JSON}); use true for the latest in output_dir")])
-    return path, check_checkpoint(path, inner, lora)
+    return path, check_checkpoint(path, inner, models, lora=lora)
 
 
-def newest_loadable(output_dir: str | Path, inner: tuple[str, ...] = (), lora: bool | None = None
+def models_to_fit(cfg: PipelineConfig) -> dict[str, ModelTensors]:
+    """The tensors a resumed checkpoint must fit (`find_checkpoint`'s `models`): actor_train's model
+    and, with a critic, its value model, each built from its config.json on the meta device. A model
+    whose tensors cannot be told that way is left out with a warning (its load checks it then)."""
+    roles = {"": ("actor_train", cfg.actor_train, False)}
+    if critic_enabled(cfg):
+        roles[CRITIC_DIR] = ("critic", cfg.critic, True)
+    models = {}
+    for folder, (key, role, value_model) in roles.items():
+        path = resolve_model_path(role.model_args.model_name_or_path, f"{key}.model_args.model_name_or_path")
+        try:
+            # under LoRA (actor_train only; the trainer adapts no value model) the optimiser holds the
+            # adapters' parameters: model_tensors derives them from the meta model wrapped as the trainer wraps it
+            lora_args = role.model_args if lora_on(role) and not value_model else None
+            models[folder] = model_tensors(path, value_model, role.model_args.trust_remote_code, lora_args)
+        except Exception as e:  # transformers' own errors; the trainer would meet them when it starts
+            log.warning("resume: cannot tell the tensors of %s's model %s from its config (%s: %s); the checkpoint's "
+                        "fit is checked only when it loads", key, path, type(e).__name__, e)
+    return models
+
+
+def newest_loadable(output_dir: str | Path, inner: tuple[str, ...] = (),
+                    models: dict[str, ModelTensors] | None = None, *, lora: bool | None = None
                     ) -> tuple[Path | None, dict]:
     """The newest checkpoint that passes `check_checkpoint`; each newer one is skipped with a warning."""
     root = Path(output_dir) / "checkpoints"
@@ -121,39 +152,46 @@ def newest_loadable(output_dir: str | Path, inner: tuple[str, ...] = (), lora: b
     reasons = []
     for path in found:
         try:
-            return path, check_checkpoint(path, inner, lora)
+            return path, check_checkpoint(path, inner, models, lora=lora)
         except CheckpointError as e:
             log.warning("resume: skipping checkpoint %s: %s", path.name, e)
             reasons.append(f"{path.name}: {e}")
     if found:
-        raise CheckpointError(f"resume_from_checkpoint: no checkpoint in {root} loads ({'; '.join(reasons)}); move "
+        raise CheckpointError(f"resume_from_checkpoint: no checkpoint in {root} loads and fits this run's models ({'; '.join(reasons)}); move "
                               "them away, or set resume_from_checkpoint: false to start over")
     return None, {"step": 0}
 
 
-def check_checkpoint(path: Path, inner: tuple[str, ...] = (), lora: bool | None = None) -> dict:
+def check_checkpoint(path: Path, inner: tuple[str, ...] = (), models: dict[str, ModelTensors] | None = None,
+                     *, lora: bool | None = None) -> dict:
     """Its `vroll_state.json`, after checking every file a resume reads (weights by their headers), in
     it and in its `inner` folders; raises CheckpointError naming a file that is missing, truncated,
-    malformed or unsafe, or a trainer folder with (`lora` False) or without (`lora` True) an adapter."""
+    malformed or unsafe, whose tensors do not fit `models`, or a trainer folder with (`lora` False) or
+    without (`lora` True) an adapter (see `find_checkpoint`)."""
     path = Path(path)
+    models = models or {}
     state = read_state(path)
-    check_trainer_folder(path)
+    # LoRA or not first: a checkpoint of the other kind would otherwise be named by the fit check
+    # (its optimiser state holds other parameters), which says less
     has_adapter = (path / ADAPTER_DIR).is_dir()
     if lora is not None and lora != has_adapter:
         raise CheckpointError(f"{path}: saved by a run {'without' if lora else 'with'} LoRA (it has "
                               f"{'no ' if lora else ''}{ADAPTER_DIR}/ folder), and this run "
                               f"{'trains LoRA adapters' if lora else 'trains every weight'}: resume it with the "
                               "lora_target it was saved with, or start afresh")
+    check_trainer_folder(path, models.get(""))
     for name in inner:
         if not (path / name).is_dir():
             raise CheckpointError(f"{path / name}: missing (this run needs the {name}'s checkpoint, and this one was "
                                   f"saved without it)")
-        check_trainer_folder(path / name)
+        check_trainer_folder(path / name, models.get(name))
     return state
 
 
-def check_trainer_folder(path: Path) -> None:
-    """A training role's saved folder: no pickled files, its config, weights and trainer state."""
+def check_trainer_folder(path: Path, model: ModelTensors | None = None) -> None:
+    """A training role's saved folder: no pickled files, its config, weights and trainer state; and,
+    given the `model` it must fit, its weights' names, shapes and dtypes and its optimiser state's
+    shapes (headers only)."""
     pickled = sorted(p for p in path.iterdir() if p.suffix in PICKLED and p.name != LEGACY)
     if pickled:  # transformers or vLLM might load them; vroll writes none
         raise CheckpointError(f"{pickled[0]}: refused: a vroll checkpoint holds no pickled files (loading one could "
@@ -167,6 +205,21 @@ def check_trainer_folder(path: Path) -> None:
     check_train_state(path)
     if (path / ADAPTER_DIR).is_dir():
         check_adapter(path / ADAPTER_DIR)
+    if model is not None:
+        check_fit(path, weights, model)
+
+
+def check_fit(path: Path, weights: list[Path], model: ModelTensors) -> None:
+    """Raise CheckpointError naming the file and the first tensor that does not fit `model`."""
+    wrong = model.weights_mismatch(file_tensors(weights))
+    if wrong is not None:
+        file, why = wrong
+        raise CheckpointError(f"{file or path}: does not fit the model ({model.source}): {why}; it is another "
+                              "model's checkpoint, or the model in the file changed since it was saved")
+    why = model.optimizer_mismatch(optimizer_shapes(path))
+    if why is not None:
+        raise CheckpointError(f"{tensors_file(path)}: the optimiser state does not fit the model ({model.source}): "
+                              f"{why}")
 
 
 def read_state(path: Path) -> dict:

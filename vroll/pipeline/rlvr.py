@@ -27,8 +27,8 @@ from vroll.models.padding import prompt_width
 from vroll.models.paths import resolve_model_path
 from vroll.pipeline import algorithms as alg
 from vroll.pipeline.async_rollout import RolloutsAhead
-from vroll.pipeline.checkpoint import (CRITIC_DIR, find_checkpoint, partial_saves_discarded, prune_checkpoints,
-                                      save_checkpoint)
+from vroll.pipeline.checkpoint import (CRITIC_DIR, find_checkpoint, models_to_fit, partial_saves_discarded,
+                                      prune_checkpoints, save_checkpoint)
 from vroll.pipeline.dataset import (DomainSampler, PromptRecord, PromptSampler, describe_first_prompt, domain_issues,
                                     load_prompts, plain_rows_warning, prompt_sampler, record_domain, row_templates)
 from vroll.pipeline.evaluation import generate, score, validate
@@ -453,7 +453,10 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(cfg.actor_train.model_args.model_name_or_path, model_key))
     train_records, val_records = load_data(cfg, tokenizer, source)
     inner = (CRITIC_DIR,) if critic_enabled(cfg) else ()
-    ckpt, state = find_checkpoint(cfg.resume_from_checkpoint, out_dir, inner,  # checked; falls back past broken ones
+    resume = cfg.resume_from_checkpoint
+    # checked, LoRA or not and its tensors against the models too (under LoRA the optimiser state against
+    # the adapters'); falls back past broken ones and ones that do not fit
+    ckpt, state = find_checkpoint(resume, out_dir, inner, models_to_fit(cfg) if resume not in (False, "") else None,
                                   lora=lora_enabled(cfg))
     sampler = prompt_sampler(train_records, cfg.seed, cfg.actor_train.data_args, cfg.rollout_batch_size,
                              cfg.rewards)

@@ -70,6 +70,23 @@ def check_train_state(folder: str | Path) -> None:
     _checked(_decode(skeleton["state"], {k: k for k in keys}, tensors_file(folder)), folder / SKELETON)
 
 
+def optimizer_shapes(folder: str | Path) -> dict[str, dict[str, tuple[int, ...]]]:
+    """The optimiser state's tensors by parameter name and slot (`exp_avg`, ...): their shapes, from
+    the tensors file's header; {} for an earlier vroll's `trainer_state.pt` (not read for this)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    if not (folder / SKELETON).exists():
+        return {}
+    found: dict[str, dict[str, tuple[int, ...]]] = {}
+    with safe_open(tensors_file(folder), "pt") as f:
+        for key in f.keys():  # `_encode`'s keys: /optimizer/state/<parameter>/<slot>
+            parts = key.split("/")
+            if len(parts) == 5 and parts[1:3] == ["optimizer", "state"]:
+                found.setdefault(parts[3], {})[parts[4]] = tuple(f.get_slice(key).get_shape())
+    return found
+
+
 def _read_skeleton(folder: Path) -> dict:
     path = folder / SKELETON
     if not path.exists():
