@@ -283,3 +283,22 @@ def test_an_update_packs_every_matmul_weight_once_and_not_the_input_embedding(st
     g = GeneratingArgs(max_new_tokens=12, temperature=0.0)
     for text, r in zip(PROMPTS, strategy.generate(PROMPTS, g)):
         assert r.samples[0].token_ids == hf_greedy(model, tok(text)["input_ids"], 12)
+
+
+def test_a_cpu_update_refuses_part_of_a_fused_layer_and_the_layer_keeps_its_weights(strategy, hf):
+    # vllm_compat.CpuRepackReload: q/k/v exist only packed together, so q alone cannot be applied
+    model, tok = hf
+    assert strategy.llm.collective_rpc(lambda w: type(w.weight_transfer_engine.reloader).__name__) == \
+        ["CpuRepackReload"]
+    strategy.update_weights(dict(model.named_parameters()))
+    q = "model.layers.0.self_attn.q_proj.weight"
+    with pytest.raises(RuntimeError, match=r"only part of their weight in one bucket: model\.layers\.0\.self_attn"
+                                           r"\.qkv_proj \(\d+ of \d+ values\)"):
+        strategy.update_weights([(q, torch.zeros_like(model.get_parameter(q)))], partial=True)
+    layer = engine_model(strategy).model.layers[0].self_attn.qkv_proj
+    assert layer.weight.numel() == 0 and layer.cpu_linear.__name__ != "_released"  # its packed weights, as before
+    assert not strategy.state.weights_valid  # until a complete update
+    strategy.update_weights(dict(model.named_parameters()))
+    g = GeneratingArgs(max_new_tokens=12, temperature=0.0)
+    for text, r in zip(PROMPTS, strategy.generate(PROMPTS, g)):
+        assert r.samples[0].token_ids == hf_greedy(model, tok(text)["input_ids"], 12)

@@ -92,7 +92,8 @@ def engine_class() -> type:
 
     class ShmWeightTransferEngine(WeightTransferEngine):
         """Maps each bucket's segment (or takes the tensors as given) and loads them with vroll's
-        reload helper, which re-packs the CPU kernels; a tied lm_head is re-packed at finish."""
+        reloader (`vllm_compat.weight_reloader`), which re-packs the CPU kernels; a tied lm_head is
+        re-packed at finish."""
 
         init_info_cls = ShmInitInfo
         update_info_cls = ShmUpdateInfo
@@ -102,21 +103,24 @@ def engine_class() -> type:
             super().__init__(config, vllm_config, device, model)
             self.receipt = Checksum()
             self.mapped: dict[str, mmap.mmap] = {}  # the sender's segments, by name
+            self.reloader = vllm_compat.weight_reloader(vllm_config, model)
 
         def init_transfer_engine(self, init_info: ShmInitInfo) -> None:
             """Nothing to open: each update names its segments."""
 
         def start_weight_update(self) -> None:
-            """Each bucket is reloaded whole (its layers complete), so nothing is staged here."""
+            """Nothing is staged here: each bucket is loaded as it comes (a layer split over buckets
+            waits in the reloader for its last part)."""
             self.receipt = Checksum()
+            self.reloader.start()
 
         def receive_weights(self, update_info: ShmUpdateInfo) -> None:
             named = received_tensors(update_info, self.mapped)
             self.receipt = checksum_of(named) if update_info.want_checksum else Checksum()
-            vllm_compat.reload_weights_into(self.vllm_config, self.model, named)
+            self.reloader.load(named)
 
         def finish_weight_update(self) -> None:
-            vllm_compat.refresh_tied_lm_head(self.model)
+            self.reloader.finish()
 
         def shutdown(self) -> None:
             self.mapped.clear()

@@ -141,12 +141,196 @@ def reload_weights_into(vllm_config, model, named_tensors: list) -> None:
     finalize_layerwise_reload(model, vllm_config.model_config)
 
 
-def receiving_modules(model, names: list[str]) -> list:
+class LayerwiseReload:
+    """Weight updates through vLLM's layer-wise reload (`reload_weights_into`): what every model gets
+    that `CpuRepackReload` does not take (GPUs, quantized or MoE layers, tensor parallelism)."""
+
+    def __init__(self, vllm_config, model):
+        self.vllm_config, self.model = vllm_config, model
+
+    def start(self) -> None:
+        pass
+
+    def load(self, named_tensors: list) -> None:
+        reload_weights_into(self.vllm_config, self.model, named_tensors)
+
+    def finish(self) -> None:
+        refresh_tied_lm_head(self.model)
+
+
+def weight_reloader(vllm_config, model):
+    """The loader of a running engine's weight updates: `CpuRepackReload` where it applies, else
+    vLLM's layer-wise reload."""
+    if CpuRepackReload.fits(model):
+        return CpuRepackReload(model)
+    return LayerwiseReload(vllm_config, model)
+
+
+class CpuRepackReload:
+    """Weight updates of an unquantized model on vLLM 0.32's CPU backend: each linear layer loaded
+    into a full-size weight by vLLM's own loaders, re-packed for its kernel as soon as all of its
+    parts arrived, and the weight dropped again; every other parameter loaded where it lies.
+
+    vLLM's layer-wise reload (`reload_weights_into`) does the same work with more around it: per
+    module it saves the kernel tensors, rebuilds the module on the meta device, binds the arguments
+    of every loader call and runs it twice (once on meta tensors to count what it would copy), loads
+    into fresh tensors and copies them back into the kept ones (the embedding twice). On
+    SmolLM2-135M (fp32, one thread) an update took 7x a plain copy of the same bytes that way, the
+    oneDNN re-packing about 4x of it; this path about 5.4x (docs/engine-notes.md).
+
+    A layer that none of a bucket's tensors reach keeps its packed weights. Each bucket must carry
+    every part of a fused layer (q/k/v, gate/up), as `weights.buckets` makes them: the parts it
+    leaves out exist only in the packed copy and cannot be kept, so a layer loaded in part is an
+    error and keeps its previous weights (vLLM's reload would pack it with uninitialised parts).
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.modules = dict(model.named_modules())
+        self.names = {m: name for name, m in self.modules.items()}
+        self.aliases = tied_aliases(model)
+
+    @staticmethod
+    def fits(model) -> bool:
+        """Every module holding parameters is a plain linear layer (CPU-packed), a vocabulary
+        embedding, or a module without post-load processing (norms); one tensor-parallel rank."""
+        from vllm.distributed import get_tensor_model_parallel_world_size
+        from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+        from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+        from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
+
+        try:
+            if get_tensor_model_parallel_world_size() != 1:
+                return False
+        except AssertionError:  # no process group: not an engine's model
+            return False
+        packed = False
+        for module in model.modules():
+            if not any(True for _ in module.parameters(recurse=False)):
+                continue
+            method = getattr(module, "quant_method", None)
+            if type(method) is UnquantizedLinearMethod:
+                info = LAYERWISE_INFO.get(module)
+                if not hasattr(module, "cpu_linear") or info is None or "weight" not in info.restore_metadata[0]:
+                    return False
+                packed = True
+            elif type(method) is UnquantizedEmbeddingMethod:
+                pass
+            elif method is not None or hasattr(module, "process_weights_after_loading"):
+                return False
+        return packed
+
+    def start(self) -> None:
+        pass
+
+    def load(self, named_tensors: list) -> None:
+        import torch
+        from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+        from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+        # vLLM 0.32's loader refuses a tied name (lm_head) without the one it is tied to in the same
+        # call; it is the same parameter, so it is loaded under that name (or left out beside it)
+        given = {name for name, _ in named_tensors}
+        named_tensors = [(self.aliases.get(name, name), t) for name, t in named_tensors
+                         if self.aliases.get(name) not in given]
+        scopes = receiving_modules(self.model, [name for name, _ in named_tensors], self.modules)
+        modules = [(self.names.get(m, name), m) for scope in scopes for name, m in scope.named_modules()]
+        # a linear layer whose weight the CPU backend removed after packing it gets a full-size one
+        staged = {name: StagedWeight(m) for name, m in modules
+                  if type(getattr(m, "quant_method", None)) is UnquantizedLinearMethod and m.weight.numel() == 0}
+        try:
+            with torch.no_grad():
+                self.model.load_weights(iter(named_tensors))
+        finally:
+            for s in staged.values():
+                s.restore()  # layers not packed (nothing or part of them received) keep their weights
+        part = {name: s for name, s in staged.items() if 0 < s.loaded < s.total}
+        for _, m in modules:  # loaded in place; vLLM 0.32 keeps a packed copy of an embedding for matmuls
+            if type(getattr(m, "quant_method", None)) is UnquantizedEmbeddingMethod:
+                m.quant_method.process_weights_after_loading(m)
+        if part:
+            raise RuntimeError("vroll: layers received only part of their weight in one bucket: " + ", ".join(
+                f"{name} ({s.loaded} of {s.total} values)" for name, s in part.items()) + "; a bucket must carry "
+                "every part of a fused layer (q/k/v, gate/up). These layers kept their previous weights.")
+
+    def finish(self) -> None:
+        refresh_tied_lm_head(self.model)
+
+
+def tied_aliases(model) -> dict[str, str]:
+    """Vocabulary parameters reached under a second name (a tied lm_head's weight): that name -> the
+    first one."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import VocabParallelEmbedding
+
+    first: dict[int, str] = {}
+    aliases = {}
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, VocabParallelEmbedding):
+            for name, param in module.named_parameters(remove_duplicate=False):
+                qualname = f"{prefix}.{name}" if prefix else name
+                if (canonical := first.setdefault(id(param), qualname)) != qualname:
+                    aliases[qualname] = canonical
+    return aliases
+
+
+class StagedWeight:
+    """A linear layer's full-size weight while an update loads it (vLLM 0.32 CPU): the Parameter the
+    layer had before packing (class, attributes, loader, from vLLM's reload metadata), its memory
+    allocated at the first part loaded and dropped once the layer is re-packed."""
+
+    def __init__(self, layer):
+        import torch
+        from vllm.model_executor.model_loader.reload.layerwise import LAYERWISE_INFO
+        from vllm.model_executor.model_loader.reload.sanitize import restore_layer_refs
+
+        meta = LAYERWISE_INFO[layer].restore_metadata[0]["weight"]  # recorded when the model was built
+        self.layer, self.kept = layer, layer.weight
+        self.shape, self.stride, self.dtype = tuple(meta.shape), tuple(meta.stride()), meta.dtype
+        self.total = getattr(meta, "weight_loader_numel", meta.numel())
+        self.loaded, self.done = 0, False
+        # a one-element placeholder of the weight's shape: the model's `load_weights` looks its
+        # parameters up before loading any, and the memory is needed only from the first part on
+        param = torch.empty(1, dtype=self.dtype).expand(self.shape)
+        param.__class__ = meta.__class__
+        param.__dict__ = meta.__dict__.copy()
+        param = restore_layer_refs(param, layer)
+        loader = param.weight_loader
+        param.weight_loader = lambda p, loaded, *args, **kwargs: self._load(loader, p, loaded, *args, **kwargs)
+        self.param = param
+        layer.weight = param
+
+    def _load(self, loader, param, loaded, *args, **kwargs):
+        import torch
+
+        if self.done:
+            raise RuntimeError(f"vroll: {type(self.layer).__name__} received more values than its weight holds")
+        if self.loaded == 0:
+            param.data = torch.empty_strided(self.shape, self.stride, dtype=self.dtype)
+        result = loader(param, loaded, *args, **kwargs)
+        self.loaded += loaded.numel()
+        if self.loaded >= self.total:
+            self.layer.quant_method.process_weights_after_loading(self.layer)  # packs, drops layer.weight
+            param.data = torch.empty(0, dtype=self.dtype)  # the loader's reference to it, too
+            self.done = True
+        return result
+
+    def restore(self) -> None:
+        """Unless the layer was re-packed: back to the packed weights it had, the full-size weight
+        dropped (nothing, or only part, of this update reached it)."""
+        import torch
+
+        if not self.done:
+            self.layer.weight = self.kept
+            self.param.data = torch.empty(0, dtype=self.dtype)
+
+
+def receiving_modules(model, names: list[str], modules: dict | None = None) -> list:
     """The modules a reload of `names` (Hugging Face naming) must prepare: for each name the deepest
     module of the engine's model on its dotted path (`model.layers.3.self_attn` for `...q_proj.weight`,
     which vLLM loads into the fused `qkv_proj` below it), outermost ones only; the whole model when a
-    name shares no prefix with it (a model that renames the checkpoint's prefixes)."""
-    modules = dict(model.named_modules())
+    name shares no prefix with it (a model that renames the checkpoint's prefixes). `modules`: the
+    model's `named_modules()` as a dict, when the caller keeps one."""
+    modules = dict(model.named_modules()) if modules is None else modules
     scopes = set()
     for name in names:
         parts = name.split(".")[:-1]

@@ -316,6 +316,7 @@ class VllmStrategy:
 
     def _send_bucket(self, update_info: dict, bucket: list) -> None:
         session = self._require_update()
+        session.written = True  # a bucket that fails in the worker may be loaded in part
         try:
             self._sync.update_weights(update_info)
         except BaseException:
