@@ -42,13 +42,45 @@ def gguf_missing() -> str | None:
         INSTALL_HINT if missing == ["gguf"] else f"pip install --no-deps {' '.join(missing)}")
 
 
+KEYS_FILE = "gguf-content-keys.json"  # in vroll's cache, beside gguf/: each file's content key, by path, size, mtime
+
+
 def converted_folder(gguf_path: str | Path) -> Path:
-    """Where the file's conversion lives in the cache: keyed by its absolute path, size and mtime, so a
-    changed file is converted again."""
+    """Where the file's conversion lives in the cache: keyed by its content, so a changed file is
+    converted again and the same file elsewhere or installed anew (a fresh virtual environment, as a
+    clean CI checkout makes) finds the conversion already made."""
     path = Path(gguf_path).expanduser().resolve()
+    return cache_dir() / "gguf" / f"{path.stem}-{content_key(path)}"
+
+
+def content_key(path: Path) -> str:
+    """The first 12 hex digits of the file's SHA-256, hashed once per path, size and mtime (remembered
+    in the cache's KEYS_FILE: a 4 GB file takes seconds to hash)."""
     stat = path.stat()
-    key = hashlib.sha256(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "gguf" / f"{path.stem}-{key}"
+    seen = f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}"
+    keys_file = cache_dir() / KEYS_FILE
+    try:
+        keys = json.loads(keys_file.read_text())
+    except (OSError, ValueError):
+        keys = {}
+    if not isinstance(keys, dict):
+        keys = {}
+    if isinstance(keys.get(seen), str):
+        return keys[seen]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            digest.update(chunk)
+    keys = {k: v for k, v in keys.items() if Path(k.split("\0")[0]).is_file()}  # files gone are forgotten
+    keys[seen] = digest.hexdigest()[:12]
+    try:
+        keys_file.parent.mkdir(parents=True, exist_ok=True)
+        partial = keys_file.with_name(f".{KEYS_FILE}.{os.getpid()}")
+        partial.write_text(json.dumps(keys, indent=0) + "\n")
+        partial.replace(keys_file)
+    except OSError:  # a read-only cache: the key is hashed again next time
+        pass
+    return keys[seen]
 
 
 def is_converted(folder: Path) -> bool:
