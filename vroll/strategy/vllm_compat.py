@@ -231,10 +231,11 @@ class CpuRepackReload:
         from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
 
         # vLLM 0.32's loader refuses a tied name (lm_head) without the one it is tied to in the same
-        # call; it is the same parameter, so it is loaded under that name (or left out beside it)
-        given = {name for name, _ in named_tensors}
-        named_tensors = [(self.aliases.get(name, name), t) for name, t in named_tensors
-                         if self.aliases.get(name) not in given]
+        # call: it is the same parameter, so it is loaded under that name, and given both, the one
+        # given last is kept (as `load_state_dict` does; the trainer sends one)
+        named_tensors = [(self.aliases.get(name, name), t) for name, t in named_tensors]
+        last = {name: i for i, (name, _) in enumerate(named_tensors)}
+        named_tensors = [(name, t) for i, (name, t) in enumerate(named_tensors) if last[name] == i]
         scopes = receiving_modules(self.model, [name for name, _ in named_tensors], self.modules)
         modules = [(self.names.get(m, name), m) for scope in scopes for name, m in scope.named_modules()]
         # a linear layer whose weight the CPU backend removed after packing it gets a full-size one
