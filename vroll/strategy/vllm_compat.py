@@ -177,7 +177,7 @@ class CpuRepackReload:
     of every loader call and runs it twice (once on meta tensors to count what it would copy), loads
     into fresh tensors and copies them back into the kept ones (the embedding twice). On
     SmolLM2-135M (fp32, one thread) an update took 7x a plain copy of the same bytes that way, the
-    oneDNN re-packing about 4x of it; this path about 5.4x (docs/engine-notes.md).
+    oneDNN re-packing about 4x of it; this path 4.9x to 5.7x (docs/engine-notes.md).
 
     A layer that none of a bucket's tensors reach keeps its packed weights. Each bucket must carry
     every part of a fused layer (q/k/v, gate/up), as `weights.buckets` makes them: the parts it
@@ -271,6 +271,8 @@ class CpuRepackReload:
         original = utils._get_tied_embedding_params
 
         def known(module):
+            if module not in self.names:  # another model's loader (another engine in this process)
+                return original(module)
             if module not in self.ties:
                 self.ties[module] = original(module)
             return dict(self.ties[module])
