@@ -8,7 +8,6 @@ a member, release everything (and the Ray this group started).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -18,6 +17,7 @@ import psutil
 from vroll.cluster.host import RoleHost
 from vroll.cluster.placement import Placement, place
 from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, release
+from vroll.config.layout import local_slots
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ActorGroup:
                  collective: bool = False, drop_env: tuple = (), env: dict[str, str] | None = None):
         import ray
 
-        per_node = devices_per_node or (os.cpu_count() if platform == "cpu" else 8)
+        per_node = devices_per_node or (local_slots() if platform == "cpu" else 8)
         placements = place(device_mapping, devices_per_member, per_node)  # before Ray: a bad mapping starts nothing
 
         self._ray = ray
