@@ -181,8 +181,9 @@ def test_declared_cpu_slots_share_the_cores(tmp_path, monkeypatch, caplog):
     with pytest.raises(ConfigError, match=r"devices \[3\] do not exist: .* this machine has 3 \(0-2\)"):
         config(tmp_path, "m", [3])
     monkeypatch.setenv("VROLL_CPU_SLOTS", "three")
-    with pytest.raises(ConfigError, match="VROLL_CPU_SLOTS='three': must be a whole number of CPU slots, 1 or more"):
+    with pytest.raises(ConfigError) as e:
         config(tmp_path, "m", [0])
+    assert str(e.value).count("VROLL_CPU_SLOTS='three': must be a whole number of CPU slots, 1 or more") == 1
 
 
 def test_colocated_roles_share_devices_and_take_turns(cluster, tiny_model, tmp_path):

@@ -29,7 +29,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
     for path, role in cfg.roles().items():
         issues += check_role(path, role, platform)
         if platform == "cpu" and not cfg.ray_address:
-            issues += check_local_cpu_slots(path, role)
+            issues += [i for i in check_local_cpu_slots(path, role) if i not in issues]  # a bad VROLL_CPU_SLOTS once
     if cfg.validation is not None:
         issues += check_generating_args("validation.generating_args", cfg.validation.generating_args)
     if cfg.actor_train is not None and cfg.actor_train.data_args is not None:
