@@ -175,6 +175,13 @@ class ActorGroup:
                                    f"{str(err).splitlines()[0]}") from None
             except RayTaskError as err:
                 self.broken = self.broken or self.collective
+                # a member of a collective group whose peer died fails in the collective (gloo: "Connection
+                # closed by peer"), often before Ray reports the death: name the dead member, not its peer
+                gone = [m for m in members if self.collective and self._gone(m)]
+                if gone:
+                    raise self.failure(f"{self.where(gone[0])} died while {what}: its process {gone[0].pid} has "
+                                       f"ended ({self.label} {member_of[ref].placement.rank} then failed: "
+                                       f"{first_line(err.cause)})") from None
                 raise err.as_instanceof_cause() from None
             if bar is not None:
                 bar.update(1)
@@ -221,6 +228,11 @@ class ActorGroup:
         this group started; safe to call twice."""
         release([m.actor for m in self.members], self._owns_ray, polite=not self.broken)
         self.members, self._owns_ray = [], False
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def watch_together(groups: Sequence[ActorGroup]) -> None:
