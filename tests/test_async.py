@@ -1,6 +1,6 @@
 """The asynchronous pipeline (ROLL's async_generation_ratio): checked files, the look-ahead buffer's
 staleness bound, the loop on the real engine (on Ray, its own CPU slot) and trainer, equal to the
-synchronous loop when nothing lags, and an engine killed mid-rollout named within seconds."""
+synchronous loop when nothing lags, and an engine or a trainer rank killed mid-step named within seconds."""
 
 import json
 import os
@@ -169,3 +169,83 @@ def test_an_engine_killed_mid_rollout_is_named_within_seconds(tiny_model, tmp_pa
         assert_gone_within([process], 5)
     finally:
         engines.close()
+
+
+@pytest.mark.parametrize("victim", ["trainer rank", "engine"])
+def test_a_role_killed_mid_step_is_named_within_seconds_and_nothing_is_left(tmp_path, tiny_model, data, victim):
+    """`kill -9` of one of two trainer ranks, or of the engine, while the trainer works on step 2 and the
+    engine generates step 3: `vroll train` names the process (role, rank, pid) within 5 s, stops with
+    exit status 1, and leaves no process of its Ray behind (raylet, workers, the engine, the ranks, the
+    reaper). The engine on slot 0 and the ranks on slots 1 and 2 need 3 CPU slots: VROLL_CPU_SLOTS
+    declares them on a smaller machine."""
+    import re
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    import psutil
+
+    from conftest import REPO, assert_gone_within
+    from vroll.config.layout import slot_cores
+
+    cfg = async_config(tmp_path, tiny_model, data, async_generation_ratio=1, max_steps=100, save_steps=1000,
+                       use_kl_loss=False)  # no reference, and the rule reward only: nothing computes in vroll's
+    del cfg["rewards"]["rm"]  # process between the calls to its Ray roles, in which no death can be seen
+    cfg["actor_train"]["device_mapping"] = [1, 2]
+    cfg["actor_train"]["strategy_args"]["strategy_config"] = {"cpu_threads_per_rank": 1}
+    cfg["actor_train"]["training_args"]["per_device_train_batch_size"] = 4  # 16 rows: 4 x 2 x 2 ranks
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", VROLL_CPU_SLOTS="3")
+    proc = subprocess.Popen([sys.executable, "-m", "vroll.cli.main", "train", write_yaml(tmp_path / "c.yaml", cfg)],
+                            stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    lines: list[tuple[float, str]] = []  # (when read, line)
+    step_1 = threading.Event()
+
+    def read():
+        for line in proc.stderr:
+            lines.append((time.monotonic(), line))
+            if re.search(r"\bstep 1: ", line):
+                step_1.set()
+
+    def text():
+        return "".join(line for _, line in lines)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        start = time.monotonic()
+        while not step_1.wait(0.5):  # a run that fails or hangs before step 1 ends the test at once
+            assert proc.poll() is None and time.monotonic() - start < 300, text()[-3000:]
+        ranks = {int(r): int(pid) for r, pid in re.findall(r"actor_train rank (\d) \(node [^,]+, pid (\d+), ", text())}
+        session = psutil.Process(proc.pid).children(recursive=True)
+        hosts = [p for p in session if "RoleHost" in p.name()]
+        assert set(ranks) == {0, 1} and len(hosts) == 3, text()[-3000:]  # the engine and two ranks
+        engine = next(p for p in hosts if p.pid not in ranks.values())
+        assert [engine.cpu_affinity(), psutil.Process(ranks[0]).cpu_affinity(),
+                psutil.Process(ranks[1]).cpu_affinity()] == [slot_cores([0]), slot_cores([1]), slot_cores([2])]
+        assert {"raylet", "gcs_server"} <= {p.name() for p in session}
+        assert [p for p in session if "reaper.py" in " ".join(p.cmdline())]
+        if victim == "engine":
+            target, named = engine, rf"actor_infer engine rank 0 \(node [^,]+, pid {engine.pid}, devices \[0\]\) "
+        else:
+            target = psutil.Process(ranks[1])
+            named = rf"actor_train rank 1 \(node [^,]+, pid {ranks[1]}, devices \[2\]\) "
+        # mid-step: step 3's prompts are with the engine, and the victim works (its CPU time grows)
+        busy, deadline = target.cpu_times().user, time.monotonic() + 60
+        while target.cpu_times().user < busy + 0.05 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(target.pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert proc.wait(timeout=60) == 1
+        reader.join(10)
+        first = next((t for t, line in lines if re.search(named + "died (while|before) ", line)), None)
+        assert first is not None, text()[-3000:]
+        assert first - killed < 5, f"named {first - killed:.1f} s after the kill"
+        assert re.match("error: " + named + "died (while|before) ", lines[-1][1]), text()[-3000:]
+        assert "Traceback" not in text()
+        assert "while dropping stale groups" not in text()  # the call that met the death, not the close's
+        assert_gone_within(session, 5)
+    finally:
+        proc.kill()
+        proc.wait()
+        reader.join(10)

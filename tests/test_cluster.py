@@ -161,6 +161,31 @@ def test_invalid_mappings_are_validation_errors(tmp_path):
         config(tmp_path, "m", [0, 1], tensor_parallel_size=4)
 
 
+def test_declared_cpu_slots_share_the_cores(tmp_path, monkeypatch, caplog):
+    """VROLL_CPU_SLOTS=N declares N CPU slots on fewer cores (to try a multi-rank layout on a small
+    machine): slot k runs on core k mod the cores, a file may name the slots, and loading it warns."""
+    from vroll.config.layout import local_slots, slot_cores
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.delenv("VROLL_CPU_SLOTS", raising=False)
+    assert local_slots() == 2 and slot_cores([0, 1]) == [0, 1]
+    with pytest.raises(ConfigError, match=r"devices \[2\] do not exist: .* this machine has 2 .*VROLL_CPU_SLOTS=N"):
+        config(tmp_path, "m", [2])
+    monkeypatch.setenv("VROLL_CPU_SLOTS", "3")
+    assert local_slots() == 3
+    assert [slot_cores([k]) for k in range(3)] == [[0], [1], [0]] and slot_cores([1, 2]) == [0, 1]
+    with caplog.at_level("WARNING"):
+        assert config(tmp_path, "m", [2]).actor_infer.device_mapping == [2]
+    assert "VROLL_CPU_SLOTS=3 declares 3 CPU slots on a machine with 2 cores: slot k runs on core k mod 2, so " \
+           "roles on slots 2 and 0 share a core" in caplog.text
+    with pytest.raises(ConfigError, match=r"devices \[3\] do not exist: .* this machine has 3 \(0-2\)"):
+        config(tmp_path, "m", [3])
+    monkeypatch.setenv("VROLL_CPU_SLOTS", "three")
+    with pytest.raises(ConfigError) as e:
+        config(tmp_path, "m", [0])
+    assert str(e.value).count("VROLL_CPU_SLOTS='three': must be a whole number of CPU slots, 1 or more") == 1
+
+
 def test_colocated_roles_share_devices_and_take_turns(cluster, tiny_model, tmp_path):
     """A second role on the same two CPU slots: both start, and one sleeps while the other works."""
     from vroll.roles.ray_engines import RayEngines

@@ -8,7 +8,6 @@ a member, release everything (and the Ray this group started).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -18,6 +17,7 @@ import psutil
 from vroll.cluster.host import RoleHost
 from vroll.cluster.placement import Placement, place
 from vroll.cluster.ray_session import alive_nodes, connect, missing_devices, release
+from vroll.config.layout import local_slots
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class ActorGroup:
                  collective: bool = False, drop_env: tuple = (), env: dict[str, str] | None = None):
         import ray
 
-        per_node = devices_per_node or (os.cpu_count() if platform == "cpu" else 8)
+        per_node = devices_per_node or (local_slots() if platform == "cpu" else 8)
         placements = place(device_mapping, devices_per_member, per_node)  # before Ray: a bad mapping starts nothing
 
         self._ray = ray
@@ -67,6 +67,7 @@ class ActorGroup:
         self.drop_env = tuple(k for k in drop_env if k not in self.env)
         self.members: list[Member] = []
         self.broken = False
+        self.watched_with: tuple[ActorGroup, ...] = ()  # groups whose deaths this group's calls report too
         self._owns_ray = connect(ray_address)
         try:  # a group that cannot start leaves no actor, and no Ray it started, behind
             problem = missing_devices(name, placements, per_node, platform)
@@ -143,6 +144,7 @@ class ActorGroup:
         wait for it, not return). A backend's own exception is raised as itself."""
         from ray.exceptions import RayActorError, RayTaskError
 
+        self._check_watched(what, waiting=False)
         refs = [submit(m) for m in members]
         member_of = {ref: m for ref, m in zip(refs, members)}
         index_of = {ref: i for i, ref in enumerate(refs)}
@@ -158,6 +160,7 @@ class ActorGroup:
                     self.broken = True
                     raise self.failure(f"{self.where(gone[0])} died while {what}: its process {gone[0].pid} "
                                        "has ended")
+                self._check_watched(what, waiting=True)
                 if left > LIVENESS_POLL_S:
                     continue
                 self.broken = True
@@ -172,12 +175,32 @@ class ActorGroup:
                                    f"{str(err).splitlines()[0]}") from None
             except RayTaskError as err:
                 self.broken = self.broken or self.collective
+                # a member of a collective group whose peer died fails in the collective (gloo: "Connection
+                # closed by peer"), often before Ray reports the death: name the dead member, not its peer
+                gone = [m for m in members if self.collective and self._gone(m)]
+                if gone:
+                    raise self.failure(f"{self.where(gone[0])} died while {what}: its process {gone[0].pid} has "
+                                       f"ended ({self.label} {member_of[ref].placement.rank} then failed: "
+                                       f"{first_line(err.cause)})") from None
                 raise err.as_instanceof_cause() from None
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
         return [out[i] for i in range(len(refs))]
+
+    def _check_watched(self, what: str, waiting: bool) -> None:
+        """Raise the failure of a group watched with this one whose member's process has ended, before
+        this group's call starts or while it waits. A call abandoned while it waits leaves a collective
+        group's members in it: the group is then broken (closing kills them)."""
+        for other in self.watched_with:
+            gone = [m for m in other.members if not other.broken and self._gone(m)]
+            if gone:
+                other.broken = True
+                self.broken = self.broken or (waiting and self.collective)
+                when = "while the run waited for" if waiting else "before the run's call to"
+                raise other.failure(f"{other.where(gone[0])} died {when} {self.name} ({what}): its process "
+                                    f"{gone[0].pid} has ended")
 
     def _progress(self, what: str, total: int):
         from tqdm import tqdm
@@ -205,3 +228,17 @@ class ActorGroup:
         this group started; safe to call twice."""
         release([m.actor for m in self.members], self._owns_ray, polite=not self.broken)
         self.members, self._owns_ray = [], False
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def watch_together(groups: Sequence[ActorGroup]) -> None:
+    """Groups that cannot go on without each other (the roles of one run): a call of any of them that
+    waits also checks the others' members on this node, so a member that dies while the caller waits
+    for another group (an engine generating ahead while the trainer trains) is named within
+    LIVENESS_POLL_S, not at the next call to its own group."""
+    for g in groups:
+        g.watched_with = tuple(o for o in groups if o is not g)

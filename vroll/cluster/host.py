@@ -7,7 +7,7 @@ import importlib
 import logging
 import os
 
-from vroll.cluster.pinning import pin_to_cores
+from vroll.cluster.pinning import pin_to_slots
 
 
 class RoleHost:
@@ -15,7 +15,7 @@ class RoleHost:
         for key in drop_env:  # state a driver's engine left in the environment Ray workers inherit
             os.environ.pop(key, None)
         if platform == "cpu":
-            pin_to_cores(local_devices)
+            pin_to_slots(local_devices)
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {label}[{rank}] %(levelname)s: %(message)s")
         self.rank, self.target = rank, None

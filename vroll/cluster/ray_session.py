@@ -12,6 +12,7 @@ import uuid
 from contextlib import contextmanager
 
 from vroll.cluster import reaper
+from vroll.config.layout import SLOTS_VAR, local_cores, local_slots
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,9 @@ def connect(address: str | None = None) -> bool:
         log.info("joined the Ray cluster at %s (%d nodes)", address, len([n for n in ray.nodes() if n["Alive"]]))
         return False
     start_local()
-    log.info("started a local Ray (%d CPU slots, listening on 127.0.0.1 only)", os.cpu_count())
+    slots, cores = local_slots(), local_cores()
+    log.info("started a local Ray (%d CPU slots%s, listening on 127.0.0.1 only)", slots,
+             f" on {cores} cores, {SLOTS_VAR}" if slots != cores else "")
     return True
 
 
@@ -101,7 +104,7 @@ def start_local() -> None:
         # user or run last started on this machine (/tmp/ray/ray_current_cluster), or fails with
         # "When connecting to an existing cluster, num_cpus and num_gpus must not be provided".
         with sigterm_handler_kept():
-            ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=local_slots(), include_dashboard=False, log_to_driver=False)
     except BaseException:
         stop_reaper()
         raise

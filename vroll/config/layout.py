@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from vroll.config.errors import UserError
+
 
 def devices_per_engine(engine_args: dict[str, Any]) -> int:
     """Devices one vLLM engine spans: tensor x pipeline parallelism."""
@@ -47,6 +49,45 @@ def colocated(a, b) -> bool:
     return a is not None and b is not None and bool(set(a.device_mapping) & set(b.device_mapping))
 
 
-def local_slots() -> int:
-    """CPU slots of this machine (device ids on the CPU backend when no cluster is joined)."""
+# CPU slots: on the CPU backend a device id names a CPU slot, and slot k runs on core k mod the
+# machine's cores. A machine has one slot per core unless VROLL_CPU_SLOTS declares more (or fewer):
+# a way to try a multi-rank layout (an engine and two trainer ranks on 3 slots) on a 2-core machine,
+# where slots then share cores and take turns on them. Both the slots of this machine (what
+# validation, placement and the local Ray's resources count) and the core of each slot (what a role
+# pins to) are decided here.
+SLOTS_VAR = "VROLL_CPU_SLOTS"
+
+
+def local_cores() -> int:
+    """CPU cores of this machine."""
     return os.cpu_count() or 1
+
+
+def local_slots() -> int:
+    """CPU slots of this machine (device ids on the CPU backend when no cluster is joined): one per
+    core, or `VROLL_CPU_SLOTS`."""
+    value = os.environ.get(SLOTS_VAR, "").strip()
+    if not value:
+        return local_cores()
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"{SLOTS_VAR}={value!r}: must be a whole number of CPU slots, 1 or more (unset: one "
+                        f"slot per core, {local_cores()} here)")
+    return int(value)
+
+
+def slot_cores(slots) -> list[int]:
+    """The cores that CPU slots `slots` (this machine's, or a node's local ids) run on: slot k on core
+    k mod the cores; slots beyond the cores share them."""
+    cores = local_cores()
+    return sorted({int(s) % cores for s in slots})
+
+
+def shared_cores_note() -> str | None:
+    """Why timings on this machine are not those of its slots, when VROLL_CPU_SLOTS declares more
+    slots than it has cores (None otherwise)."""
+    slots, cores = local_slots(), local_cores()
+    if slots <= cores:
+        return None
+    return (f"{SLOTS_VAR}={slots} declares {slots} CPU slots on a machine with {cores} cores: slot k runs on core "
+            f"k mod {cores}, so roles on slots {', '.join(f'{k} and {k % cores}' for k in range(cores, slots))} "
+            "share a core and take turns on it; use it to try a layout, not to time one")

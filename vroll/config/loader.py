@@ -20,7 +20,7 @@ from vroll.config.no_effect import SECTIONS, record_no_effect
 from vroll.config.numbers import range_warnings
 from vroll.config.options import own_keys
 from vroll.config.roll_compat import DIFFERENT, UNSUPPORTED, adopt_roll_keys
-from vroll.config.rules import capped_response_warnings, check_config
+from vroll.config.rules import capped_response_warnings, check_config, shared_slot_warnings
 from vroll.config.schema import (DataArgs, GeneratingArgs, ModelArgs, PipelineConfig, RewardConfig, RoleConfig,
                                  TrainingArgs, ValidationConfig)
 from vroll.config.strategies import use_vroll_strategies
@@ -67,7 +67,8 @@ def read_config(path: str | Path, overrides: list[str] | None = None, platform: 
         reported |= {i.path for i in issues}
         issues += [i for i in check_config(cfg, platform) if i.path not in reported]
     if cfg is not None and not issues:
-        for warning in range_warnings(cfg) + domain_warnings(cfg) + capped_response_warnings(cfg):
+        for warning in (range_warnings(cfg) + domain_warnings(cfg) + capped_response_warnings(cfg)
+                        + shared_slot_warnings(cfg, platform)):
             log.warning("%s: %s", path, warning)
     return Loaded(cfg, issues, changes)
 

@@ -6,13 +6,13 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from vroll.config.errors import Issue
+from vroll.config.errors import Issue, UserError
 from vroll.config.schema import GeneratingArgs, PipelineConfig, RoleConfig
 from vroll.config.domains import check_domain_probs
 from vroll.config.engine_args import check_engine_args
 from vroll.config.lora import lora_enabled, lora_issues
-from vroll.config.layout import (colocated, devices_per_engine, local_slots, rollout_rows, rows_per_optimizer_step,
-                                 trainer_ranks)
+from vroll.config.layout import (SLOTS_VAR, colocated, devices_per_engine, local_slots, rollout_rows,
+                                 rows_per_optimizer_step, shared_cores_note, trainer_ranks)
 from vroll.config.numbers import nonfinite_issues
 from vroll.config.options import parse_options
 from vroll.config.passes import critic_enabled, reference_enabled, reference_reason
@@ -30,7 +30,7 @@ def check_config(cfg: PipelineConfig, platform: str | None = None) -> list[Issue
     for path, role in cfg.roles().items():
         issues += check_role(path, role, platform)
         if platform == "cpu" and not cfg.ray_address:
-            issues += check_local_cpu_slots(path, role)
+            issues += [i for i in check_local_cpu_slots(path, role) if i not in issues]  # a bad VROLL_CPU_SLOTS once
     if cfg.validation is not None:
         issues += check_generating_args("validation.generating_args", cfg.validation.generating_args)
     if cfg.actor_train is not None and cfg.actor_train.data_args is not None:
@@ -219,13 +219,30 @@ def check_device_mapping(path: str, role: RoleConfig) -> list[Issue]:
 
 def check_local_cpu_slots(path: str, role: RoleConfig) -> list[Issue]:
     """On the CPU backend device ids name this machine's cores (when no cluster is joined)."""
-    slots = local_slots()
+    try:
+        slots = local_slots()
+    except UserError as e:
+        return [Issue("", str(e))]
     beyond = sorted({d for d in role.device_mapping if d >= slots})
     if not beyond:
         return []
     return [Issue(f"{path}.device_mapping", f"devices {beyond} do not exist: on the CPU backend device ids name "
                                             f"CPU slots, and this machine has {slots} (0-{slots - 1}); set "
-                                            "ray_address to run on a larger cluster")]
+                                            "ray_address to run on a larger cluster, or declare more slots "
+                                            f"on these cores to try the layout ({SLOTS_VAR}=N: slots then share "
+                                            "cores)")]
+
+
+def shared_slot_warnings(cfg: PipelineConfig, platform: str | None) -> list[str]:
+    """A warning when VROLL_CPU_SLOTS declares more CPU slots than this machine has cores (on the CPU
+    backend without a cluster: the slots the file's device ids name share cores)."""
+    if platform != "cpu" or cfg.ray_address:
+        return []
+    try:
+        note = shared_cores_note()
+    except UserError:
+        return []  # reported by check_local_cpu_slots
+    return [note] if note else []
 
 
 def check_generating_args(path: str, g: GeneratingArgs) -> list[Issue]:

@@ -116,9 +116,20 @@ class RolloutsAhead:
                                    f"({len(missing)} group(s) of this step outstanding; engine_call_timeout_s)")
 
     def close(self) -> None:
-        """Forget what was handed over and not taken (the run ends or fails)."""
+        """Forget what was handed over and not taken (the run ends)."""
         keys = [k for sub in self.submitted.values() for k in sub.keys]
         if keys:
             self.engine.drop(keys)
         self.submitted.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, failed, *exc) -> None:
+        """Close when the run ends; when it fails, ask the engine nothing (it may be what failed): closing
+        the engine next stops its generation."""
+        if failed is None:
+            self.close()
+        else:
+            self.submitted.clear()
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from vroll.cluster.actors import RoleFailure
 from vroll.config.domains import tag_domains
 from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import ConfigError, Issue
@@ -476,6 +478,7 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
     rewards = RewardRouter(cfg.rewards, roles.reward_models)
     summary: dict = {"output_dir": str(out_dir), "metrics": str(metrics_log.path)}
     with stack:
+        stack.enter_context(failures_named_at_once())
         if ckpt:
             roles.train.load_state(ckpt)
             if roles.critic is not None:
@@ -493,7 +496,7 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
                    total=cfg.max_steps, disable=(not sys.stderr.isatty()) if progress is None else not progress)
         ahead = rollouts_ahead(cfg, roles, sampler)
         if ahead is not None:
-            stack.callback(ahead.close)
+            stack.enter_context(ahead)
         for step in bar:
             if ahead is not None:
                 record = train_step(cfg, roles, rewards, None, step, algorithm, ahead=ahead)
@@ -525,6 +528,18 @@ def _run_train(cfg: PipelineConfig, out_dir: Path, source: str | None, progress:
     if vals:
         summary["val_accuracy_first"], summary["val_accuracy_last"] = vals[0]["val/accuracy"], vals[-1]["val/accuracy"]
     return summary
+
+
+@contextmanager
+def failures_named_at_once():
+    """A role whose process died or hung is named when the loop sees it, before the run's roles are
+    closed (which takes seconds: engines stop their generation and free their memory, Ray stops); the
+    error then ends the run as before."""
+    try:
+        yield
+    except RoleFailure as e:
+        log.error("stopping the run: %s", e)
+        raise
 
 
 def rollouts_ahead(cfg: PipelineConfig, roles: Roles,

@@ -17,6 +17,7 @@ import os
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 
+from vroll.cluster.actors import watch_together
 from vroll.cluster.pinning import affinity
 from vroll.config.layout import colocated, devices_per_engine, trainer_ranks
 from vroll.config.lora import lora_enabled
@@ -26,6 +27,7 @@ from vroll.config.strategies import require_runnable
 from vroll.models.padding import left_pad
 from vroll.roles.interfaces import Critic, ForwardModel, GenerationEngine, ScoringModel, Trainer
 from vroll.roles.ray_engines import RayEngines
+from vroll.roles.ray_role import RayRole
 from vroll.roles.ray_trainer import RayTrainer
 from vroll.strategy.fsdp2_train import Fsdp2TrainStrategy
 from vroll.strategy.hf_infer import HfInferStrategy
@@ -125,6 +127,9 @@ def launch_rlvr_roles(cfg: PipelineConfig, total_steps: int, model_path: str | N
     except BaseException:
         stack.close()
         raise
+    # the run needs every role: a call that waits for one also names another's dead process
+    roles = (infer, train, reference, value, *reward_models.values())
+    watch_together([r.group for r in roles if isinstance(r, RayRole)])
     return Roles(infer, train, reference, reward_models, value, sleep_level(cfg)), stack
 
 

@@ -29,6 +29,7 @@ import torch
 
 from vroll.config.dtypes import torch_dtype
 from vroll.config.errors import CheckpointError
+from vroll.config.layout import slot_cores
 from vroll.config.lora import lora_on
 from vroll.config.options import Fsdp2Options
 from vroll.config.schema import RoleConfig, TrainingArgs
@@ -149,7 +150,7 @@ class Fsdp2TrainStrategy:
         if self.device.type == "cpu":
             torch.set_flush_denormal(True)  # tiny values late in training otherwise cost 10x on CPU
             if world_size == 1:  # a rank actor sized its own pool to its slots
-                torch.set_num_threads(max(1, min(len(role.device_mapping), os.cpu_count() or 1)))
+                torch.set_num_threads(max(1, len(slot_cores(role.device_mapping or [0]))))
         torch.manual_seed(role.seed if seed is None else seed)
         # Master weights stay fp32; `dtype` is the compute dtype of forward and backward.
         trust = role.model_args.trust_remote_code
