@@ -161,12 +161,14 @@ def test_sleep_wake_cycles_release_memory_and_stay_correct(engine, hf):
         # level 1: the KV cache goes, the weights stay; on CPU its pages go back to the OS, and come
         # back (as zeros) only where the next generation writes
         before, resident = rss(), engine.kv_cache_resident_bytes()
-        if cycle == 0:  # allocated zeroed at start: all of it in memory
-            assert resident > 0.99 * KV_BYTES
         (report,) = engine.sleep(1)  # one report per engine
-        assert before - rss() > 0.9 * resident, (before, rss(), resident)
-        assert report["expected_bytes"] == resident and report["released_bytes"] > 0.9 * resident
+        assert report["expected_bytes"] == resident
         assert engine.kv_cache_resident_bytes() < 2 * 4096  # at most the pages it shares at its ends
+        if cycle == 0:  # allocated zeroed at start: all of it was in memory, and the process shows it gone
+            # (later cycles hold only the greedy generation's few blocks, below the noise of the RSS)
+            assert resident > 0.99 * KV_BYTES
+            assert before - rss() > 0.9 * resident, (before, rss(), resident)
+            assert report["released_bytes"] > 0.9 * resident
         assert engine.state.name.startswith("asleep (level 1")
         with pytest.raises(EngineStateError, match=r"cannot generate: the engine is asleep \(level 1"):
             engine.generate(PROMPTS, GREEDY)

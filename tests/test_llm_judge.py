@@ -50,6 +50,23 @@ def endpoint():
     server.shutdown()
 
 
+
+def assert_judged_like_transformers(model_path, conversations, results, replies, rewards) -> None:
+    """The judge engine's greedy replies are transformers' on the same weights (6 tokens), and each
+    reply's score is its yes/no reading."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from conftest import hf_greedy
+    from vroll.strategy.prompts import encode_prompt
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    assert [r.samples[0].token_ids for r in results] == [
+        hf_greedy(model, encode_prompt(0, c, tok).token_ids, 6) for c in conversations]
+    assert replies == [r.samples[0].text.strip() for r in results]
+    assert rewards == [yes_no_score(r) for r in replies]
+
 def judge(url, **kw):
     return RewardConfig(reward_type="llm_judge", judge_model_type="api", judge_api_url=url,
                         judge_model_name="judge", judge_prompt="Qwen2.5-7B-Instruct-RLVR-prompt", **kw)
@@ -164,13 +181,9 @@ def test_a_judge_sharing_devices_sleeps_between_scorings():
 def test_an_inference_judge_on_a_real_engine_replies_as_transformers_does(tmp_path, tiny_model):
     """The launcher starts the judge's model on vllm in an engine process of its own (Ray), asleep
     between scorings since its device is actor_train's; its greedy replies are transformers'."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from conftest import hf_greedy, write_yaml
+    from conftest import write_yaml
     from vroll.config import load_config
     from vroll.roles.launcher import AsleepBetweenCalls, launch_reward_models
-    from vroll.strategy.prompts import encode_prompt
 
     data = {"seed": 3, "pretrain": tiny_model,
             "actor_train": {"strategy_args": {"strategy_name": "fsdp2_train"}, "device_mapping": [0]},
@@ -192,12 +205,8 @@ def test_an_inference_judge_on_a_real_engine_replies_as_transformers_does(tmp_pa
         replies = worker.generate(conversations)
         results = models["judge"].generate(conversations, cfg.rewards["judge"].generating_args)
         rewards, _, metrics = router.score(items)
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    assert [r.samples[0].token_ids for r in results] == [
-        hf_greedy(model, encode_prompt(0, c, tok).token_ids, 6) for c in conversations]
-    assert replies == [r.samples[0].text.strip() for r in results]
-    assert rewards == [yes_no_score(r) for r in replies] and metrics["reward/judge/errors"] == 0.0
+    assert_judged_like_transformers(tiny_model, conversations, results, replies, rewards)
+    assert metrics["reward/judge/errors"] == 0.0
 
 
 def cluster_judge(prompt, **kw):
@@ -249,13 +258,9 @@ def test_rolls_reward_model_is_the_cluster_judges_server_and_is_not_started_with
 def test_cluster_judges_share_the_reward_models_real_engine(tmp_path, tiny_model):
     """Two cluster judges, one reward_model engine (on Ray, asleep between scorings since its device
     is actor_train's): each judge's greedy replies are transformers'."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from conftest import hf_greedy, write_yaml
+    from conftest import write_yaml
     from vroll.config import load_config
     from vroll.roles.launcher import AsleepBetweenCalls, launch_reward_models
-    from vroll.strategy.prompts import encode_prompt
 
     judge = {"reward_type": "llm_judge", "judge_model_type": "cluster",
              "generating_args": {"max_new_tokens": 6, "temperature": 0.0}}
@@ -278,9 +283,5 @@ def test_cluster_judges_share_the_reward_models_real_engine(tmp_path, tiny_model
         replies = [router.workers[n].generate([c])[0] for n, c in zip("ab", conversations)]
         results = models["a"].generate(conversations, cfg.rewards["a"].generating_args)
         rewards, _, metrics = router.score(items)
-    tok = AutoTokenizer.from_pretrained(tiny_model)
-    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).eval()
-    assert [r.samples[0].token_ids for r in results] == [
-        hf_greedy(model, encode_prompt(0, c, tok).token_ids, 6) for c in conversations]
-    assert replies == [r.samples[0].text.strip() for r in results]
-    assert rewards == [yes_no_score(r) for r in replies] and metrics["reward/a/errors"] == 0.0
+    assert_judged_like_transformers(tiny_model, conversations, results, replies, rewards)
+    assert metrics["reward/a/errors"] == 0.0
