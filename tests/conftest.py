@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import pytest
 
@@ -116,3 +117,18 @@ def assert_gone_within(processes, seconds: float = 10.0) -> None:
         time.sleep(0.2)
     assert alive() == [], f"still running {seconds:g} s after the driver was killed: {alive()}"
 
+
+
+@contextmanager
+def local_http_server(handler):
+    """A stand-in service on 127.0.0.1 (a free port) answering with `handler`, in a thread; yields its
+    base URL and shuts down after."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()

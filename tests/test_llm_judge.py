@@ -3,11 +3,11 @@ reading of the reply, retries, and an endpoint that fails scoring 0 without stop
 
 import json
 from contextlib import ExitStack
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from conftest import local_http_server
 from vroll.config.rules import check_judge
 from vroll.config.schema import RewardConfig
 from vroll.rewards.llm_judge import YES_NO_PROMPT, judge_messages, yes_no_score
@@ -43,11 +43,9 @@ class FakeJudge(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def endpoint():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     FakeJudge.failures, FakeJudge.seen = 0, []
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
+    with local_http_server(FakeJudge) as url:
+        yield f"{url}/v1"
 
 
 

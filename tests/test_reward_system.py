@@ -4,13 +4,12 @@ hangs or never finishes scoring 0, counted in reward/<name>/errors, without stop
 
 import json
 import logging
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from conftest import write_yaml
+from conftest import local_http_server, write_yaml
 from vroll.config import ConfigError, load_config
 from vroll.config.schema import RewardConfig
 from vroll.rewards.reward_system import reward_info
@@ -67,12 +66,10 @@ class Service(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def service():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Service)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     Service.submit_failures, Service.running, Service.hang_s, Service.never = 0, 1, 0.0, False
     Service.tasks, Service.submitted, Service.polls = {}, [], []
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with local_http_server(Service) as url:
+        yield url
 
 
 def worker(url, **over):
