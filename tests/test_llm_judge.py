@@ -10,7 +10,7 @@ import pytest
 from conftest import local_http_server
 from vroll.config.rules import check_judge
 from vroll.config.schema import RewardConfig
-from vroll.rewards.llm_judge import YES_NO_PROMPT, judge_messages, yes_no_score
+from vroll.rewards.llm_judge import YES_NO_PROMPT, judge_messages, score_or_yes_no, yes_no_score
 from vroll.rewards.workers import RewardItem, RewardRouter
 
 
@@ -89,6 +89,16 @@ def test_rolls_reading_of_the_reply():
     assert yes_no_score("Eyes closed: no") == 1.0  # ROLL looks for "yes" anywhere, and so does vroll
 
 
+def test_a_cluster_judges_reading_of_the_reply_takes_a_score_first():
+    """bd17364f's `_parse_score`, written from its rule: "Score: X" (any case), X over 1 read out of
+    10, clipped to [0, 1]; without a score, yes/no."""
+    assert score_or_yes_no("Score: 7") == 0.7 and score_or_yes_no("score:10, yes") == 1.0
+    assert score_or_yes_no("Score: 0.25") == 0.25 and score_or_yes_no("Score: 1") == 1.0
+    assert score_or_yes_no("Score: 42") == 1.0 and score_or_yes_no("Score: 0 - no") == 0.0
+    assert score_or_yes_no("The answer matches: YES") == 1.0 and score_or_yes_no("NO") == 0.0
+    assert score_or_yes_no("Score: none") == 0.0  # no number after it: yes/no, and there is no "yes"
+
+
 def test_retries_then_an_unreachable_judge_scores_0_without_stopping_the_step(endpoint):
     FakeJudge.failures = 2  # two 500s, then an answer: within the 3 tries
     router = RewardRouter({"judge": judge(endpoint)})
@@ -148,7 +158,6 @@ class FakeEngine:
 
 def inference_judge(**kw):
     return RewardConfig(reward_type="llm_judge", judge_model_type="inference", judge_prompt="Q={question} A={response} R={reference}",
-                        
                         model_args={"model_name_or_path": "m"}, strategy_args={"strategy_name": "vllm"},
                         generating_args={"max_new_tokens": 5, "temperature": 0.0}, **kw)
 
@@ -221,6 +230,14 @@ def test_cluster_judges_ask_the_one_reward_model_engine_each_with_its_own_prompt
     assert [(c[1][0][0]["content"], c[2].max_new_tokens) for c in engine.calls] == [("A: r1", 3), ("B: r2", 4)]
     with pytest.raises(ValueError, match="judge_model_type: cluster needs its judge engine started"):
         RewardRouter({"a": configs["a"]}, models={})
+
+
+def test_a_score_in_the_reply_counts_for_a_cluster_judge_only():
+    engine = FakeEngine(lambda text: "Score: 8")
+    configs = {"c": cluster_judge("{response}", tag_included=["x"]), "i": inference_judge(tag_included=["y"])}
+    router = RewardRouter(configs, models={"c": engine, "i": engine})
+    rewards, _, _ = router.score([RewardItem("q", "r", "1", "x"), RewardItem("q", "r", "1", "y")])
+    assert rewards == [0.8, 0.0]  # ROLL's inference judge reads yes/no only
 
 
 JUDGE_CLS = "roll.pipeline.rlvr.rewards.llm_judge_reward_worker.LLMJudgeRewardWorker"

@@ -2,7 +2,8 @@
 OpenAI-compatible endpoint (`judge_model_type: api`: `vllm serve`, ...) or served by vroll's own vllm
 strategy (`inference`: the worker's own model; `cluster`: the top-level `reward_model`, one engine the
 cluster judges share) is asked whether the response's final answer matches the reference; 1 when its
-reply says yes, else 0 (ROLL's reading of the reply)."""
+reply says yes, else 0 (ROLL's reading of the reply; a cluster judge reads a "Score: X" first, as
+the ROLL commit that added cluster judges does)."""
 
 from __future__ import annotations
 
@@ -58,8 +59,25 @@ def judge_messages(template: str, prompt: str, response: str, reference: str | N
 
 
 def yes_no_score(reply: str) -> float:
-    """ROLL's reading: 1 when the reply contains "yes" (any case), else 0."""
+    """ROLL's reading (api, inference): 1 when the reply contains "yes" (any case), else 0."""
     return 1.0 if "yes" in reply.lower() else 0.0
+
+
+SCORE_LINE = re.compile(r"Score:\s*([0-9]+(?:\.[0-9]*)?)", re.IGNORECASE)
+
+
+def score_or_yes_no(reply: str) -> float:
+    """ROLL's reading for cluster judges (bd17364f): a "Score: X" in the reply first (X over 1 read
+    out of 10, clipped to [0, 1]), else yes/no as `yes_no_score`."""
+    match = SCORE_LINE.search(reply)
+    if match:
+        score = float(match[1])
+        return min(max(score / 10.0 if score > 1.0 else score, 0.0), 1.0)
+    return yes_no_score(reply)
+
+
+# how each judge_model_type reads the judge's reply
+READERS = {"api": yes_no_score, "inference": yes_no_score, "cluster": score_or_yes_no}
 
 
 class LlmJudgeWorker:
@@ -72,6 +90,7 @@ class LlmJudgeWorker:
 
     def __init__(self, cfg, tries: int = 3, timeout_s: float = 60.0, engine=None):
         self.template = judge_template(cfg.judge_prompt)
+        self.read = READERS[cfg.judge_model_type or "api"]
         self.engine, self.generating_args = engine, cfg.generating_args
         # the endpoint's samples each succeed or fail on their own (`score_or_errors`): the router
         # does not ask the judge again about the ones that succeeded
@@ -102,7 +121,7 @@ class LlmJudgeWorker:
 
     def score(self, items) -> list[float]:
         if self.engine is not None:
-            return [yes_no_score(reply) for reply in self.generate([self.messages(i) for i in items])]
+            return [self.read(reply) for reply in self.generate([self.messages(i) for i in items])]
         with ThreadPoolExecutor(8) as pool:
             return list(pool.map(self.score_one, items))
 
@@ -119,8 +138,8 @@ class LlmJudgeWorker:
 
     def score_one(self, item) -> float:
         if self.engine is not None:
-            return yes_no_score(self.generate([self.messages(item)])[0])
-        return yes_no_score(self.ask(self.messages(item)))
+            return self.read(self.generate([self.messages(item)])[0])
+        return self.read(self.ask(self.messages(item)))
 
     def messages(self, item) -> list[dict]:
         return judge_messages(self.template, item.prompt_text, item.response_text, item.ground_truth)
