@@ -82,7 +82,8 @@ DIFFERENT = {
                             "judge prompt formatted with the judge model's own chat template (ROLL's data_args."
                             "template names one of its own), all of a step's samples in one generate call; "
                             "cluster: the same, on the top-level reward_model's engine, one for every cluster "
-                            "judge, each judge with its own judge_prompt and generating_args. ROLL at this commit "
+                            "judge, each judge with its own judge_prompt and generating_args, its reply read for a "
+                            "'Score: X' first (out of 10 above 1), else yes/no. ROLL at this commit "
                             "refuses cluster when the worker starts (its v0.3.0 removed the worker's cluster mode "
                             "and kept reward_model, its example and its server); vroll gives it the meaning of the "
                             "commit that added them (bd17364f)",
