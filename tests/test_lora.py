@@ -292,3 +292,26 @@ def test_the_trainer_memory_estimate_counts_optimiser_state_for_the_adapters_onl
     assert plan.trained == 4 * 8 * ((256 + 256) + (128 + 256))  # 4 layers x rank 8 x (q: 256->256, v: 256->128)
     assert plan.sharded_state_bytes == 4 * params + 16 * plan.trained  # frozen fp32 base; adapters with AdamW
     assert "trained by LoRA (about)" in plan.table()
+
+
+def test_vroll_sft_under_lora_writes_the_merged_model_and_its_adapter(tiny_model, tmp_path):
+    """`vroll sft` goes through the same trainer: with ROLL's LoRA keys only the adapted weights move,
+    and output_dir/model is a plain merged model (transformers loads it) with peft's adapter folder."""
+    from transformers import AutoModelForCausalLM
+
+    from vroll.config import load_config
+    from vroll.data.arithmetic import write_dataset
+    from vroll.pipeline.sft import run_sft
+
+    files = write_dataset(tmp_path / "data", n_train=10, n_eval=10, n_sft=64, seed=0, max_operand=99, operators="+")
+    cfg = load_config(Path(REPO) / "examples" / "sft_tiny.yaml", [
+        f"pretrain={tiny_model}", f"output_dir={tmp_path / 'sft'}", f"actor_train.data_args.file_name={files['sft']}",
+        "max_steps=3", "actor_train.device_mapping=[0]", "actor_train.model_args.lora_target=q_proj,v_proj",
+        "actor_train.model_args.lora_rank=4", "validation=null", "actor_infer=null"])
+    summary = run_sft(cfg, progress=False)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(summary["model"], dtype=torch.float32).state_dict()
+    changed = {k for k in base if k != "lm_head.weight" and not torch.equal(merged[k], base[k])}
+    assert changed == {k for k in base if k.endswith(TARGETED)}
+    assert (Path(summary["model"]) / "adapter" / "adapter_config.json").is_file()
+

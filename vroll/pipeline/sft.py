@@ -49,7 +49,6 @@ def _run_sft(cfg: PipelineConfig, out_dir: Path, progress: bool | None) -> dict:
     role, args = cfg.actor_train, cfg.actor_train.training_args
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(role.model_args.model_name_or_path,
                                                                  "actor_train.model_args.model_name_or_path"))
-    records = load_prompts(role.data_args, tokenizer, cfg.prompt_length, "actor_train.data_args", with_response=True)
     if role.data_args.domain_interleave_probs:
         log.warning("actor_train.data_args.domain_interleave_probs: has no effect in `vroll sft` (one shuffled "
                     "order over all rows); `vroll train` reads it")
