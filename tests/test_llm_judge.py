@@ -240,6 +240,22 @@ def test_a_score_in_the_reply_counts_for_a_cluster_judge_only():
     assert rewards == [0.8, 0.0]  # ROLL's inference judge reads yes/no only
 
 
+def test_a_judge_sleeps_between_scorings_where_another_judge_shares_its_devices(tmp_path):
+    from conftest import write_yaml
+    from vroll.config import load_config
+    from vroll.roles.launcher import devices_of_other_roles
+
+    def judge(devices):
+        return {"reward_type": "llm_judge", "judge_model_type": "inference", "model_args": {"model_name_or_path": "m"},
+                "strategy_args": {"strategy_name": "vllm"}, "device_mapping": devices}
+
+    data = {"pretrain": "m", "actor_train": {"strategy_args": {"strategy_name": "fsdp2_train"}, "device_mapping": [0]},
+            "rewards": {"a": judge([1]), "b": judge([1]), "c": judge([2, 3]), "math": {"reward_type": "math_rule"}}}
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", data))
+    assert devices_of_other_roles(cfg, cfg.rewards["a"]) == {0, 1, 2, 3}  # b's device 1: a sleeps between scorings
+    assert devices_of_other_roles(cfg, cfg.rewards["c"]) & {2, 3} == set()  # c's devices are its own: awake
+
+
 JUDGE_CLS = "roll.pipeline.rlvr.rewards.llm_judge_reward_worker.LLMJudgeRewardWorker"
 
 

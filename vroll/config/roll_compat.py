@@ -78,7 +78,7 @@ DIFFERENT = {
                        "llm_judge, crossthinkqa, choice_boxed, choice_val, ifeval, format, model, reward_system)",
         "judge_model_type": "api (an OpenAI-compatible endpoint) or inference: the judge model (model_args) on "
                             "vroll's vllm strategy, in engine processes of its own on its device_mapping (asleep at "
-                            "level 1 between scorings where its devices are another role's, as ROLL's judge), each "
+                            "level 1 between scorings where its devices are another role's or judge's, as ROLL's judge), each "
                             "judge prompt formatted with the judge model's own chat template (ROLL's data_args."
                             "template names one of its own), all of a step's samples in one generate call; "
                             "cluster: the same, on the top-level reward_model's engine, one for every cluster "

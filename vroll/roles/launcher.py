@@ -175,11 +175,20 @@ def cluster_judge(worker: RewardConfig) -> bool:
 def launch_judge(cfg: PipelineConfig, worker: RoleConfig, stack: ExitStack) -> GenerationEngine:
     """An LLM judge's model (an inference judge's own, or the reward_model cluster judges share) on
     vllm, always in engine processes of its own (on Ray, pinned to its device_mapping); where those
-    devices are another role's, it sleeps between scorings."""
+    devices are another role's (another judge's included), it sleeps between scorings."""
     engine = stack.enter_context(launch(cfg, worker, own_devices=True))
-    others = {d for key in ("actor_infer", "actor_train", "reference", "critic") if getattr(cfg, key) is not None
-              for d in getattr(cfg, key).device_mapping}
-    return AsleepBetweenCalls(engine) if others & set(worker.device_mapping) else engine
+    return AsleepBetweenCalls(engine) if devices_of_other_roles(cfg, worker) & set(worker.device_mapping) else engine
+
+
+def devices_of_other_roles(cfg: PipelineConfig, worker: RoleConfig) -> set[int]:
+    """The devices of every role but `worker` that holds a model: the actor roles, the reference, the
+    critic, the other reward models and judge engines, and the shared reward_model where a cluster
+    judge starts it."""
+    roles = [getattr(cfg, key) for key in ("actor_infer", "actor_train", "reference", "critic")]
+    roles += [w for w in cfg.rewards.values() if w.reward_type == "model" or judge_engine(w)]
+    if any(cluster_judge(w) for w in cfg.rewards.values()):
+        roles.append(cfg.reward_model)
+    return {d for role in roles if role is not None and role is not worker for d in role.device_mapping}
 
 
 class AsleepBetweenCalls:
