@@ -53,6 +53,24 @@ def test_vllm_own_sampling_rules_are_checked_by_their_key(tmp_path, tiny_model):
     assert "actor_infer.generating_args.stop_strings: [''] is refused by vLLM: stop cannot contain" in r.stderr
 
 
+def test_a_temperature_vllm_would_raise_is_refused_by_its_key(tiny_model, tmp_path):
+    """vLLM samples a temperature in (0, 0.01) at 0.01 with a log line only; the trainer would score the
+    rollouts at the temperature asked for. Refused before start, at the key the value came from."""
+    from vroll.config.sampling import job_sampling
+    from vroll.strategy.sampling import vllm_refusals
+
+    data = engine_config(tiny_model)
+    data["actor_infer"]["generating_args"].update(temperature=1e-6)
+    cfg = load_config(write_yaml(tmp_path / "c.yaml", data))
+    issues = [str(i) for req in job_sampling(cfg, "train") for i in vllm_refusals(req)]
+    assert issues == ["actor_infer.generating_args.temperature: 1e-06 is refused by vLLM: vLLM samples it at 0.01 "
+                      "instead (it raises temperatures between 0 and 0.01); set 0 for greedy decoding or at least "
+                      "0.01"]
+    for fine in (0.0, 0.01, 0.7):
+        cfg.actor_infer.generating_args.temperature = fine
+        assert not [i for req in job_sampling(cfg, "train") for i in vllm_refusals(req)]
+
+
 def test_vllm_refusals_name_the_top_level_key_of_a_rollout(tiny_model, tmp_path):
     """vLLM's own verdict on what `vroll train` sends agrees with vroll's greedy rule, by the same key."""
     from vroll.config.sampling import job_sampling

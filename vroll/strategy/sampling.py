@@ -104,7 +104,8 @@ def vllm_refusals(req: SamplingRequest, limit: int = 8) -> list[Issue]:
 def vllm_verdict(g: GeneratingArgs) -> tuple[str | None, str] | None:
     """None when vLLM accepts `g`, else (the field it refuses, or None, and its message). Verdicts are
     kept per vLLM version in vroll's cache folder, so checking a file again does not import vLLM."""
-    path = cache_dir() / f"sampling-vllm-{installed_vllm_version()}.json"
+    # "-2": verdicts of the rules below (values vLLM changes are refused too); older files are not read
+    path = cache_dir() / f"sampling-vllm-{installed_vllm_version()}-2.json"
     key = g.model_dump_json()
     try:
         known = json.loads(path.read_text())
@@ -127,11 +128,21 @@ def _ask_vllm(g: GeneratingArgs) -> list | None:
     from vllm.exceptions import VLLMClientError
 
     try:
-        beam_search_params(g) if g.num_beams > 1 else sampling_params(g)
-        return None
+        params = beam_search_params(g) if g.num_beams > 1 else sampling_params(g)
     except (VLLMClientError, ValueError) as e:
         message = str(e.args[0]) if e.args else str(e)
         return [refused_field(e, message), message]
+    return changed_temperature(g, params)
+
+
+def changed_temperature(g: GeneratingArgs, params) -> list | None:
+    """vLLM raises a temperature in (0, 0.01) to 0.01 with only a log line per request (0.32's
+    `SamplingParams.__post_init__`): the rollouts would not be sampled at the temperature the file
+    asks for, and the trainer would score their log-probs at the one asked for. Refused instead."""
+    if params.temperature == g.temperature:
+        return None
+    return ["temperature", f"vLLM samples it at {params.temperature} instead (it raises temperatures between 0 "
+                           f"and {params.temperature}); set 0 for greedy decoding or at least {params.temperature}"]
 
 
 def refused_field(e: Exception, message: str) -> str | None:
