@@ -50,6 +50,27 @@ def test_a_second_run_is_refused_naming_the_first(tmp_path, tiny_model):
         first.wait()
 
 
+def test_a_busy_output_dir_is_refused_before_the_slow_checks(tmp_path, tiny_model, monkeypatch):
+    """`vroll train` / `vroll sft` look at the lock before importing vLLM (about 20 s on 2 cores)."""
+    import argparse
+
+    import vroll.strategy.vllm_compat as compat
+    from test_rlvr import rl_config
+    from vroll.cli.main import load_job_config
+    from vroll.data.arithmetic import write_dataset
+
+    def slow_check():
+        raise AssertionError("the platform was asked before the lock was looked at")
+
+    monkeypatch.setattr(compat, "current_platform_name", slow_check)
+    cfg = rl_config(tmp_path, tiny_model, write_dataset(tmp_path / "data", n_train=8, n_eval=4, seed=1, max_operand=9))
+    hold(tmp_path / "run", os.getpid())
+    args = argparse.Namespace(config=write_yaml(tmp_path / "c.yaml", cfg), overrides=[f"output_dir={tmp_path / 'run'}"])
+    for job in ("train", "sft"):
+        with pytest.raises(OutputDirBusy, match=f"pid {os.getpid()} on host"):
+            load_job_config(args, job)
+
+
 @pytest.mark.parametrize("ending", [None, ValueError, KeyboardInterrupt])
 def test_the_lock_is_released_however_the_run_ends(tmp_path, ending):
     lock = tmp_path / "run" / LOCK

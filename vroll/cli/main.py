@@ -346,6 +346,12 @@ def print_summary(results, elapsed: float, output: str) -> None:
 
 def load_job_config(args, job: str):
     """The file, checked for what the job needs, before any model or engine starts."""
+    from vroll.config.loader import read_config
+    from vroll.pipeline.output_dir import refuse_if_busy
+
+    early = read_config(args.config, args.overrides).cfg  # its problems are reported in full below
+    if early is not None:
+        refuse_if_busy(early.output_dir)  # at once, not after vLLM's import
     from vroll.strategy.vllm_compat import current_platform_name
 
     platform = current_platform_name()

@@ -43,6 +43,14 @@ def own_output_dir(output_dir: str | Path) -> Iterator[Path]:
                 path.rmdir()
 
 
+def refuse_if_busy(output_dir: str | Path) -> None:
+    """A first look at the lock, before a run's slower checks (vLLM's import among them): another live
+    run on the folder refuses this one at once. The lock itself is taken when the run starts."""
+    lock = Path(output_dir).expanduser() / LOCK
+    if lock.exists() and not stale(holder := read_lock(lock)):
+        raise OutputDirBusy(busy_message(lock, holder))
+
+
 def make_output_dir(path: Path) -> None:
     def refuse(why: str):
         raise ConfigError([Issue("output_dir", f"{str(path)!r} {why}; choose a folder this user can write to")])
