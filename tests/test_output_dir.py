@@ -51,7 +51,7 @@ def test_a_second_run_is_refused_naming_the_first(tmp_path, tiny_model):
 
 
 def test_a_busy_output_dir_is_refused_before_the_slow_checks(tmp_path, tiny_model, monkeypatch):
-    """`vroll train` / `vroll sft` look at the lock before importing vLLM (about 20 s on 2 cores)."""
+    """`vroll train` / `vroll sft` look at the lock before the checks that import vLLM."""
     import argparse
 
     import vroll.strategy.vllm_compat as compat
