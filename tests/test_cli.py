@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -185,7 +186,9 @@ def test_nothing_of_a_local_ray_outlives_a_killed_driver(tmp_path, tiny_model):
 
 def test_generate_joins_an_existing_ray_cluster(tmp_path, tiny_model):
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    port = 6391
+    with socket.socket() as probe:  # a port nothing listens on now (another suite on this machine may hold 6391)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
     start = subprocess.run([ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
                             "--include-dashboard=false", "--disable-usage-stats"], capture_output=True, text=True,
                            timeout=120)

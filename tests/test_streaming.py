@@ -129,6 +129,16 @@ def test_foreground_generation_pauses_the_stream(engine, hf):
         assert got[key].samples[0].token_ids == greedy(model, ids, 48)
 
 
+def test_a_group_whose_prompt_cannot_fit_is_refused_before_anything_is_submitted(engine):
+    g = GeneratingArgs(max_new_tokens=2, temperature=0.0)
+    room = engine.max_model_len - 2  # the prompt rule every check uses (strategy.prompts.prompt_room)
+    with pytest.raises(ValueError, match="prompt of group 51 plus max_new_tokens 2 exceeds max_model_len"):
+        engine.submit([50, 51], [[5] * room, [5] * (room + 1)], g, call=5)
+    assert engine.collect(wait_s=0.3) == []  # neither group went in
+    engine.submit([52], [[5] * room], g, call=5)  # exactly the room: accepted
+    assert [r.index for r in collect_all(engine, 1)] == [52]
+
+
 def test_dropped_groups_never_come_back(engine, hf):
     g = GeneratingArgs(max_new_tokens=48, temperature=0.0, ignore_eos=True)
     engine.submit([40, 41], ids_of(hf, PROMPTS[:2]), g, call=4)

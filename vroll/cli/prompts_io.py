@@ -51,10 +51,10 @@ def check_prompt_lines(path, lines: list[tuple[int, dict]], tokenizer, max_new_t
                        max_model_len: int | None, overflow: str) -> None:
     """Every prompt encoded as the engine will (chat template, vocabulary) and measured against
     max_model_len (unless `overflow` skips or truncates): all problems by line, before any engine starts."""
-    from vroll.strategy.prompts import PromptError, encode_prompt, reserved_tokens
+    from vroll.strategy.prompts import PromptError, encode_prompt, prompt_room
 
     problems = []
-    room = None if max_model_len is None else max_model_len - reserved_tokens(max_new_tokens, max_model_len)
+    room = None if max_model_len is None else prompt_room(max_new_tokens, max_model_len)
     for no, item in lines:
         try:
             n = len(encode_prompt(no, item, tokenizer).token_ids)

@@ -121,13 +121,19 @@ def reserved_tokens(max_new_tokens: int, max_model_len: int) -> int:
     return max_new_tokens if max_new_tokens < max_model_len else 1
 
 
+def prompt_room(max_new_tokens: int, max_model_len: int) -> int:
+    """The most prompt tokens that fit with their response in max_model_len (the one rule every
+    prompt check uses)."""
+    return max_model_len - reserved_tokens(max_new_tokens, max_model_len)
+
+
 def fit_prompts(prompts: list[Prompt], max_new_tokens: int, max_model_len: int, policy: str) -> list[Prompt]:
     """Apply the overflow policy to prompts with `len + reserved_tokens(...) > max_model_len`.
 
     "error" raises before anything is generated; "skip" marks them skipped; "truncate" keeps the
     last tokens that fit (the end of a prompt holds the question and the generation prompt).
     """
-    room = max_model_len - reserved_tokens(max_new_tokens, max_model_len)
+    room = prompt_room(max_new_tokens, max_model_len)
     too_long = [p for p in prompts if len(p.token_ids) > room]
     if not too_long:
         return prompts

@@ -15,7 +15,7 @@ from vroll.config.schema import GeneratingArgs, RoleConfig
 from vroll.models.paths import resolve_model_path
 from vroll.strategy import shm_transfer, vllm_compat
 from vroll.strategy.engine_state import EngineState, EngineStateError
-from vroll.strategy.prompts import Prompt, encode_prompt, fit_prompts, reserved_tokens
+from vroll.strategy.prompts import Prompt, encode_prompt, fit_prompts, prompt_room
 from vroll.strategy.results import PromptResult, Sample, to_padded_batch
 from vroll.strategy.sampling import (beam_search_params, describe, request_seed, sampling_params,
                                      stream_sampling_params)
@@ -184,8 +184,8 @@ class VllmStrategy:
         name the groups for `collect`. A weight update pauses them and continues them on the new
         weights from the tokens they have (partial rollout). Seeds as `generate`'s: from `call` and
         each prompt's `seed_indices` entry (default its key), so the same call and index sample alike."""
-        reserved = reserved_tokens(generating_args.max_new_tokens, self.max_model_len)
-        too_long = [k for k, p in zip(keys, prompts) if len(p) + reserved > self.max_model_len]
+        room = prompt_room(generating_args.max_new_tokens, self.max_model_len)
+        too_long = [k for k, p in zip(keys, prompts) if len(p) > room]
         if too_long:
             raise ValueError(f"{self.name}: prompt of group {too_long[0]} plus max_new_tokens "
                              f"{generating_args.max_new_tokens} exceeds max_model_len {self.max_model_len}")
