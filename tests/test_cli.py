@@ -131,6 +131,8 @@ def test_ctrl_c_stops_cleanly_and_leaves_no_process(tmp_path, tiny_model):
             break
     time.sleep(1.0)
     children = psutil.Process(proc.pid).children(recursive=True)
+    engine_pid = int(line.rsplit("pid ", 1)[1].rstrip(")\n"))  # the ready line names the engine's process
+    assert engine_pid in {proc.pid} | {c.pid for c in children}, line
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=60) == 130
     assert "Traceback" not in proc.stderr.read()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from contextlib import contextmanager
 from typing import Any, Sequence
@@ -90,8 +91,9 @@ class VllmStrategy:
         self._update: UpdateSession | None = None
         self._calls = 0
         self._described: set[str] = set()
-        log.info("%s: vLLM engine ready in %.1f s (model %s, max_model_len %d, platform %s)",
-                 self.name, time.perf_counter() - started, kwargs["model"], self.max_model_len, self.platform)
+        log.info("%s: vLLM engine ready in %.1f s (model %s, max_model_len %d, platform %s, pid %d)",
+                 self.name, time.perf_counter() - started, kwargs["model"], self.max_model_len, self.platform,
+                 os.getpid())
 
     @property
     def llm(self):
