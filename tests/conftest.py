@@ -118,7 +118,6 @@ def assert_gone_within(processes, seconds: float = 10.0) -> None:
     assert alive() == [], f"still running {seconds:g} s after the driver was killed: {alive()}"
 
 
-
 @contextmanager
 def local_http_server(handler):
     """A stand-in service on 127.0.0.1 (a free port) answering with `handler`, in a thread; yields its

@@ -346,12 +346,15 @@ def print_summary(results, elapsed: float, output: str) -> None:
 
 def load_job_config(args, job: str):
     """The file, checked for what the job needs, before any model or engine starts."""
-    from vroll.config.loader import read_config
+    from vroll.config.loader import resolve_yaml
+    from vroll.config.schema import PipelineConfig
     from vroll.pipeline.output_dir import refuse_if_busy
 
-    early = read_config(args.config, args.overrides).cfg  # its problems are reported in full below
-    if early is not None:
-        refuse_if_busy(early.output_dir)  # at once, not after vLLM's import
+    # the lock first, from the plain YAML (its problems are reported in full below), not after vLLM's import
+    output_dir = resolve_yaml(args.config, args.overrides).get("output_dir",
+                                                              PipelineConfig.model_fields["output_dir"].default)
+    if isinstance(output_dir, str):
+        refuse_if_busy(output_dir)
     from vroll.strategy.vllm_compat import current_platform_name
 
     platform = current_platform_name()

@@ -47,7 +47,7 @@ def refuse_if_busy(output_dir: str | Path) -> None:
     """A first look at the lock, before a run's slower checks (vLLM's import among them): another live
     run on the folder refuses this one at once. The lock itself is taken when the run starts."""
     lock = Path(output_dir).expanduser() / LOCK
-    if lock.exists() and not stale(holder := read_lock(lock)):
+    if holder := live_holder(lock):
         raise OutputDirBusy(busy_message(lock, holder))
 
 
@@ -72,7 +72,7 @@ def acquire(lock: Path) -> None:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             holder = read_lock(lock)
-            if not stale(holder):
+            if not stale(holder):  # an unreadable lock ({}) refuses too: its run cannot be checked
                 raise OutputDirBusy(busy_message(lock, holder)) from None
             log.warning("output_dir %s: taking over the lock of pid %s on %s, which is no longer running (%s)",
                         lock.parent, holder["pid"], holder["host"], lock)
@@ -97,6 +97,13 @@ def read_lock(lock: Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return holder if isinstance(holder, dict) else {}
+
+
+def live_holder(lock: Path) -> dict | None:
+    """The lock's holder when it names a process that may still run (this host's running, or another
+    host's); None without a readable lock (one being removed reads as none: `acquire` decides then)."""
+    holder = read_lock(lock)
+    return holder if holder and not stale(holder) else None
 
 
 def stale(holder: dict) -> bool:

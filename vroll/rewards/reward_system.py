@@ -63,7 +63,7 @@ class RewardSystemWorker:
         self.headers = {"Content-Type": "application/json", "BusinessType": sc.reward_system_type}
         if token:
             self.headers["XRL-Authorization"] = f"Bearer {token}"
-        self.special = special_tokens(cfg.model_args.model_name_or_path)
+        self.special = special_tokens(cfg.model_args.model_name_or_path, cfg.model_args.trust_remote_code)
         self.step = 0  # the step being scored (ROLL's global_step), set by the router
 
     # -- the protocol -----------------------------------------------------------------------------
@@ -147,13 +147,16 @@ class RewardSystemWorker:
         return out
 
 
-def special_tokens(model_path: str | None) -> tuple[str, ...]:
+def special_tokens(model_path: str | None, trust_remote_code: bool = False) -> tuple[str, ...]:
     """The texts of the model's special tokens: ROLL decodes prompts and responses without them."""
     if not model_path:
         return ()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    from vroll.models.paths import resolve_model_path
+
+    folder = resolve_model_path(model_path, "reward_system's model_args.model_name_or_path")
+    tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
     return tuple(sorted({t for t in tokenizer.all_special_tokens if t}, key=len, reverse=True))
 
 

@@ -128,8 +128,9 @@ def launch_rlvr_roles(cfg: PipelineConfig, total_steps: int, model_path: str | N
         stack.close()
         raise
     # the run needs every role: a call that waits for one also names another's dead process
-    roles = (infer, train, reference, value, *reward_models.values())
-    watch_together([r.group for r in roles if isinstance(r, RayRole)])
+    roles = [r.engine if isinstance(r, AsleepBetweenCalls) else r
+             for r in (infer, train, reference, value, *reward_models.values())]
+    watch_together(list({id(r.group): r.group for r in roles if isinstance(r, RayRole)}.values()))
     return Roles(infer, train, reference, reward_models, value, sleep_level(cfg)), stack
 
 

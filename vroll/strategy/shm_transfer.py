@@ -109,10 +109,9 @@ def engine_class() -> type:
             """Nothing to open: each update names its segments."""
 
         def start_weight_update(self) -> None:
-            """Nothing is staged here: each bucket is loaded as it comes (a layer split over buckets
-            waits in the reloader for its last part)."""
+            """Nothing is staged here: each bucket is loaded as it comes (layers arrive whole:
+            `UpdateSession.check_bucket` refuses a layer split over buckets)."""
             self.receipt = Checksum()
-            self.reloader.start()
 
         def receive_weights(self, update_info: ShmUpdateInfo) -> None:
             named = received_tensors(update_info, self.mapped)

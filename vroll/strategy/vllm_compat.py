@@ -149,9 +149,6 @@ class LayerwiseReload:
     def __init__(self, vllm_config, model):
         self.vllm_config, self.model = vllm_config, model
 
-    def start(self) -> None:
-        pass
-
     def load(self, named_tensors: list) -> None:
         reload_weights_into(self.vllm_config, self.model, named_tensors)
 
@@ -221,9 +218,6 @@ class CpuRepackReload:
             elif method is not None or hasattr(module, "process_weights_after_loading"):
                 return False
         return packed
-
-    def start(self) -> None:
-        pass
 
     def load(self, named_tensors: list) -> None:
         import torch

@@ -163,7 +163,6 @@ class UpdateSession:
                 self.sent.add(t)
 
     def record(self, bucket: list[tuple[str, torch.Tensor]], received: Checksum) -> None:
-        self.written = True
         self.received.count += received.count
         self.received.total += received.total
         self.received.squares += received.squares
