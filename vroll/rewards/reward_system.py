@@ -27,6 +27,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from vroll.models.paths import resolve_model_path
+
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "XRL_AUTHORIZATION"  # the token when reward_system_config.xrl_authorization is not set
@@ -152,8 +154,6 @@ def special_tokens(model_path: str | None, trust_remote_code: bool = False) -> t
     if not model_path:
         return ()
     from transformers import AutoTokenizer
-
-    from vroll.models.paths import resolve_model_path
 
     folder = resolve_model_path(model_path, "reward_system's model_args.model_name_or_path")
     tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=trust_remote_code)
